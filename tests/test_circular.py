@@ -1,0 +1,158 @@
+"""Unit tests of pano_core.seams.circular (token/id/latent circular padding)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pano_core.errors import PanoInputError
+from pano_core.seams import circular as C
+
+
+def _flux_ids(h: int, w: int, batch: int | None = 2) -> torch.Tensor:
+    ids = torch.zeros(h, w, 3)
+    ids[..., 1] = torch.arange(h)[:, None]
+    ids[..., 2] = torch.arange(w)[None, :]
+    ids = ids.reshape(h * w, 3)
+    return ids if batch is None else ids.unsqueeze(0).repeat(batch, 1, 1)
+
+
+def _pack(lat: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H/2*W/2, C*4) like Flux."""
+    b, c, hh, ww = lat.shape
+    x = lat.reshape(b, c, hh // 2, 2, ww // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (hh // 2) * (ww // 2), c * 4)
+
+
+@pytest.mark.parametrize("p", [0, 1, 2, 4])
+def test_pad_tokens_token_by_token(p):
+    h, w, ch = 3, 16, 5
+    tok = torch.randn(2, h * w, ch)
+    out = C.pad_tokens(tok, h, w, p)
+    assert out.shape == (2, h * (w + 2 * p), ch)
+    g = tok.reshape(2, h, w, ch)
+    wp = w + 2 * p
+    for r in range(h):
+        for c in range(wp):
+            src = (c - p) % w  # padded column c comes from this original column
+            assert torch.equal(out[:, r * wp + c], g[:, r, src]), (r, c)
+    assert torch.equal(C.crop_tokens(out, h, w, p), tok)
+
+
+def test_pad_tokens_zero_is_identity_object():
+    tok = torch.randn(1, 8 * 4, 3)
+    assert C.pad_tokens(tok, 4, 8, 0) is tok
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_wrapped_ids_token_by_token(batched):
+    h, w, p = 4, 12, 3
+    ids = _flux_ids(h, w, 2 if batched else None)
+    out = C.pad_ids(ids, h, w, p, mode="wrapped")
+    wp = w + 2 * p
+    assert out.shape[-2] == h * wp and out.dtype == ids.dtype
+    flat = out if not batched else out[1]
+    for r in range(h):
+        for c in range(wp):
+            t = flat[r * wp + c]
+            assert t[0] == 0 and t[1] == r
+            assert t[2] == (c - p) % w, (r, c, t)
+    assert torch.equal(C.crop_ids(out, h, w, p), ids)
+
+
+def test_linear_ids_extend_column():
+    h, w, p = 2, 8, 2
+    ids = _flux_ids(h, w)
+    out = C.pad_ids(ids, h, w, p, mode="linear")
+    wp = w + 2 * p
+    for r in range(h):
+        cols = out[0, r * wp : (r + 1) * wp, 2].tolist()
+        assert cols == list(range(-p, w + p))
+        assert out[0, r * wp : (r + 1) * wp, 1].tolist() == [r] * wp
+    assert torch.equal(C.crop_ids(out, h, w, p), ids)
+
+
+def test_linear_ids_respect_offset_and_step():
+    # ids with an index offset and spacing 2 (e.g. scaled reference grids)
+    h, w, p = 1, 6, 1
+    ids = _flux_ids(h, w, None)
+    ids[:, 2] = ids[:, 2] * 2 + 10
+    out = C.pad_ids(ids, h, w, p, mode="linear")
+    assert out[:, 2].tolist() == [8, 10, 12, 14, 16, 18, 20, 22]
+
+
+def test_tokens_and_ids_match_packing_of_wrapped_latent():
+    """Padding latent columns by 2p then packing == packing then padding tokens by p."""
+    lat = torch.randn(2, 16, 8, 24)
+    p = 2
+    a = _pack(C.pad_latent(lat, C.latent_cols_for_tokens(p)))
+    b = C.pad_tokens(_pack(lat), 4, 12, p)
+    assert torch.equal(a, b)
+
+
+def test_resync_tokens_rebuilds_from_current_edges():
+    h, w, p = 2, 8, 2
+    tok = C.pad_tokens(torch.randn(1, h * w, 4), h, w, p)
+    g = tok.reshape(1, h, w + 2 * p, 4).clone()
+    g[:, :, :p] += 5.0  # padded columns drift away
+    g[:, :, -p:] -= 3.0
+    g[:, :, p] += 1.0  # interior first column changes
+    drifted = g.reshape(1, -1, 4)
+    out = C.resync_tokens(drifted, h, w, p).reshape(1, h, w + 2 * p, 4)
+    assert torch.equal(out[:, :, p : p + w], g[:, :, p : p + w])
+    assert torch.equal(out[:, :, :p], g[:, :, w : w + p])  # last interior columns
+    assert torch.equal(out[:, :, -p:], g[:, :, p : 2 * p])  # first interior columns (changed)
+
+
+def test_latent_pad_crop_resync():
+    x = torch.arange(2 * 3 * 4 * 10, dtype=torch.float32).reshape(2, 3, 4, 10)
+    y = C.pad_latent(x, 3)
+    assert y.shape == (2, 3, 4, 16)
+    assert torch.equal(y[..., :3], x[..., -3:]) and torch.equal(y[..., -3:], x[..., :3])
+    assert torch.equal(C.crop_latent(y, 3), x)
+    y2 = y.clone()
+    y2[..., 0] = -1
+    assert torch.equal(C.resync_latent(y2, 3), y)
+    # masks (B, H, W) too
+    m = torch.rand(1, 4, 10)
+    assert torch.equal(C.pad_latent(m, 2)[..., :2], m[..., -2:])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float8_e4m3fn])
+def test_dtype_agnostic(dtype):
+    tok = torch.randn(1, 2 * 8, 4).to(dtype)
+    out = C.pad_tokens(tok, 2, 8, 1)
+    assert out.dtype == dtype
+    assert torch.equal(C.crop_tokens(out, 2, 8, 1).float(), tok.float())
+
+
+def test_shift_helpers():
+    assert C.padded_token_count(64, 128, 1) == 64 * 130
+    assert C.padded_pixel_size(2048, 1024, 1) == (2080, 1024)
+    w, h = C.padded_pixel_size(2048, 1024, 1)
+    assert C.padded_token_count(64, 128, 1) == (w // 16) * (h // 16)
+    assert C.flux_mu(256) == pytest.approx(0.5)
+    assert C.flux_mu(4096) == pytest.approx(1.15)
+    assert C.flux_mu(64 * 130) > C.flux_mu(64 * 128)
+
+
+def test_errors_name_the_input():
+    tok = torch.randn(1, 2 * 8, 4)
+    with pytest.raises(PanoInputError, match="padding"):
+        C.pad_tokens(tok, 2, 8, 3)  # > w // 4
+    with pytest.raises(PanoInputError, match="padding"):
+        C.pad_tokens(tok, 2, 8, -1)
+    with pytest.raises(PanoInputError, match="tokens"):
+        C.pad_tokens(tok, 3, 8, 1)
+    with pytest.raises(PanoInputError, match="id mode"):
+        C.pad_ids(_flux_ids(2, 8), 2, 8, 1, mode="mirror")
+    with pytest.raises(PanoInputError, match="latent"):
+        C.pad_latent(torch.randn(1, 1, 2, 3), 4)
+
+
+def test_differentiable():
+    tok = torch.randn(1, 2 * 8, 3, requires_grad=True)
+    C.pad_tokens(tok, 2, 8, 2).sum().backward()
+    g = tok.grad.reshape(2, 8, 3)
+    # the first two and last two columns are used twice
+    assert torch.all(g[:, :2] == 2) and torch.all(g[:, -2:] == 2) and torch.all(g[:, 2:-2] == 1)
