@@ -1,0 +1,92 @@
+"""``pano360 refine-poles``: inpaint the poles of an equirectangular panorama."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..errors import PanoInputError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "refine-poles",
+        help="inpaint the centre of the top/bottom cube faces and blend them back into an ERP",
+        description=(
+            "Refine the poles of an equirectangular panorama (DiT360's panoramic refinement): the "
+            "central part of the top (U) and bottom (D) cube faces is inpainted and blended back; "
+            "the rest of the image stays bit-identical."
+        ),
+    )
+    p.add_argument("input", help="equirectangular panorama (2:1 image file)")
+    p.add_argument("-o", "--output", required=True, help="output image file (PNG/JPEG/...)")
+    p.add_argument(
+        "--inpainter",
+        default="opencv",
+        help="opencv (Telea, default), opencv-ns (Navier-Stokes) or diffusers:PATH_OR_HUB_ID",
+    )
+    p.add_argument("--prompt", default="", help="prompt for a diffusers inpainter")
+    p.add_argument("--negative-prompt", default=None, help="negative prompt (pipelines that support it)")
+    p.add_argument("--steps", type=int, default=28, help="diffusers: number of inference steps (28)")
+    p.add_argument("--guidance", type=float, default=None, help="diffusers: guidance scale (pipeline default)")
+    p.add_argument("--seed", type=int, default=0, help="diffusers: random seed (0)")
+    p.add_argument("--size", type=int, default=None, help="diffusers: inpaint faces at this size (multiple of 16)")
+    p.add_argument("--dtype", default="auto", help="diffusers: auto, fp32, fp16 or bf16")
+    p.add_argument("--device", default=None, help="diffusers: torch device (default cuda if available)")
+    p.add_argument(
+        "--offload", default="none", choices=("none", "model", "sequential"), help="diffusers: CPU offload mode"
+    )
+    p.add_argument("--radius", type=float, default=3.0, help="opencv: inpainting radius in pixels (3)")
+    p.add_argument("--fraction", type=float, default=0.5, help="share of the face side to inpaint (0.5)")
+    p.add_argument("--feather", type=int, default=16, help="blend band in face pixels outside the mask (16)")
+    p.add_argument("--face-size", type=int, default=0, help="pole face size (0: width / 4)")
+    p.add_argument("--bits", type=int, choices=(8, 16), default=None, help="output bit depth (default: input's)")
+    p.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..io import check_writable, image_bits, read_image, write_image
+    from ..poles import make_inpainter, refine_poles
+
+    out_path = Path(args.output)
+    if Path(args.input).resolve() == out_path.resolve() and not args.force:
+        raise PanoInputError(f"output: {out_path} is the input file; pass --force to overwrite it")
+    check_writable(out_path, args.force)
+    erp = read_image(args.input, "input")
+    spec = args.inpainter.strip()
+    if spec.lower().startswith("diffusers:"):
+        inpainter = make_inpainter(
+            spec,
+            dtype=args.dtype,
+            device=args.device,
+            offload=args.offload,
+            prompt=args.prompt,
+            negative_prompt=args.negative_prompt,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            seed=args.seed,
+            size=args.size,
+        )
+    else:
+        inpainter = make_inpainter(spec, radius=args.radius)
+    t0 = time.perf_counter()
+    image = erp
+    alpha = None
+    if erp.shape[1] in (2, 4) and not spec.lower().startswith("opencv"):
+        image, alpha = erp[:, :-1], erp[:, -1:]
+    if spec.lower().startswith("diffusers:") and image.shape[1] == 1:
+        image = image.expand(-1, 3, -1, -1)
+    out = refine_poles(image, inpainter, fraction=args.fraction, feather=args.feather, face_size=args.face_size or None)
+    if erp.shape[1] == 1 and out.shape[1] == 3:
+        changed = (out != image).any(dim=1, keepdim=True)
+        out = torch.where(changed, out.mean(dim=1, keepdim=True), erp)
+    if alpha is not None:
+        out = torch.cat([out, alpha], dim=1)
+    bits = args.bits or image_bits(args.input)
+    write_image(out_path, out, bits=bits, force=args.force)
+    print(f"refine-poles: wrote {out_path} ({out.shape[-1]}x{out.shape[-2]}, {time.perf_counter() - t0:.2f} s)")
+    return 0

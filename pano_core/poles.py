@@ -1,0 +1,600 @@
+"""Pole refinement (DiT360's "panoramic refinement").
+
+Equirectangular panoramas are stretched near the poles, and generators often leave swirls or
+smears there. The fix: look at the poles through the top (``U``) and bottom (``D``) cube faces,
+where they are undistorted, mask the centre of those faces, inpaint it with any 2-D inpainter,
+project the faces back and blend them into the panorama.
+
+Pipeline::
+
+    faces, masks = extract_pole_faces(erp)          # (2B, C, S, S): U, D of each panorama
+    filled = inpainter(faces, masks)                # any Inpainter (OpenCV, diffusers, ...)
+    out = merge_pole_faces(erp, filled, masks)      # only the pole region changes
+
+or in one call ``refine_poles(erp, inpainter)``.
+
+Guarantee: ``merge_pole_faces`` changes only the ERP pixels that sample a nonzero blend weight
+on the ``U``/``D`` faces. The blend weight is the mask dilated by ``feather`` face pixels with a
+linear ramp (1 inside the mask, falling to 0 over ``feather`` pixels outside it). Every other
+pixel of the panorama is returned bit-identical.
+
+Default mask: the central half of each pole face (``fraction=0.5``: pixels 256..768 of a 1024
+face), as in DiT360.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import PanoInputError
+from .validate import check_bchw, check_erp
+
+__all__ = [
+    "DEFAULT_FRACTION",
+    "DEFAULT_FEATHER",
+    "pole_face_size",
+    "pole_mask",
+    "feather_mask",
+    "extract_pole_faces",
+    "merge_pole_faces",
+    "pole_weight_erp",
+    "refine_poles",
+    "Inpainter",
+    "OpenCVInpainter",
+    "DiffusersInpainter",
+    "make_inpainter",
+]
+
+DEFAULT_FRACTION = 0.5
+DEFAULT_FEATHER = 16
+
+# Index of the U and D faces in a F R B L U D cube stack.
+_U, _D = 4, 5
+
+
+# --------------------------------------------------------------------------------------------
+# masks
+
+
+def pole_face_size(width: int, face_size: int | None = None, multiple: int = 1) -> int:
+    """Face size used for a panorama of ``width`` pixels.
+
+    ``face_size`` None or 0 means ``width // 4``. The result is rounded down to a multiple of
+    ``multiple`` (e.g. 16 for latent diffusion models: VAE /8 and 2x2 patches), at least
+    ``multiple``.
+    """
+    if multiple < 1:
+        raise PanoInputError(f"multiple: expected a positive integer, got {multiple}")
+    s = int(face_size) if face_size else int(width) // 4
+    if s < 0:
+        raise PanoInputError(f"face_size: expected 0 (automatic) or a positive size, got {face_size}")
+    s = max(multiple, (s // multiple) * multiple)
+    if s < 4:
+        raise PanoInputError(f"face_size: pole faces of {s} px are too small (need at least 4 px)")
+    return s
+
+
+def _check_fraction(fraction: float) -> float:
+    try:
+        f = float(fraction)
+    except (TypeError, ValueError):
+        raise PanoInputError(f"fraction: expected a number in (0, 1], got {fraction!r}") from None
+    if not (0.0 < f <= 1.0) or f != f:
+        raise PanoInputError(f"fraction: expected a number in (0, 1] (share of the face side to inpaint), got {fraction}")
+    return f
+
+
+def _check_feather(feather: int) -> int:
+    if isinstance(feather, bool) or not isinstance(feather, (int, np.integer)) and not (
+        isinstance(feather, float) and float(feather).is_integer()
+    ):
+        raise PanoInputError(f"feather: expected a whole number of face pixels >= 0, got {feather!r}")
+    feather = int(feather)
+    if feather < 0:
+        raise PanoInputError(f"feather: expected a whole number of face pixels >= 0, got {feather}")
+    return feather
+
+
+def _mask_bounds(face_size: int, fraction: float) -> tuple[int, int]:
+    """Start (inclusive) and end (exclusive) of the central square, symmetric about the centre."""
+    a = int(round(face_size * (1.0 - fraction) / 2.0))
+    b = face_size - a
+    if b <= a:  # a tiny face and a tiny fraction: keep at least the centre pixel(s)
+        a = (face_size - 1) // 2
+        b = face_size - a
+    return a, b
+
+
+def pole_mask(
+    face_size: int,
+    fraction: float = DEFAULT_FRACTION,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Binary mask (1, 1, S, S): 1 on the central square covering ``fraction`` of the side.
+
+    ``fraction=0.5`` on a 1024 face marks rows and columns 256..767 (the central half).
+    """
+    fraction = _check_fraction(fraction)
+    if int(face_size) < 1:
+        raise PanoInputError(f"face_size: expected a positive size, got {face_size}")
+    s = int(face_size)
+    a, b = _mask_bounds(s, fraction)
+    m = torch.zeros(1, 1, s, s, device=device, dtype=dtype)
+    m[..., a:b, a:b] = 1
+    return m
+
+
+def feather_mask(mask: torch.Tensor, feather: int) -> torch.Tensor:
+    """Blend weight from a mask (N, 1, S, S) in 0..1: the mask dilated by ``feather`` pixels
+    with a linear ramp.
+
+    ``w = max_k (1 - k / (feather + 1)) * dilate_k(mask)`` for ``k = 0..feather``, where
+    ``dilate_k`` is a (2k+1)² max filter (Chebyshev distance). So ``w`` equals the mask inside
+    it, falls linearly to 0 over ``feather`` pixels outside, and is exactly 0 further away.
+    """
+    feather = _check_feather(feather)
+    w = mask.clamp(0, 1)
+    if feather == 0:
+        return w
+    out = w
+    cur = w
+    for k in range(1, feather + 1):
+        cur = F.max_pool2d(cur, kernel_size=3, stride=1, padding=1)
+        out = torch.maximum(out, cur * (1.0 - k / (feather + 1.0)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# extract / merge
+
+
+def extract_pole_faces(
+    erp: torch.Tensor,
+    fraction: float = DEFAULT_FRACTION,
+    face_size: int | None = None,
+    mode: str = "bilinear",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project the poles of ERP panoramas (B, C, H, 2H) onto the ``U`` and ``D`` cube faces.
+
+    Returns ``(faces, masks)``: faces (2B, C, S, S) ordered ``U0, D0, U1, D1, ...`` (oriented
+    exactly like py360convert's ``e2c``) and masks (2B, 1, S, S), 1 on the central square to
+    inpaint. ``face_size`` defaults to W // 4.
+    """
+    from .geometry import e2c
+
+    erp = check_erp(erp, "panorama")
+    fraction = _check_fraction(fraction)
+    b, c, h, w = erp.shape
+    s = pole_face_size(w, face_size)
+    cube = e2c(erp, face_size=s, mode=mode, layout="stack")
+    faces = cube.reshape(b, 6, c, s, s)[:, _U : _D + 1].reshape(2 * b, c, s, s).contiguous()
+    masks = pole_mask(s, fraction, device=erp.device, dtype=erp.dtype).expand(2 * b, 1, s, s).contiguous()
+    return faces, masks
+
+
+def _check_pole_masks(masks: torch.Tensor | None, n: int, s: int, name: str) -> torch.Tensor | None:
+    if masks is None:
+        return None
+    if not isinstance(masks, torch.Tensor):
+        raise PanoInputError(f"{name}: expected a tensor (N, 1, S, S), got {type(masks).__name__}")
+    if masks.ndim == 3:
+        masks = masks.unsqueeze(1)
+    if masks.ndim != 4 or masks.shape[1] != 1:
+        raise PanoInputError(f"{name}: expected one-channel masks (N, 1, S, S), got shape {tuple(masks.shape)}")
+    if tuple(masks.shape[-2:]) != (s, s):
+        raise PanoInputError(
+            f"{name}: masks must have the size of the pole faces ({s}x{s}); got {masks.shape[-1]}x{masks.shape[-2]}"
+        )
+    if masks.shape[0] not in (1, 2, n):
+        raise PanoInputError(
+            f"{name}: expected {n} masks (U and D of each panorama), 2 (shared U, D) or 1; got {masks.shape[0]}"
+        )
+    if not torch.is_floating_point(masks):
+        masks = masks.float()
+    if not bool(torch.isfinite(masks).all()):
+        raise PanoInputError(f"{name}: contains NaN or infinite values; expected numbers in 0..1")
+    if masks.shape[0] == 2 and n != 2:
+        masks = masks.repeat(n // 2, 1, 1, 1)
+    return masks.expand(n, 1, s, s)
+
+
+def pole_weight_erp(
+    erp_hw: tuple[int, int],
+    masks: torch.Tensor,
+    feather: int = DEFAULT_FEATHER,
+    mode: str = "bilinear",
+) -> torch.Tensor:
+    """Blend weight on the ERP grid (B, 1, H, W) for pole masks (2B, 1, S, S) (U, D per panorama)."""
+    from .geometry import c2e
+
+    n, _, s, _ = masks.shape
+    b = n // 2
+    wface = feather_mask(masks, feather)
+    cube = masks.new_zeros(b, 6, 1, s, s)
+    cube[:, _U : _D + 1] = wface.reshape(b, 2, 1, s, s)
+    h, w = erp_hw
+    return c2e(cube.reshape(b * 6, 1, s, s), height=h, width=w, mode=mode, layout="stack").clamp(0, 1)
+
+
+def merge_pole_faces(
+    erp: torch.Tensor,
+    faces: torch.Tensor,
+    masks: torch.Tensor | None = None,
+    feather: int = DEFAULT_FEATHER,
+    fraction: float = DEFAULT_FRACTION,
+    mode: str = "bilinear",
+) -> torch.Tensor:
+    """Blend (inpainted) pole faces back into ERP panoramas.
+
+    ``erp`` (B, C, H, 2H); ``faces`` (2B, C, S, S) ordered ``U0, D0, U1, D1, ...`` as returned
+    by :func:`extract_pole_faces`; ``masks`` (2B, 1, S, S) (or 2 or 1 masks shared by every
+    panorama; None: the central square of ``fraction``). The faces are projected back with
+    ``c2e`` and blended with the feathered mask weight (see :func:`feather_mask`). ERP pixels
+    whose weight is 0 are returned bit-identical.
+    """
+    from .geometry import c2e
+
+    erp = check_erp(erp, "panorama")
+    faces = check_bchw(faces, "pole_faces")
+    feather = _check_feather(feather)
+    b, c, h, w = erp.shape
+    if faces.shape[-1] != faces.shape[-2]:
+        raise PanoInputError(f"pole_faces: faces must be square; got {faces.shape[-1]}x{faces.shape[-2]} (W x H)")
+    if faces.shape[0] != 2 * b:
+        raise PanoInputError(
+            f"pole_faces: expected {2 * b} faces (U and D for each of the {b} panoramas), got {faces.shape[0]}"
+        )
+    if faces.shape[1] != c:
+        raise PanoInputError(f"pole_faces: expected {c} channels like the panorama, got {faces.shape[1]}")
+    s = faces.shape[-1]
+    if masks is None:
+        masks = pole_mask(s, fraction, device=faces.device, dtype=faces.dtype).expand(2 * b, 1, s, s)
+    else:
+        masks = _check_pole_masks(masks, 2 * b, s, "pole_masks")
+    if feather * 2 >= s:
+        raise PanoInputError(f"feather: {feather} px is too wide for {s} px pole faces (must be < {s // 2})")
+    faces = faces.to(device=erp.device, dtype=erp.dtype)
+    masks = masks.to(device=erp.device, dtype=erp.dtype)
+    wface = feather_mask(masks, feather)
+
+    cube = erp.new_zeros(b, 6, c + 1, s, s)
+    cube[:, _U : _D + 1, :c] = faces.reshape(b, 2, c, s, s)
+    cube[:, _U : _D + 1, c:] = wface.reshape(b, 2, 1, s, s)
+    proj = c2e(cube.reshape(b * 6, c + 1, s, s), height=h, width=w, mode=mode, layout="stack").to(erp.dtype)
+    img, wt = proj[:, :c], proj[:, c:].clamp(0, 1)
+    blended = erp * (1 - wt) + img * wt
+    return torch.where(wt > 0, blended, erp)
+
+
+# --------------------------------------------------------------------------------------------
+# inpainters
+
+
+@runtime_checkable
+class Inpainter(Protocol):
+    """Fills masked regions of images.
+
+    ``__call__(images (N, C, S, S) float 0..1, masks (N, 1, S, S) 0..1, 1 = fill)`` returns
+    (N, C, S, S) float 0..1. Pixels outside the mask may change a little (e.g. a VAE round trip);
+    :func:`merge_pole_faces` only uses them in the feather band.
+    """
+
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor: ...
+
+
+class OpenCVInpainter:
+    """OpenCV inpainting, no weights needed: ``method`` "telea" (Telea 2004, fast marching) or
+    "ns" (Navier-Stokes). ``radius``: neighbourhood radius in pixels.
+
+    3-channel images are inpainted as 8-bit RGB (one call); other channel counts channel by
+    channel in float32. Pixels outside the mask are returned unchanged.
+    """
+
+    METHODS = ("telea", "ns")
+
+    def __init__(self, method: str = "telea", radius: float = 3.0):
+        import cv2
+
+        m = str(method).lower().replace("opencv-", "").replace("navier-stokes", "ns")
+        if m not in self.METHODS:
+            raise PanoInputError(f"method: expected one of {', '.join(self.METHODS)}, got {method!r}")
+        if not radius > 0:
+            raise PanoInputError(f"radius: expected a positive number of pixels, got {radius}")
+        self.method = m
+        self.radius = float(radius)
+        self._flag = cv2.INPAINT_TELEA if m == "telea" else cv2.INPAINT_NS
+
+    def __repr__(self) -> str:
+        return f"OpenCVInpainter(method={self.method!r}, radius={self.radius})"
+
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        import cv2
+
+        images = check_bchw(images, "images")
+        n, c, s1, s2 = images.shape
+        masks = _check_pole_masks(masks, n, s1, "masks") if s1 == s2 else masks
+        if masks.shape[-2:] != images.shape[-2:]:
+            raise PanoInputError(f"masks: expected the image size {s2}x{s1}, got {masks.shape[-1]}x{masks.shape[-2]}")
+        imgs = images.detach().float().cpu().clamp(0, 1)
+        holes = (masks.detach().float().cpu() > 0.5).to(torch.uint8).mul(255)
+        out = imgs.clone()
+        for i in range(n):
+            hole = np.ascontiguousarray(holes[i, 0].numpy())
+            if not hole.any():
+                continue
+            if c == 3:
+                arr = np.ascontiguousarray((imgs[i].permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8))
+                res = cv2.inpaint(arr, hole, self.radius, self._flag)
+                filled = torch.from_numpy(res.astype(np.float32) / 255.0).permute(2, 0, 1)
+            else:
+                chans = []
+                for ch in range(c):
+                    arr = np.ascontiguousarray(imgs[i, ch].numpy())
+                    chans.append(torch.from_numpy(cv2.inpaint(arr, hole, self.radius, self._flag)))
+                filled = torch.stack(chans)
+            sel = torch.from_numpy(hole > 0)
+            out[i] = torch.where(sel, filled.clamp(0, 1), imgs[i])
+        return out.to(device=images.device, dtype=images.dtype)
+
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if dtype not in _DTYPES:
+        raise PanoInputError(f"dtype: expected auto or one of {', '.join(_DTYPES)}, got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def _model_index_class(path_or_id: str) -> str | None:
+    p = Path(path_or_id) / "model_index.json"
+    if p.is_file():
+        try:
+            return json.loads(p.read_text()).get("_class_name")
+        except (OSError, ValueError) as e:
+            raise PanoInputError(f"model: cannot read {p}: {e}") from None
+    return None
+
+
+class DiffusersInpainter:
+    """Inpainting with a diffusers pipeline (e.g. ``black-forest-labs/FLUX.1-Fill-dev`` via
+    ``FluxFillPipeline``, or any pipeline ``AutoPipelineForInpainting`` can build).
+
+    Build it with :meth:`from_pretrained` (local folder or hub id) or wrap an existing pipeline.
+    Faces are resized to ``size`` (a multiple of 16; None keeps their size rounded down to 16),
+    inpainted in one batch with a seeded generator, and resized back.
+    """
+
+    def __init__(
+        self,
+        pipe: Any,
+        prompt: str | list[str] = "",
+        negative_prompt: str | list[str] | None = None,
+        num_inference_steps: int = 28,
+        guidance_scale: float | None = None,
+        strength: float = 1.0,
+        seed: int = 0,
+        size: int | None = None,
+        extra_call_kwargs: dict | None = None,
+    ):
+        self.pipe = pipe
+        self.prompt = prompt
+        self.negative_prompt = negative_prompt
+        self.num_inference_steps = int(num_inference_steps)
+        self.guidance_scale = guidance_scale
+        self.strength = float(strength)
+        self.seed = int(seed)
+        self.size = size
+        self.extra_call_kwargs = dict(extra_call_kwargs or {})
+        if self.num_inference_steps < 1:
+            raise PanoInputError(f"steps: expected at least 1, got {num_inference_steps}")
+        if not 0.0 < self.strength <= 1.0:
+            raise PanoInputError(f"strength: expected a number in (0, 1], got {strength}")
+        if size is not None and (int(size) < 16 or int(size) % 16):
+            raise PanoInputError(f"size: expected a multiple of 16 (>= 16), got {size}")
+
+    def __repr__(self) -> str:
+        return f"DiffusersInpainter({type(self.pipe).__name__}, steps={self.num_inference_steps}, seed={self.seed})"
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_id: str | os.PathLike,
+        *,
+        pipeline: str = "auto",
+        dtype: str | torch.dtype | None = "auto",
+        device: str | None = None,
+        offload: str = "none",
+        local_files_only: bool = False,
+        variant: str | None = None,
+        progress: bool = False,
+        **kwargs: Any,
+    ) -> DiffusersInpainter:
+        """Load an inpainting pipeline from a local diffusers folder or a hub id.
+
+        ``pipeline``: "auto" (the class named in ``model_index.json`` when it is an inpainting
+        or fill pipeline, else ``AutoPipelineForInpainting``), "flux-fill" (``FluxFillPipeline``)
+        or "auto-inpaint" (``AutoPipelineForInpainting``). ``dtype``: auto (bf16 on CUDA, fp32
+        on CPU), fp32, fp16, bf16. ``device``: default cuda if available. ``offload``: "none",
+        "model" (``enable_model_cpu_offload``) or "sequential"
+        (``enable_sequential_cpu_offload``). Weights are only read from safetensors files.
+        Remaining keyword arguments go to :class:`DiffusersInpainter` (prompt, seed, ...).
+        """
+        import diffusers
+
+        src = str(path_or_id)
+        if not src:
+            raise PanoInputError("model: expected a diffusers folder or a hub id, got an empty string")
+        local = Path(src).expanduser()
+        is_hub_id = src.count("/") == 1 and not src.startswith((".", "/", "~")) and not local.exists()
+        if local.exists():
+            if not (local / "model_index.json").is_file():
+                raise PanoInputError(f"model: {local} is not a diffusers pipeline folder (no model_index.json)")
+            src = str(local)
+        elif not is_hub_id:
+            raise PanoInputError(f"model: folder not found: {src} (expected a diffusers folder or a hub id 'org/name')")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        torch_dtype = _resolve_dtype(dtype, device)
+        if offload not in ("none", "model", "sequential"):
+            raise PanoInputError(f"offload: expected none, model or sequential, got {offload!r}")
+
+        load_kw: dict[str, Any] = {
+            "torch_dtype": torch_dtype,
+            "use_safetensors": True,
+            "local_files_only": local_files_only,
+        }
+        if variant:
+            load_kw["variant"] = variant
+        if pipeline == "flux-fill":
+            pipe_cls: Any = diffusers.FluxFillPipeline
+        elif pipeline == "auto-inpaint":
+            pipe_cls = diffusers.AutoPipelineForInpainting
+        elif pipeline == "auto":
+            name = _model_index_class(src)
+            if name and ("Inpaint" in name or "Fill" in name) and hasattr(diffusers, name):
+                pipe_cls = getattr(diffusers, name)
+            elif name is None and "flux" in src.lower() and "fill" in src.lower():
+                pipe_cls = diffusers.FluxFillPipeline
+            else:
+                pipe_cls = diffusers.AutoPipelineForInpainting
+        else:
+            raise PanoInputError(f"pipeline: expected auto, flux-fill or auto-inpaint, got {pipeline!r}")
+        try:
+            pipe = pipe_cls.from_pretrained(src, **load_kw)
+        except (OSError, ValueError) as e:
+            raise PanoInputError(f"model: cannot load an inpainting pipeline from {src!r}: {e}") from e
+        if offload == "model":
+            pipe.enable_model_cpu_offload(device=device)
+        elif offload == "sequential":
+            pipe.enable_sequential_cpu_offload(device=device)
+        else:
+            pipe = pipe.to(device)
+        if hasattr(pipe, "set_progress_bar_config"):
+            pipe.set_progress_bar_config(disable=not progress)
+        return cls(pipe, **kwargs)
+
+    def _call_kwargs(self, images: torch.Tensor, masks: torch.Tensor, size: int) -> dict[str, Any]:
+        n = images.shape[0]
+        params = inspect.signature(self.pipe.__call__).parameters
+
+        def per_image(p):
+            return list(p) if isinstance(p, (list, tuple)) else [p] * n
+
+        kw: dict[str, Any] = {
+            "prompt": per_image(self.prompt),
+            "image": images,
+            "mask_image": masks,
+            "height": size,
+            "width": size,
+            "num_inference_steps": self.num_inference_steps,
+            "generator": torch.Generator(device="cpu").manual_seed(self.seed),
+            "output_type": "pt",
+        }
+        if self.negative_prompt is not None and "negative_prompt" in params:
+            kw["negative_prompt"] = per_image(self.negative_prompt)
+        if self.guidance_scale is not None:
+            kw["guidance_scale"] = float(self.guidance_scale)
+        if "strength" in params:
+            kw["strength"] = self.strength
+        kw.update(self.extra_call_kwargs)
+        return {k: v for k, v in kw.items() if k in params or k in self.extra_call_kwargs}
+
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        images = check_bchw(images, "images", channels=(3,))
+        n, _, h, w = images.shape
+        masks = _check_pole_masks(masks, n, h, "masks") if h == w else masks
+        size = int(self.size) if self.size else max(16, (max(h, w) // 16) * 16)
+        x = images.detach().float().cpu().clamp(0, 1)
+        m = (masks.detach().float().cpu() > 0.5).float()
+        if (h, w) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            m = F.interpolate(m, size=(size, size), mode="nearest")
+        kw = self._call_kwargs(x, m, size)
+        with torch.inference_mode():
+            result = self.pipe(**kw)
+        out = result.images if hasattr(result, "images") else result[0]
+        if isinstance(out, np.ndarray):
+            out = torch.from_numpy(out).permute(0, 3, 1, 2)
+        out = out.float().cpu().clamp(0, 1)
+        if out.shape[0] != n:
+            raise PanoInputError(f"inpainter: the pipeline returned {out.shape[0]} images for {n} inputs")
+        if tuple(out.shape[-2:]) != (h, w):
+            out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        return out.to(device=images.device, dtype=images.dtype)
+
+
+def make_inpainter(spec: str | Inpainter | None = "opencv", **kwargs: Any) -> Inpainter:
+    """Inpainter from a short spec: ``opencv`` / ``opencv-telea`` (default), ``opencv-ns``, or
+    ``diffusers:PATH_OR_HUB_ID`` (keyword arguments go to :meth:`DiffusersInpainter.from_pretrained`).
+    An object that is already callable is returned as is."""
+    if spec is None:
+        spec = "opencv"
+    if not isinstance(spec, str):
+        if callable(spec):
+            return spec
+        raise PanoInputError(f"inpainter: expected a spec string or a callable, got {type(spec).__name__}")
+    s = spec.strip()
+    low = s.lower()
+    if low in ("opencv", "opencv-telea", "telea"):
+        return OpenCVInpainter("telea", **kwargs)
+    if low in ("opencv-ns", "ns", "navier-stokes"):
+        return OpenCVInpainter("ns", **kwargs)
+    if low.startswith("diffusers:"):
+        target = s.split(":", 1)[1]
+        if not target:
+            raise PanoInputError("inpainter: diffusers:PATH_OR_ID needs a folder or a hub id after the colon")
+        return DiffusersInpainter.from_pretrained(target, **kwargs)
+    raise PanoInputError(f"inpainter: expected opencv, opencv-ns or diffusers:PATH_OR_ID, got {spec!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# one shot
+
+
+def refine_poles(
+    erp: torch.Tensor,
+    inpainter: Inpainter | str | None = None,
+    fraction: float = DEFAULT_FRACTION,
+    feather: int = DEFAULT_FEATHER,
+    face_size: int | None = None,
+    mode: str = "bilinear",
+) -> torch.Tensor:
+    """Refine the poles of ERP panoramas (B, C, H, 2H): extract the ``U``/``D`` faces, inpaint the
+    central ``fraction`` of each with ``inpainter`` (an :class:`Inpainter` or a spec for
+    :func:`make_inpainter`; default OpenCV Telea), project back and blend (``feather`` face
+    pixels). Only the pole regions change; the rest of the panorama is bit-identical.
+    """
+    erp = check_erp(erp, "panorama")
+    feather = _check_feather(feather)
+    inp = make_inpainter(inpainter)
+    faces, masks = extract_pole_faces(erp, fraction=fraction, face_size=face_size, mode=mode)
+    if feather * 2 >= faces.shape[-1]:
+        raise PanoInputError(
+            f"feather: {feather} px is too wide for {faces.shape[-1]} px pole faces (must be < {faces.shape[-1] // 2})"
+        )
+    filled = inp(faces, masks)
+    if not isinstance(filled, torch.Tensor) or tuple(filled.shape) != tuple(faces.shape):
+        got = tuple(filled.shape) if isinstance(filled, torch.Tensor) else type(filled).__name__
+        raise PanoInputError(f"inpainter: expected output of shape {tuple(faces.shape)}, got {got}")
+    return merge_pole_faces(erp, filled, masks, feather=feather, mode=mode)
