@@ -326,7 +326,9 @@ def jpeg_embed_xmp(data: bytes, xmp: str) -> bytes:
     segs, rest = _jpeg_segments(data)
     segs = [(m, p) for m, p in segs if not (m == 0xE1 and p.startswith(XMP_JPEG_HEADER))]
     at = 0
-    while at < len(segs) and (segs[at][0] == 0xE0 or (segs[at][0] == 0xE1 and segs[at][1].startswith(b"Exif\x00"))):
+    while at < len(segs) and (
+        segs[at][0] == 0xE0 or (segs[at][0] == 0xE1 and segs[at][1].startswith(b"Exif\x00"))
+    ):
         at += 1
     segs.insert(at, (0xE1, payload))
     return _jpeg_join(segs, rest)

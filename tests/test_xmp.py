@@ -115,8 +115,8 @@ def test_png_embed_keeps_text_and_pixels_and_pillow_reads_it():
     raw = im.info[XMP_PNG_KEYWORD]
     root = ET.fromstring(raw.split("?>", 1)[1].rsplit("<?xpacket", 1)[0])
     desc = next(root.iter("{http://www.w3.org/1999/02/22-rdf-syntax-ns#}Description"))
-    assert desc.attrib["{%s}ProjectionType" % GPANO_NS] == "equirectangular"
-    assert desc.attrib["{%s}FullPanoWidthPixels" % GPANO_NS] == "64"
+    assert desc.attrib[f"{{{GPANO_NS}}}ProjectionType"] == "equirectangular"
+    assert desc.attrib[f"{{{GPANO_NS}}}FullPanoWidthPixels"] == "64"
     assert im.info["prompt"].startswith("{")
 
 
@@ -185,7 +185,11 @@ def test_cli_tag_png_and_jpeg(tmp_path, capsys):
     # 3:1 crop of a 240x120 panorama
     assert cli_main(["tag", str(jsrc), "-o", str(jout), "--full-width", "240", "--top", "10"]) == 0
     gp = read_gpano(jout.read_bytes())
-    assert (gp["CroppedAreaLeftPixels"], gp["CroppedAreaTopPixels"], gp["FullPanoHeightPixels"]) == (60, 10, 120)
+    assert (gp["CroppedAreaLeftPixels"], gp["CroppedAreaTopPixels"], gp["FullPanoHeightPixels"]) == (
+        60,
+        10,
+        120,
+    )
 
 
 def test_cli_tag_bad_inputs(tmp_path, capsys):

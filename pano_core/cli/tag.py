@@ -23,7 +23,9 @@ def _run(args: argparse.Namespace) -> int:
     if out.suffix.lower() != src.suffix.lower() and not (
         {out.suffix.lower(), src.suffix.lower()} <= {".jpg", ".jpeg"}
     ):
-        raise PanoInputError(f"-o: the output keeps the input's format; use a {src.suffix} name, not {out.name}")
+        raise PanoInputError(
+            f"-o: the output keeps the input's format; use a {src.suffix} name, not {out.name}"
+        )
     data = src.read_bytes()
     width, height = image_size(data)
     gp = gpano_for_image(
@@ -70,13 +72,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("input", metavar="IN", help="PNG or JPEG file")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file (same format as IN)")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    p.add_argument("--heading", type=float, default=None, help="PoseHeadingDegrees (compass heading of the centre)")
+    p.add_argument(
+        "--heading", type=float, default=None, help="PoseHeadingDegrees (compass heading of the centre)"
+    )
     p.add_argument(
         "--full-width", type=int, default=None, help="width of the full panorama when IN is only a crop of it"
     )
-    p.add_argument("--full-height", type=int, default=None, help="height of the full panorama (default width/2)")
-    p.add_argument("--left", type=int, default=None, help="crop position in the full panorama (default centred)")
-    p.add_argument("--top", type=int, default=None, help="crop position in the full panorama (default centred)")
+    p.add_argument(
+        "--full-height", type=int, default=None, help="height of the full panorama (default width/2)"
+    )
+    p.add_argument(
+        "--left", type=int, default=None, help="crop position in the full panorama (default centred)"
+    )
+    p.add_argument(
+        "--top", type=int, default=None, help="crop position in the full panorama (default centred)"
+    )
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_run)
 
