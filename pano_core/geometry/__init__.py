@@ -40,6 +40,8 @@ from .directions import (
     perspective_directions,
     rotation_matrix,
 )
+from .files import FILE_LAYOUTS, guess_layout, read_cubemap, write_cubemap
+from .masks import pole_mask, seam_mask
 from .perspective import e2p, p2e
 from .rotate import roll_erp, rotate_erp, yaw_to_pixels
 from .sampling import MODES, cache_info, clear_cache, set_cache_limits
@@ -56,6 +58,12 @@ __all__ = [
     "dirs_to_cube",
     "dirs_to_lonlat",
     "e2c",
+    "FILE_LAYOUTS",
+    "guess_layout",
+    "read_cubemap",
+    "write_cubemap",
+    "pole_mask",
+    "seam_mask",
     "e2p",
     "p2e",
     "roll_erp",
