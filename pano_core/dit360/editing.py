@@ -1,0 +1,413 @@
+"""DiT360 panorama editing with diffusers: inversion, inpainting, outpainting, view-to-panorama.
+
+Works on a diffusers Flux pipeline (``FluxPipeline`` with FLUX.1-dev + the DiT360 LoRA, or the
+DiT360 pipeline of :mod:`pano_core.dit360.pipeline`, or anything exposing ``transformer``,
+``vae``, ``scheduler`` and ``encode_prompt`` like ``FluxPipeline``; an object wrapping one in
+``.pipe`` works too).
+
+Mask convention: ``1`` (white) = generate anew, ``0`` (black) = keep.
+
+- :func:`inpaint` (image, mask): regenerate the white region of a panorama from the prompt;
+  the edit starts from the *inverted* latent everywhere, so the regenerated region inherits
+  the layout of what was there.
+- :func:`outpaint` (image, mask): the white region is *unknown* (e.g. outside a placed photo):
+  the edit branch starts from fresh seeded noise there (inverting blank canvas would bias the
+  result toward flat content), the black region is kept.
+- :func:`generate_from_view`: place a perspective photo on the ERP canvas
+  (:func:`place_view`, with :func:`pano_core.geometry.p2e`) and outpaint the rest.
+- :func:`invert` / :func:`edit`: the two stages separately (see
+  :mod:`pano_core.dit360.rf_inversion` for the algorithm).
+
+The model sees the latent circularly padded by ``padding`` token columns per side on every call
+(wrapped position ids, :mod:`pano_core.seams.circular`); the kept-token mask is padded exactly
+like the tokens (wrap), the schedule shift ``mu`` comes from the padded token count, the
+guidance value reaches the transformer's guidance embedding, and inversion noise is seeded.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import PanoInputError
+from ..seams import circular
+from ..validate import check_bchw, check_erp
+from .attention import FeatureReplacer, image_mask_to_latent, keep_mask_for_tokens, latent_mask_to_tokens
+from .rf_inversion import InversionResult, edit_latent, invert_latent, seeded_noise
+
+__all__ = [
+    "EditSettings",
+    "flux_components",
+    "encode_image",
+    "decode_latent",
+    "flux_sigmas",
+    "invert",
+    "edit",
+    "inpaint",
+    "outpaint",
+    "place_view",
+    "generate_from_view",
+]
+
+
+@dataclass
+class EditSettings:
+    """Defaults of the editing algorithm (DiT360 / RF-inversion)."""
+
+    steps: int = 28
+    guidance: float = 2.8
+    gamma: float = 0.5
+    eta: float = 0.9
+    eta_start: float = 0.0
+    eta_stop: float = 1.0
+    tau: float = 0.5
+    padding: int = 1
+
+
+def flux_components(pipe):
+    """The diffusers Flux pipeline inside ``pipe`` (itself, or ``pipe.pipe`` / ``pipe.pipeline``)."""
+    for obj in (pipe, getattr(pipe, "pipe", None), getattr(pipe, "pipeline", None)):
+        if obj is not None and all(hasattr(obj, a) for a in ("transformer", "vae", "scheduler", "encode_prompt")):
+            return obj
+    raise PanoInputError(
+        f"pipe: expected a diffusers Flux pipeline (transformer, vae, scheduler, encode_prompt), got {type(pipe).__name__}"
+    )
+
+
+def _device(fp) -> torch.device:
+    dev = getattr(fp, "_execution_device", None)
+    if dev is None:
+        dev = next(fp.transformer.parameters()).device
+    return torch.device(dev)
+
+
+def _pack(x: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = x.shape
+    return x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def _unpack(t: torch.Tensor, c: int, h: int, w: int) -> torch.Tensor:
+    b = t.shape[0]
+    return t.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
+def _image_ids(h_tok: int, w_tok: int, device) -> torch.Tensor:
+    ids = torch.zeros(h_tok, w_tok, 3, device=device)
+    ids[..., 1] = torch.arange(h_tok, device=device)[:, None]
+    ids[..., 2] = torch.arange(w_tok, device=device)[None, :]
+    return ids.reshape(h_tok * w_tok, 3)
+
+
+def _check_image(image: torch.Tensor, name: str = "image") -> torch.Tensor:
+    check_erp(image, name, channels=(3, 4))
+    h, w = image.shape[-2:]
+    if h % 16 or w % 16:
+        raise PanoInputError(f"{name}: width and height must be multiples of 16 for Flux; got {w}x{h} (W x H)")
+    return image[:, :3]
+
+
+@torch.no_grad()
+def encode_image(pipe, image: torch.Tensor) -> torch.Tensor:
+    """VAE-encode an image ``(B, 3, H, W)`` in 0..1 to a scaled Flux latent ``(B, 16, H/8, W/8)``.
+
+    Uses the posterior mode (deterministic), then FLUX's shift and scaling factors.
+    """
+    fp = flux_components(pipe)
+    vae = fp.vae
+    x = image.to(device=_device(fp), dtype=vae.dtype) * 2.0 - 1.0
+    dist = vae.encode(x).latent_dist
+    lat = dist.mode() if hasattr(dist, "mode") else dist.mean
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return ((lat - shift) * vae.config.scaling_factor).float()
+
+
+@torch.no_grad()
+def decode_latent(pipe, latent: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`encode_image`: scaled latent -> image ``(B, 3, H, W)`` in 0..1 (float32)."""
+    fp = flux_components(pipe)
+    vae = fp.vae
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    z = latent.to(device=_device(fp), dtype=vae.dtype) / vae.config.scaling_factor + shift
+    img = vae.decode(z, return_dict=False)[0]
+    return ((img.float() + 1.0) / 2.0).clamp(0, 1)
+
+
+def flux_sigmas(pipe, steps: int, latent_hw: tuple[int, int], padding: int = 1) -> torch.Tensor:
+    """FLUX.1-dev sigma schedule (``steps + 1`` values, 1 -> 0) for a latent of ``latent_hw``,
+    with ``mu`` computed from the *padded* token count (as DiT360 does)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise PanoInputError(f"steps: expected an integer >= 1, got {steps!r}")
+    fp = flux_components(pipe)
+    h_tok, w_tok = latent_hw[0] // 2, latent_hw[1] // 2
+    sched = copy.deepcopy(fp.scheduler)
+    cfg = sched.config
+    mu = circular.flux_mu(
+        circular.padded_token_count(h_tok, w_tok, padding),
+        cfg.get("base_image_seq_len", 256),
+        cfg.get("max_image_seq_len", 4096),
+        cfg.get("base_shift", 0.5),
+        cfg.get("max_shift", 1.15),
+    )
+    sched.set_timesteps(sigmas=np.linspace(1.0, 1.0 / steps, steps), mu=mu, device="cpu")
+    return sched.sigmas.detach().float().cpu()
+
+
+class _FluxVelocity:
+    """Velocity functions of a diffusers Flux transformer on unpadded latents (B, C, h, w).
+
+    Each call packs the latent into tokens, pads them circularly (``padding`` token columns per
+    side, wrapped ids), runs the transformer with the given text embeddings and guidance, crops
+    and unpacks the output.
+    """
+
+    def __init__(self, pipe, latent_shape, padding: int, guidance: float, max_sequence_length: int = 512):
+        self.fp = flux_components(pipe)
+        self.tr = self.fp.transformer
+        self.device = _device(self.fp)
+        self.dtype = self.tr.dtype
+        _, self.c, self.h, self.w = latent_shape
+        self.h_tok, self.w_tok = self.h // 2, self.w // 2
+        self.p = circular.check_padding(self.w_tok, int(padding))
+        ids = _image_ids(self.h_tok, self.w_tok, self.device)
+        self.img_ids = circular.pad_ids(ids, self.h_tok, self.w_tok, self.p, mode="wrapped")
+        self.guidance = float(guidance)
+        self.max_sequence_length = max_sequence_length
+        self.use_guidance = bool(getattr(self.tr.config, "guidance_embeds", False))
+
+    def encode(self, prompt: str):
+        pe, pooled, txt_ids = self.fp.encode_prompt(
+            prompt=prompt, prompt_2=None, device=self.device, num_images_per_prompt=1,
+            max_sequence_length=self.max_sequence_length,
+        )
+        return pe, pooled, txt_ids
+
+    def __call__(self, x: torch.Tensor, sigma: float, pe, pooled, txt_ids) -> torch.Tensor:
+        b = x.shape[0]
+        tok = circular.pad_tokens(_pack(x.to(self.device)), self.h_tok, self.w_tok, self.p)
+        t = torch.full((b,), float(sigma), device=self.device, dtype=self.dtype)
+        g = torch.full((b,), self.guidance, device=self.device, dtype=torch.float32) if self.use_guidance else None
+        out = self.tr(
+            hidden_states=tok.to(self.dtype),
+            timestep=t,
+            guidance=g,
+            pooled_projections=pooled.expand(b, -1) if pooled.shape[0] == 1 else pooled,
+            encoder_hidden_states=pe.expand(b, -1, -1) if pe.shape[0] == 1 else pe,
+            txt_ids=txt_ids,
+            img_ids=self.img_ids,
+            return_dict=False,
+        )[0]
+        out = circular.crop_tokens(out, self.h_tok, self.w_tok, self.p)
+        return _unpack(out.float(), self.c, self.h, self.w)
+
+
+def _progress(pipe, total: int, enabled: bool, desc: str):
+    fp = flux_components(pipe)
+    if enabled and hasattr(fp, "progress_bar"):
+        return fp.progress_bar(total=total)
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled)
+
+
+@torch.no_grad()
+def invert(
+    pipe,
+    image: torch.Tensor,
+    *,
+    prompt: str = "",
+    steps: int = 28,
+    guidance: float = 2.8,
+    gamma: float = 0.5,
+    seed: int = 0,
+    padding: int = 1,
+    keep_trajectory: bool = False,
+    progress: bool = True,
+    callback: Callable | None = None,
+) -> InversionResult:
+    """RF-invert a panorama ``(1, 3, H, W)`` (0..1): controlled forward ODE with strength
+    ``gamma`` toward seeded noise (``seed``), conditioned on ``prompt`` (describe the source;
+    empty is fine) and ``guidance``. Returns :class:`InversionResult` (latents in scaled VAE space)."""
+    image = _check_image(image)
+    y0 = encode_image(pipe, image)
+    vel = _FluxVelocity(pipe, y0.shape, padding, guidance)
+    pe, pooled, txt = vel.encode(prompt)
+    sigmas = flux_sigmas(pipe, steps, y0.shape[-2:], vel.p)
+    bar = _progress(pipe, steps, progress, "DiT360 inversion")
+
+    def cb(i, n, st):
+        bar.update(1)
+        if callback is not None:
+            callback(i, n, st)
+
+    try:
+        return invert_latent(lambda x, s: vel(x, s, pe, pooled, txt), y0, sigmas, gamma, seed,
+                             keep_trajectory=keep_trajectory, callback=cb)
+    finally:
+        bar.close()
+
+
+@torch.no_grad()
+def edit(
+    pipe,
+    inversion: InversionResult,
+    mask: torch.Tensor,
+    *,
+    prompt: str,
+    source_prompt: str = "",
+    steps: int | None = None,
+    guidance: float = 2.8,
+    eta: float = 0.9,
+    eta_start: float = 0.0,
+    eta_stop: float = 1.0,
+    tau: float = 0.5,
+    blend_until: float | None = None,
+    padding: int = 1,
+    fresh_noise_seed: int | None = None,
+    replace_features: bool = True,
+    progress: bool = True,
+    callback: Callable | None = None,
+    output: str = "image",
+):
+    """Edit from an inversion: denoise [source, edit] with masked feature replacement.
+
+    ``mask``: image-size (or latent-size) mask ``(1, 1, H, W)``, 1 = generate anew. ``prompt``
+    describes the result, ``source_prompt`` the original (the source branch's prompt).
+    ``steps``: sampling steps (default: the inversion's). ``fresh_noise_seed``: when given, the
+    edit branch starts from seeded fresh noise in the masked region (outpainting).
+    ``output``: ``"image"`` -> (1, 3, H, W) in 0..1; ``"latent"`` -> :class:`EditResult`.
+    """
+    y0, z1 = inversion.source, inversion.latent
+    m = image_mask_to_latent(mask, tuple(y0.shape[-2:])).to(y0.device)
+    vel = _FluxVelocity(pipe, y0.shape, padding, guidance)
+    pe_s, pool_s, txt = vel.encode(source_prompt)
+    pe_e, pool_e, _ = vel.encode(prompt)
+    if pe_s.shape != pe_e.shape:
+        raise PanoInputError("prompt: source and edit prompt embeddings differ in length; use the same max_sequence_length")
+    pe = torch.cat([pe_s, pe_e]).repeat_interleave(y0.shape[0], dim=0)
+    pooled = torch.cat([pool_s, pool_e]).repeat_interleave(y0.shape[0], dim=0)
+    n_steps = steps if steps is not None else len(inversion.sigmas) - 1
+    sigmas = flux_sigmas(pipe, n_steps, y0.shape[-2:], vel.p)
+    edit_tok = latent_mask_to_tokens(m).expand(y0.shape[0], -1)
+    keep = keep_mask_for_tokens(edit_tok, vel.h_tok, vel.w_tok, circular.padded_token_count(vel.h_tok, vel.w_tok, vel.p))
+    init = None
+    if fresh_noise_seed is not None:
+        fresh = seeded_noise(z1.shape, int(fresh_noise_seed), device=z1.device)
+        init = m * fresh + (1 - m) * z1
+    bar = _progress(pipe, n_steps, progress, "DiT360 edit")
+    replacer = FeatureReplacer(vel.tr, keep.to(vel.device))
+
+    def pair(x_src, x_edit, sigma, replace):
+        replacer.enabled = bool(replace and replace_features)
+        v = vel(torch.cat([x_src, x_edit]), sigma, pe, pooled, txt)
+        replacer.enabled = False
+        return v[: x_src.shape[0]], v[x_src.shape[0]:]
+
+    def cb(i, n, st):
+        bar.update(1)
+        if callback is not None:
+            callback(i, n, st)
+
+    try:
+        with replacer:
+            res = edit_latent(pair, z1, y0, m, sigmas, eta=eta, eta_start=eta_start, eta_stop=eta_stop,
+                              tau=tau, blend_until=blend_until, init_edit=init, callback=cb)
+    finally:
+        bar.close()
+    if output == "latent":
+        return res
+    return decode_latent(pipe, res.edit)
+
+
+def _run(pipe, image, mask, mode, *, prompt, source_prompt="", steps=28, guidance=2.8, seed=0, gamma=0.5,
+         eta=0.9, eta_start=0.0, eta_stop=1.0, tau=0.5, blend_until=None, padding=1, inversion_steps=None,
+         progress=True, output="image"):
+    image = _check_image(image)
+    check_bchw(mask, "mask", channels=(1,))
+    if mask.shape[-2:] != image.shape[-2:]:
+        raise PanoInputError(
+            f"mask: size {mask.shape[-1]}x{mask.shape[-2]} (W x H) does not match the image "
+            f"{image.shape[-1]}x{image.shape[-2]}"
+        )
+    inv = invert(pipe, image, prompt=source_prompt, steps=inversion_steps or steps, guidance=guidance,
+                 gamma=gamma, seed=seed, padding=padding, progress=progress)
+    return edit(pipe, inv, mask, prompt=prompt, source_prompt=source_prompt, steps=steps, guidance=guidance,
+                eta=eta, eta_start=eta_start, eta_stop=eta_stop, tau=tau, blend_until=blend_until,
+                padding=padding, fresh_noise_seed=(seed + 1 if mode == "outpaint" else None),
+                progress=progress, output=output)
+
+
+def inpaint(pipe, image: torch.Tensor, mask: torch.Tensor, *, prompt: str, **opts):
+    """Regenerate the white (1) region of ``mask`` in the panorama ``image`` (1, 3, H, W) from
+    ``prompt``; the black region is kept. Options: ``source_prompt, steps, guidance, seed, gamma,
+    eta, eta_start, eta_stop, tau, blend_until, padding, inversion_steps, progress, output``.
+    Returns the edited panorama (1, 3, H, W) in 0..1."""
+    return _run(pipe, image, mask, "inpaint", prompt=prompt, **opts)
+
+
+def outpaint(pipe, image: torch.Tensor, mask: torch.Tensor, *, prompt: str, **opts):
+    """Generate the white (1) region of ``mask`` (the unknown part, e.g. outside a placed photo)
+    around the kept black region, starting from fresh seeded noise there. Same options as
+    :func:`inpaint`."""
+    return _run(pipe, image, mask, "outpaint", prompt=prompt, **opts)
+
+
+def place_view(
+    view: torch.Tensor,
+    fov_deg: float | tuple[float, float],
+    yaw: float = 0.0,
+    pitch: float = 0.0,
+    *,
+    height: int,
+    width: int | None = None,
+    fill: float = 0.5,
+    coverage_threshold: float = 0.999,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Place a perspective photo ``(B, C, h, w)`` on an ERP canvas (``height x 2*height``).
+
+    Projects with :func:`pano_core.geometry.p2e` (horizontal ``fov_deg``, ``yaw``, ``pitch``),
+    fills the uncovered part with grey ``fill``. Returns ``(canvas (B, C, H, W),
+    generate_mask (B, 1, H, W))`` where the mask is 1 wherever the photo does not fully cover
+    the pixel (the region outpainting must generate) and 0 on the photo.
+    """
+    from ..geometry import p2e
+
+    check_bchw(view, "view", channels=(1, 3, 4))
+    width = int(width) if width is not None else 2 * int(height)
+    if width != 2 * int(height):
+        raise PanoInputError(f"width/height: an ERP canvas must be 2:1, got {width}x{height}")
+    if isinstance(fov_deg, (int, float)) and not 0 < float(fov_deg) < 180:
+        raise PanoInputError(f"fov: expected a horizontal field of view in (0, 180) degrees, got {fov_deg}")
+    erp, cov = p2e(view.float(), fov_deg, yaw=yaw, pitch=pitch, erp_hw=(int(height), width))
+    keep = (cov >= coverage_threshold).to(erp.dtype)
+    canvas = erp * keep + fill * (1.0 - keep)
+    return canvas.clamp(0, 1), 1.0 - keep
+
+
+def generate_from_view(
+    pipe,
+    view_image_bchw: torch.Tensor,
+    fov_deg: float,
+    yaw: float = 0.0,
+    pitch: float = 0.0,
+    *,
+    prompt: str,
+    height: int = 1024,
+    width: int = 2048,
+    steps: int = 28,
+    guidance: float = 2.8,
+    seed: int = 0,
+    **opts,
+) -> torch.Tensor:
+    """View-to-panorama: place the photo (fov, yaw, pitch) on the ERP canvas and outpaint the rest.
+
+    Returns the panorama (1, 3, height, width) in 0..1; the photo's region is kept.
+    Extra options as :func:`outpaint` (``source_prompt, gamma, eta, tau, padding, ...``).
+    """
+    if width != 2 * height:
+        raise PanoInputError(f"width/height: a panorama must be 2:1, got {width}x{height}")
+    canvas, gen = place_view(view_image_bchw[:1, :3], fov_deg, yaw, pitch, height=height, width=width)
+    return outpaint(pipe, canvas, gen, prompt=prompt, steps=steps, guidance=guidance, seed=seed, **opts)
