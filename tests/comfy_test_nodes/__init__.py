@@ -1,0 +1,145 @@
+"""Test-only ComfyUI node pack of Pano360 (never shipped).
+
+Loaded by the test harness (tests/comfy_harness.py) next to the real pack. Provides tiny random
+models that stand in for real weights when workflows run in tests:
+
+- ``Pano360TestTinyFlux``   -> MODEL (tiny Flux dev/schnell/fill; replaces UNETLoader)
+- ``Pano360TestTinyCLIP``   -> CLIP  (Flux tokenizer + tiny encoder; replaces DualCLIPLoader)
+- ``Pano360TestTinyVAE``    -> VAE   (TAESD architecture, 16 latent channels; replaces VAELoader)
+- ``Pano360TestTinyCheckpoint`` -> MODEL, CLIP, VAE (replaces CheckpointLoaderSimple)
+- ``Pano360TestRaise``      raises an exception with a given message (harness error tests)
+- ``Pano360TestSaveTinyLoRA`` writes a tiny DiT360-format LoRA into the ``loras`` folder
+"""
+
+from __future__ import annotations
+
+from . import tiny_models
+
+_SEED = ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF})
+_CATEGORY = "Pano360/testing"
+
+
+class Pano360TestTinyFlux:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "seed": _SEED,
+                "variant": (list(tiny_models.VARIANTS), {"default": "dev"}),
+                "depth": ("INT", {"default": 1, "min": 1, "max": 4}),
+                "depth_single_blocks": ("INT", {"default": 1, "min": 0, "max": 4}),
+            }
+        }
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "build"
+    CATEGORY = _CATEGORY
+    DESCRIPTION = "Tiny random Flux MODEL for tests (dev: guidance embed; schnell; fill: inpaint, 96 in-channels)."
+
+    def build(self, seed, variant="dev", depth=1, depth_single_blocks=1):
+        return (tiny_models.build_tiny_flux(seed, variant, depth, depth_single_blocks),)
+
+
+class Pano360TestTinyCLIP:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": _SEED}}
+
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "build"
+    CATEGORY = _CATEGORY
+
+    def build(self, seed):
+        return (tiny_models.build_tiny_clip(seed),)
+
+
+class Pano360TestTinyVAE:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": _SEED}}
+
+    RETURN_TYPES = ("VAE",)
+    FUNCTION = "build"
+    CATEGORY = _CATEGORY
+
+    def build(self, seed):
+        return (tiny_models.build_tiny_vae(seed),)
+
+
+class Pano360TestTinyCheckpoint:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": _SEED, "variant": (list(tiny_models.VARIANTS), {"default": "dev"})}}
+
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    FUNCTION = "build"
+    CATEGORY = _CATEGORY
+
+    def build(self, seed, variant="dev"):
+        return (
+            tiny_models.build_tiny_flux(seed, variant),
+            tiny_models.build_tiny_clip(seed),
+            tiny_models.build_tiny_vae(seed),
+        )
+
+
+class Pano360TestRaise:
+    """Raises ``RuntimeError(message)`` when executed (to test execution_error reporting)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {"message": ("STRING", {"default": "Pano360TestRaise: deliberate failure"})},
+            "optional": {"image": ("IMAGE",)},
+        }
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    CATEGORY = _CATEGORY
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return float("nan")  # never cached: always executes
+
+    def run(self, message, image=None):
+        raise RuntimeError(message)
+
+
+class Pano360TestSaveTinyLoRA:
+    """Writes a tiny DiT360-format (PEFT) LoRA for the tiny Flux into the ``loras`` folder."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "filename": ("STRING", {"default": "tiny_dit360_lora.safetensors"}),
+                "seed": _SEED,
+                "rank": ("INT", {"default": 4, "min": 1, "max": 64}),
+            }
+        }
+
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("path",)
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    CATEGORY = _CATEGORY
+
+    def save(self, filename, seed, rank):
+        import os
+
+        import folder_paths
+
+        path = os.path.join(folder_paths.get_folder_paths("loras")[0], filename)
+        return (tiny_models.save_tiny_dit360_lora(path, seed=seed, rank=rank),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "Pano360TestTinyFlux": Pano360TestTinyFlux,
+    "Pano360TestTinyCLIP": Pano360TestTinyCLIP,
+    "Pano360TestTinyVAE": Pano360TestTinyVAE,
+    "Pano360TestTinyCheckpoint": Pano360TestTinyCheckpoint,
+    "Pano360TestRaise": Pano360TestRaise,
+    "Pano360TestSaveTinyLoRA": Pano360TestSaveTinyLoRA,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {k: k.replace("Pano360Test", "Pano360 Test ") for k in NODE_CLASS_MAPPINGS}

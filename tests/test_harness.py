@@ -1,0 +1,148 @@
+"""Tests of the real-ComfyUI test harness (tests/comfy_harness.py) and the test node pack."""
+
+from __future__ import annotations
+
+import comfy_harness as ch
+import numpy as np
+import pytest
+from comfy_harness import ComfyExecutionError, ComfyValidationError
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def tiny_flux_prompt(prefix: str = "harness", seed: int = 1, width: int = 64, height: int = 32,
+                     text: str = "a panorama") -> dict:
+    """TinyFlux + TinyCLIP + EmptySD3LatentImage + KSampler + VAEDecode + SaveImage."""
+    return {
+        "1": {"class_type": "Pano360TestTinyFlux",
+              "inputs": {"seed": 0, "variant": "dev", "depth": 1, "depth_single_blocks": 1}},
+        "2": {"class_type": "Pano360TestTinyCLIP", "inputs": {"seed": 0}},
+        "3": {"class_type": "Pano360TestTinyVAE", "inputs": {"seed": 0}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["2", 0]}},
+        "5": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["4", 0], "guidance": 3.5}},
+        "6": {"class_type": "EmptySD3LatentImage", "inputs": {"width": width, "height": height, "batch_size": 1}},
+        "7": {"class_type": "KSampler",
+              "inputs": {"model": ["1", 0], "positive": ["5", 0], "negative": ["4", 0], "latent_image": ["6", 0],
+                         "seed": seed, "steps": 2, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+                         "denoise": 1.0}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["3", 0]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": prefix}},
+    }
+
+
+# --------------------------------------------------------------------------- no server needed
+
+
+SAMPLE_LOG_OK = """\
+Import times for custom nodes:
+   0.0 seconds: /tmp/x/custom_nodes/websocket_image_save.py
+   0.1 seconds: /tmp/x/custom_nodes/pano360_test_nodes
+   0.3 seconds: /tmp/x/custom_nodes/comfyui-pano360
+
+Starting server
+"""
+
+SAMPLE_LOG_FAILED = """\
+Traceback (most recent call last):
+  File "/c/nodes.py", line 2131, in load_custom_node
+    module_spec.loader.exec_module(module)
+ModuleNotFoundError: No module named 'not_a_module'
+
+Cannot import /tmp/x/custom_nodes/comfyui-pano360 module for custom nodes: No module named 'not_a_module'
+
+Import times for custom nodes:
+   0.1 seconds: /tmp/x/custom_nodes/pano360_test_nodes
+   0.3 seconds (IMPORT FAILED): /tmp/x/custom_nodes/comfyui-pano360
+
+Starting server
+"""
+
+
+def test_import_status_parsing():
+    assert ch.custom_node_import_status(SAMPLE_LOG_OK) == {
+        "websocket_image_save.py": True, "pano360_test_nodes": True, "comfyui-pano360": True}
+    st = ch.custom_node_import_status(SAMPLE_LOG_FAILED)
+    assert st == {"pano360_test_nodes": True, "comfyui-pano360": False}
+
+
+def test_import_failure_detection():
+    packs = ["comfyui-pano360", "pano360_test_nodes"]
+    assert ch.find_import_failures(SAMPLE_LOG_OK, packs) == {}
+    f = ch.find_import_failures(SAMPLE_LOG_FAILED, packs)
+    assert list(f) == ["comfyui-pano360"]
+    assert "No module named 'not_a_module'" in f["comfyui-pano360"]
+    # a pack missing from the summary was not loaded at all
+    f2 = ch.find_import_failures(SAMPLE_LOG_OK, ["some_other_pack"])
+    assert "not loaded" in f2["some_other_pack"]
+
+
+def test_missing_comfyui_message(tmp_path):
+    with pytest.raises(ch.ComfyHarnessError, match="scripts/workspace.py setup"):
+        ch.check_comfyui(tmp_path)
+
+
+# --------------------------------------------------------------------------- real server
+
+
+@pytest.mark.comfy
+def test_server_has_packs_loaded(comfy):
+    info = comfy.object_info()
+    for node in ("Pano360TestTinyFlux", "Pano360TestTinyCLIP", "Pano360TestTinyVAE", "Pano360TestRaise"):
+        assert node in info
+    pano = [k for k in info if k.startswith("Pano360") and not k.startswith("Pano360Test")]
+    assert pano, "no node of the Pano360 pack is registered"
+    assert ch.custom_node_import_status(comfy.log_text()).get(ch.PACK_LINK_NAME) is True
+    assert comfy.object_info("Pano360TestTinyFlux")["output"] == ["MODEL"]
+    with pytest.raises(KeyError):
+        comfy.object_info("Pano360NoSuchNode")
+    # own folders, not the workspace's
+    assert str(comfy.output_dir).startswith(str(comfy.base_dir))
+
+
+@pytest.mark.comfy
+@pytest.mark.timeout(300)
+def test_tiny_flux_ksampler_smoke(comfy):
+    outputs = comfy.run(tiny_flux_prompt("smoke"), timeout=240)
+    imgs = comfy.images(outputs, "9")
+    assert len(imgs) == 1
+    im = imgs[0]
+    assert im.shape == (32, 64, 3) and im.dtype == np.uint8
+    assert im.std() > 1.0, "decoded image is flat"
+    assert (comfy.output_dir / outputs["9"]["images"][0]["filename"]).is_file()
+
+
+@pytest.mark.comfy
+@pytest.mark.timeout(300)
+def test_validation_error_then_server_still_serves(comfy):
+    bad = tiny_flux_prompt("bad")
+    bad["7"]["inputs"]["sampler_name"] = "no_such_sampler"
+    del bad["8"]["inputs"]["vae"]
+    with pytest.raises(ComfyValidationError) as ei:
+        comfy.queue(bad)
+    err = ei.value
+    assert err.status_code == 400
+    assert set(err.node_errors) >= {"7", "8"}
+    assert "sampler_name" in str(err) and "no_such_sampler" in str(err)
+    # the next valid prompt still runs
+    outputs = comfy.run(tiny_flux_prompt("after_validation_error", seed=2), timeout=240)
+    assert comfy.images(outputs, "9")[0].shape == (32, 64, 3)
+
+
+@pytest.mark.comfy
+@pytest.mark.timeout(300)
+def test_execution_error_then_server_still_serves(comfy):
+    prompt = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "Pano360TestRaise", "inputs": {"message": "boom: deliberate test failure",
+                                                             "image": ["1", 0]}},
+    }
+    with pytest.raises(ComfyExecutionError) as ei:
+        comfy.run(prompt, timeout=120)
+    err = ei.value
+    assert err.node_id == "2"
+    assert err.node_type == "Pano360TestRaise"
+    assert err.exception_type.endswith("RuntimeError")
+    assert err.exception_message.strip() == "boom: deliberate test failure"
+    assert "boom: deliberate test failure" in str(err)
+    outputs = comfy.run(tiny_flux_prompt("after_execution_error", seed=3), timeout=240)
+    assert comfy.images(outputs, "9")[0].shape == (32, 64, 3)
