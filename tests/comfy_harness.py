@@ -651,6 +651,7 @@ def ui_to_api(ui_workflow: dict, object_info: dict, substitutions: Mapping | Non
         raise WorkflowConversionError("workflows with subgraphs are not supported by ui_to_api")
     substitutions = substitutions or {}
     context = dict(context or {})
+    context.setdefault("object_info", object_info)
     nodes = {n["id"]: n for n in ui_workflow["nodes"]}
     links = _links_table(ui_workflow)
 
@@ -725,6 +726,12 @@ def ui_to_api(ui_workflow: dict, object_info: dict, substitutions: Mapping | Non
                 output_maps[str(nid)] = {int(k): int(v) for k, v in (new.pop("outputs", None) or {}).items()}
                 new.setdefault("_meta", {"title": f"{entry['_meta']['title']} (substituted)"})
                 entry = new
+        for generic in _as_list(substitutions.get("*")):
+            new = generic(copy.deepcopy(entry), node, context)
+            if new is not None:
+                new.setdefault("_meta", entry.get("_meta", {}))
+                new.pop("outputs", None)
+                entry = new
         api[str(nid)] = entry
 
     # remap links into substituted nodes and drop links to nodes that were removed
@@ -736,6 +743,12 @@ def ui_to_api(ui_workflow: dict, object_info: dict, substitutions: Mapping | Non
                 elif v[0] in output_maps and v[1] in output_maps[v[0]]:
                     entry["inputs"][k] = [v[0], output_maps[v[0]][v[1]]]
     return api
+
+
+def _as_list(x) -> list:
+    if x is None:
+        return []
+    return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
 def _defaults(info: dict) -> dict[str, Any]:
@@ -866,7 +879,41 @@ def sub_few_steps(node: dict, ui_node: dict, ctx: dict) -> dict | None:
     return {"class_type": node["class_type"], "inputs": new}
 
 
+def sub_tiny_generic(node: dict, ui_node: dict, ctx: dict) -> dict | None:
+    """Applied to every node (key ``"*"``): literal ``steps`` clamped to ``ctx['max_steps']``
+    (2); literal ``width``/``height`` pairs above ``ctx['max_side']`` (128) scaled down
+    (aspect kept, multiples of 16); a ``size`` preset combo that offers ``custom`` is switched
+    to ``custom`` with the scaled preset size."""
+    inp = dict(node["inputs"])
+    changed = False
+    r = sub_few_steps({**node, "inputs": inp}, ui_node, ctx)
+    if r is not None and r["inputs"] != inp:
+        inp, changed = r["inputs"], True
+    info = (ctx.get("object_info") or {}).get(node["class_type"], {})
+    size = inp.get("size")
+    if isinstance(size, str) and "custom" in _combo_options(info, "size") and size != "custom":
+        m = re.match(r"\s*(\d+)\s*[x×]\s*(\d+)", size)
+        if m and isinstance(inp.get("width"), int) and isinstance(inp.get("height"), int):
+            inp["width"], inp["height"] = int(m.group(1)), int(m.group(2))
+            inp["size"] = "custom"
+            changed = True
+    r = sub_shrink_latent({**node, "inputs": inp}, ui_node, ctx)
+    if r is not None and r["inputs"] != inp:
+        inp, changed = r["inputs"], True
+    return {"class_type": node["class_type"], "inputs": inp} if changed else None
+
+
+def _combo_options(info: dict, name: str) -> list:
+    for n, typ, opts in _input_defs(info):
+        if n == name:
+            if isinstance(typ, list):
+                return typ
+            return list(opts.get("options") or [])
+    return []
+
+
 DEFAULT_SUBSTITUTIONS: dict[str, Any] = {
+    "*": sub_tiny_generic,
     "UNETLoader": sub_unet_loader,
     "UnetLoaderGGUF": sub_unet_loader,
     "DualCLIPLoader": {"class_type": "Pano360TestTinyCLIP", "inputs": {"seed": 0}},
@@ -877,12 +924,6 @@ DEFAULT_SUBSTITUTIONS: dict[str, Any] = {
     "LoadImageMask": sub_load_image,
     "LoraLoaderModelOnly": sub_lora_loader,
     "LoraLoader": sub_lora_loader,
-    "EmptyLatentImage": sub_shrink_latent,
-    "EmptySD3LatentImage": sub_shrink_latent,
-    "EmptyImage": sub_shrink_latent,
-    "KSampler": sub_few_steps,
-    "KSamplerAdvanced": sub_few_steps,
-    "BasicScheduler": sub_few_steps,
 }
 
 
@@ -917,5 +958,5 @@ __all__ = [
     "WorkflowConversionError", "ui_to_api", "DEFAULT_SUBSTITUTIONS", "check_outputs", "output_node_ids",
     "find_import_failures", "custom_node_import_status", "comfyui_path", "check_comfyui", "free_port",
     "sub_unet_loader", "sub_checkpoint_loader", "sub_load_image", "sub_lora_loader", "sub_shrink_latent",
-    "sub_few_steps", "REPO_ROOT", "ASSETS_DIR", "TEST_NODES_DIR",
+    "sub_few_steps", "sub_tiny_generic", "REPO_ROOT", "ASSETS_DIR", "TEST_NODES_DIR",
 ]
