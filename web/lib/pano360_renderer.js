@@ -1,0 +1,170 @@
+// Pano360 equirectangular renderer on plain WebGL2 (no libraries).
+//
+// One full-screen triangle; the fragment shader casts a ray per pixel through a pinhole
+// camera turned by yaw/pitch and looks the ray's longitude/latitude up in the ERP texture.
+// Frame (same as pano_core.geometry): x right, y up, z forward; lon = atan2(x, z) (0 at the
+// image centre, positive to the right), lat = asin(y) (+90 at the top row). The camera
+// rotation is R = Ry(yaw) Rx(-pitch), so yaw +90 looks at the cube face R and pitch +90 at U.
+// This module has no ComfyUI dependency (it is also imported by the ComfyUI frontend as an
+// extension module, which is harmless: it only defines exports).
+
+const VERT = `#version 300 es
+const vec2 P[3] = vec2[3](vec2(-1.0, -1.0), vec2(3.0, -1.0), vec2(-1.0, 3.0));
+out vec2 vNdc;
+void main() {
+  vNdc = P[gl_VertexID];
+  gl_Position = vec4(P[gl_VertexID], 0.0, 1.0);
+}`;
+
+const FRAG = `#version 300 es
+precision highp float;
+uniform sampler2D uTex;
+uniform mat3 uRot;
+uniform vec2 uTan;
+in vec2 vNdc;
+out vec4 outColor;
+const float PI = 3.14159265358979;
+void main() {
+  vec3 d = normalize(uRot * vec3(vNdc.x * uTan.x, vNdc.y * uTan.y, 1.0));
+  float lon = atan(d.x, d.z);
+  float lat = asin(clamp(d.y, -1.0, 1.0));
+  vec2 uv = vec2(lon / (2.0 * PI) + 0.5, 0.5 - lat / PI);
+  // no mipmaps: constant-LOD lookup avoids a seam line where u wraps from 1 to 0
+  outColor = vec4(textureLod(uTex, uv, 0.0).rgb, 1.0);
+}`;
+
+export const DEG = Math.PI / 180;
+
+/** Row-major 3x3 camera rotation (world <- camera) for yaw/pitch in degrees. */
+export function rotationMatrix(yawDeg, pitchDeg) {
+  const a = yawDeg * DEG;
+  const p = -pitchDeg * DEG;
+  const ca = Math.cos(a), sa = Math.sin(a), cp = Math.cos(p), sp = Math.sin(p);
+  // Ry(a) * Rx(p)
+  return new Float32Array([ca, sa * sp, sa * cp, 0, cp, -sp, -sa, ca * sp, ca * cp]);
+}
+
+/** Wrap an angle to -180..180. */
+export function wrapYaw(y) {
+  let v = ((((y + 180) % 360) + 360) % 360) - 180;
+  if (v === -180 && y > 0) v = 180;
+  return v;
+}
+
+export class WebGL2Unavailable extends Error {}
+
+function compile(gl, type, src) {
+  const s = gl.createShader(type);
+  gl.shaderSource(s, src);
+  gl.compileShader(s);
+  if (!gl.getShaderParameter(s, gl.COMPILE_STATUS)) {
+    const log = gl.getShaderInfoLog(s);
+    gl.deleteShader(s);
+    throw new Error("Pano360 viewer: shader compile failed: " + log);
+  }
+  return s;
+}
+
+export class PanoRenderer {
+  /** @param {HTMLCanvasElement} canvas */
+  constructor(canvas) {
+    this.canvas = canvas;
+    let gl = null;
+    try {
+      gl = canvas.getContext("webgl2", {
+        preserveDrawingBuffer: true, // lets tests and screenshots read the pixels back
+        antialias: false,
+        alpha: false,
+        premultipliedAlpha: false,
+      });
+    } catch (e) {
+      gl = null;
+    }
+    if (!gl) throw new WebGL2Unavailable("WebGL2 is not available");
+    this.gl = gl;
+    const prog = gl.createProgram();
+    gl.attachShader(prog, compile(gl, gl.VERTEX_SHADER, VERT));
+    gl.attachShader(prog, compile(gl, gl.FRAGMENT_SHADER, FRAG));
+    gl.linkProgram(prog);
+    if (!gl.getProgramParameter(prog, gl.LINK_STATUS)) {
+      throw new Error("Pano360 viewer: program link failed: " + gl.getProgramInfoLog(prog));
+    }
+    this.prog = prog;
+    this.uRot = gl.getUniformLocation(prog, "uRot");
+    this.uTan = gl.getUniformLocation(prog, "uTan");
+    this.uTex = gl.getUniformLocation(prog, "uTex");
+    this.vao = gl.createVertexArray();
+    this.tex = null;
+    this.texSize = [0, 0];
+    this.maxTextureSize = gl.getParameter(gl.MAX_TEXTURE_SIZE);
+  }
+
+  /** Upload an ImageBitmap / image / canvas as the panorama texture. */
+  setImage(source) {
+    const gl = this.gl;
+    if (this.tex) gl.deleteTexture(this.tex);
+    const tex = gl.createTexture();
+    gl.bindTexture(gl.TEXTURE_2D, tex);
+    gl.pixelStorei(gl.UNPACK_FLIP_Y_WEBGL, false);
+    gl.pixelStorei(gl.UNPACK_PREMULTIPLY_ALPHA_WEBGL, false);
+    gl.pixelStorei(gl.UNPACK_COLORSPACE_CONVERSION_WEBGL, gl.NONE);
+    gl.texImage2D(gl.TEXTURE_2D, 0, gl.RGBA8, gl.RGBA, gl.UNSIGNED_BYTE, source);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MIN_FILTER, gl.LINEAR);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MAG_FILTER, gl.LINEAR);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_S, gl.REPEAT);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE);
+    this.tex = tex;
+    this.texSize = [source.width, source.height];
+  }
+
+  clearImage() {
+    if (this.tex) this.gl.deleteTexture(this.tex);
+    this.tex = null;
+    this.texSize = [0, 0];
+  }
+
+  /** Resize the drawing buffer to the canvas' CSS size times the pixel ratio. */
+  fit(pixelRatio = 1) {
+    const c = this.canvas;
+    const w = Math.max(1, Math.round(c.clientWidth * pixelRatio));
+    const h = Math.max(1, Math.round(c.clientHeight * pixelRatio));
+    if (c.width !== w || c.height !== h) {
+      c.width = w;
+      c.height = h;
+    }
+  }
+
+  /** Draw the view. fov is the horizontal field of view in degrees. */
+  render(yaw, pitch, fov) {
+    const gl = this.gl;
+    const w = this.canvas.width, h = this.canvas.height;
+    gl.viewport(0, 0, w, h);
+    gl.clearColor(0.08, 0.08, 0.08, 1);
+    gl.clear(gl.COLOR_BUFFER_BIT);
+    if (!this.tex) return;
+    const tx = Math.tan((fov * DEG) / 2);
+    const ty = (tx * h) / w;
+    gl.useProgram(this.prog);
+    gl.bindVertexArray(this.vao);
+    gl.activeTexture(gl.TEXTURE0);
+    gl.bindTexture(gl.TEXTURE_2D, this.tex);
+    gl.uniform1i(this.uTex, 0);
+    gl.uniformMatrix3fv(this.uRot, true, rotationMatrix(yaw, pitch));
+    gl.uniform2f(this.uTan, tx, ty);
+    gl.drawArrays(gl.TRIANGLES, 0, 3);
+  }
+
+  /** RGBA of the drawing-buffer pixel (x, y) with y = 0 at the top. */
+  readPixel(x, y) {
+    const gl = this.gl;
+    const out = new Uint8Array(4);
+    gl.readPixels(Math.round(x), this.canvas.height - 1 - Math.round(y), 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, out);
+    return Array.from(out);
+  }
+
+  dispose() {
+    this.clearImage();
+    const ext = this.gl.getExtension("WEBGL_lose_context");
+    if (ext) ext.loseContext();
+  }
+}
