@@ -7,6 +7,7 @@ import torch
 from ..errors import PanoInputError
 from ..validate import check_bchw, check_erp, check_faces
 from .directions import FACE_NAMES, dirs_to_cube, dirs_to_lonlat, erp_directions, face_points
+from .fastgrid import build_c2e_plan, build_e2c_plan
 from .sampling import (
     build_cube_plan,
     build_erp_plan,
@@ -95,11 +96,23 @@ def layout_to_faces(x, layout: str = "stack", name: str = "cubemap") -> torch.Te
     return torch.stack(faces, 1).reshape(b * 6, c, s, s)
 
 
+def reference_e2c_plan(h: int, w: int, s: int, mode: str, device, dtype):
+    """Generic (slow, float64) e2c plan from :func:`face_points`; used to test the fast builder."""
+    p = face_points(s, device=device, dtype=torch.float64)  # (6, S, S, 3)
+    lon, lat = dirs_to_lonlat(p)
+    return build_erp_plan(lon, lat, h, w, mode, dtype)
+
+
+def reference_c2e_plan(s: int, h: int, w: int, mode: str, device, dtype):
+    """Generic (slow, float64) c2e plan from :func:`erp_directions`; used to test the fast builder."""
+    d = erp_directions(h, w, device=device, dtype=torch.float64)
+    face, j, i = dirs_to_cube(d, s)
+    return build_cube_plan(face[None], j[None], i[None], s, mode, dtype)
+
+
 def _e2c_plan(h: int, w: int, s: int, mode: str, device: torch.device, dtype: torch.dtype):
     def build():
-        p = face_points(s, device=device, dtype=torch.float64)  # (6, S, S, 3)
-        lon, lat = dirs_to_lonlat(p)
-        return build_erp_plan(lon, lat, h, w, mode, dtype)
+        return build_e2c_plan(h, w, s, mode, device, dtype)
 
     return cached_plan(("e2c", h, w, s, mode, device, dtype), build)
 
@@ -127,9 +140,7 @@ def e2c(erp: torch.Tensor, face_size: int | None = None, mode: str = "bilinear",
 
 def _c2e_plan(s: int, h: int, w: int, mode: str, device: torch.device, dtype: torch.dtype):
     def build():
-        d = erp_directions(h, w, device=device, dtype=torch.float64)
-        face, j, i = dirs_to_cube(d, s)
-        return build_cube_plan(face[None], j[None], i[None], s, mode, dtype, default_row_chunks())
+        return build_c2e_plan(s, h, w, mode, device, dtype, default_row_chunks())
 
     return cached_plan(("c2e", s, h, w, mode, device, dtype, default_row_chunks()), build)
 
