@@ -146,12 +146,26 @@ def feather_mask(mask: torch.Tensor, feather: int) -> torch.Tensor:
     w = mask.clamp(0, 1)
     if feather == 0:
         return w
-    out = w
-    cur = w
+    # Work on the bounding box of the mask grown by ``feather`` (everything else stays 0).
+    nz = (w > 0).flatten(0, -3).any(0)
+    if not bool(nz.any()):
+        return w
+    rows = nz.any(1).nonzero().flatten()
+    cols = nz.any(0).nonzero().flatten()
+    h, wd = w.shape[-2:]
+    r0, r1 = max(int(rows[0]) - feather, 0), min(int(rows[-1]) + feather + 1, h)
+    c0, c1 = max(int(cols[0]) - feather, 0), min(int(cols[-1]) + feather + 1, wd)
+    sub = w[..., r0:r1, c0:c1]
+    out = sub
+    cur = sub
     for k in range(1, feather + 1):
-        cur = F.max_pool2d(cur, kernel_size=3, stride=1, padding=1)
+        # a 3x3 max filter, separable (rows then columns)
+        cur = F.max_pool2d(cur, kernel_size=(1, 3), stride=1, padding=(0, 1))
+        cur = F.max_pool2d(cur, kernel_size=(3, 1), stride=1, padding=(1, 0))
         out = torch.maximum(out, cur * (1.0 - k / (feather + 1.0)))
-    return out
+    res = w.clone()
+    res[..., r0:r1, c0:c1] = out
+    return res
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,7 +311,7 @@ class OpenCVInpainter:
     "ns" (Navier-Stokes). ``radius``: neighbourhood radius in pixels.
 
     3-channel images are inpainted as 8-bit RGB (one call); other channel counts channel by
-    channel in float32. Pixels outside the mask are returned unchanged.
+    channel in 16 bit. Pixels outside the mask are returned unchanged.
     """
 
     METHODS = ("telea", "ns")
@@ -337,10 +351,12 @@ class OpenCVInpainter:
                 res = cv2.inpaint(arr, hole, self.radius, self._flag)
                 filled = torch.from_numpy(res.astype(np.float32) / 255.0).permute(2, 0, 1)
             else:
+                # one channel at a time in 16 bit (OpenCV's float32 Telea path is unreliable)
                 chans = []
                 for ch in range(c):
-                    arr = np.ascontiguousarray(imgs[i, ch].numpy())
-                    chans.append(torch.from_numpy(cv2.inpaint(arr, hole, self.radius, self._flag)))
+                    arr = np.ascontiguousarray((imgs[i, ch].numpy() * 65535.0 + 0.5).astype(np.uint16))
+                    res = cv2.inpaint(arr, hole, self.radius, self._flag)
+                    chans.append(torch.from_numpy(res.astype(np.float32) / 65535.0))
                 filled = torch.stack(chans)
             sel = torch.from_numpy(hole > 0)
             out[i] = torch.where(sel, filled.clamp(0, 1), imgs[i])
@@ -459,8 +475,12 @@ class DiffusersInpainter:
         if offload not in ("none", "model", "sequential"):
             raise PanoInputError(f"offload: expected none, model or sequential, got {offload!r}")
 
+        # diffusers renamed ``torch_dtype`` to ``dtype`` (the old name still works, with a warning).
+        dtype_key = "dtype" if hasattr(diffusers.utils, "deprecation_utils") and hasattr(
+            diffusers.utils.deprecation_utils, "_resolve_dtype"
+        ) else "torch_dtype"
         load_kw: dict[str, Any] = {
-            "torch_dtype": torch_dtype,
+            dtype_key: torch_dtype,
             "use_safetensors": True,
             "local_files_only": local_files_only,
         }
