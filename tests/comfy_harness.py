@@ -167,6 +167,16 @@ def find_import_failures(log_text: str, pack_names: list[str] | tuple[str, ...])
     return failures
 
 
+def _die_with_parent() -> None:
+    """In the child (Linux): get SIGTERM when the test process dies, so no server is orphaned."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 def _finite_check(arr) -> bool:
     import numpy as np
 
@@ -264,7 +274,7 @@ class ComfyServer:
                 log.flush()
                 self.proc = subprocess.Popen(
                     self.command(), cwd=str(self.comfyui_dir), stdout=log, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                    stdin=subprocess.DEVNULL, env=env, start_new_session=True, preexec_fn=_die_with_parent,
                 )
             try:
                 self._wait_ready()

@@ -146,3 +146,60 @@ def test_execution_error_then_server_still_serves(comfy):
     assert "boom: deliberate test failure" in str(err)
     outputs = comfy.run(tiny_flux_prompt("after_execution_error", seed=3), timeout=240)
     assert comfy.images(outputs, "9")[0].shape == (32, 64, 3)
+
+
+# --------------------------------------------------------------------------- ui_to_api without a server
+
+FAKE_INFO = {
+    "FakePanoLatent": {
+        "input": {"required": {
+            "size": [["1024x512", "2048x1024 (DiT360)", "custom"], {"default": "2048x1024 (DiT360)"}],
+            "width": ["INT", {"default": 2048}], "height": ["INT", {"default": 1024}],
+            "seed": ["INT", {"default": 0, "control_after_generate": True}],
+            "steps": ["INT", {"default": 28}],
+            "latent": ["LATENT", {}],
+        }},
+        "input_order": {"required": ["size", "width", "height", "seed", "steps", "latent"]},
+        "output": ["LATENT"], "output_node": False,
+    },
+    "FakeSink": {"input": {"required": {"x": ["LATENT", {}], "note": ["STRING", {"forceInput": True}]},
+                           "optional": {"mode": [["a", "b"], {}]}},
+                 "input_order": {"required": ["x", "note"], "optional": ["mode"]},
+                 "output": [], "output_node": True},
+}
+
+
+def _fake_ui():
+    return {
+        "nodes": [
+            {"id": 1, "type": "FakePanoLatent", "mode": 0, "inputs": [{"name": "latent", "type": "LATENT", "link": None}],
+             "outputs": [{"name": "LATENT", "type": "LATENT", "links": [1]}],
+             "widgets_values": ["2048x1024 (DiT360)", 4096, 2048, 7, "increment", 28]},
+            {"id": 2, "type": "FakeSink", "mode": 0,
+             "inputs": [{"name": "x", "type": "LATENT", "link": 1}, {"name": "note", "type": "STRING", "link": None}],
+             "outputs": [], "widgets_values": ["b"]},
+        ],
+        "links": [[1, 1, 0, 2, 0, "LATENT"]],
+    }
+
+
+def test_ui_to_api_widgets_and_force_input():
+    api = ch.ui_to_api(_fake_ui(), FAKE_INFO)
+    assert api["1"]["inputs"] == {"size": "2048x1024 (DiT360)", "width": 4096, "height": 2048, "seed": 7, "steps": 28}
+    # forceInput STRING is not a widget: the only widget value goes to the optional combo
+    assert api["2"]["inputs"] == {"x": ["1", 0], "mode": "b"}
+    assert api["2"]["class_type"] == "FakeSink" and api["1"]["_meta"]["title"] == "FakePanoLatent"
+
+
+def test_generic_tiny_substitution():
+    api = ch.ui_to_api(_fake_ui(), FAKE_INFO, {"*": ch.sub_tiny_generic})
+    inp = api["1"]["inputs"]
+    # preset switched to custom with its size, scaled to at most 128 px; steps clamped
+    assert (inp["size"], inp["width"], inp["height"], inp["steps"]) == ("custom", 128, 64, 2)
+    api = ch.ui_to_api(_fake_ui(), FAKE_INFO, {"*": ch.sub_tiny_generic}, context={"max_side": 256, "max_steps": 5})
+    assert (api["1"]["inputs"]["width"], api["1"]["inputs"]["height"], api["1"]["inputs"]["steps"]) == (256, 128, 5)
+
+
+def test_api_format_passes_through():
+    api = {"1": {"class_type": "FakeSink", "inputs": {}}}
+    assert ch.ui_to_api(api, FAKE_INFO) == api
