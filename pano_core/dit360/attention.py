@@ -28,6 +28,7 @@ __all__ = [
     "keep_mask_for_tokens",
     "replace_kept_tokens",
     "FeatureReplacer",
+    "TokenSwap",
 ]
 
 
@@ -181,3 +182,59 @@ class FeatureReplacer:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+
+class TokenSwap:
+    """Record/replace image hidden states per block for two *sequential* model calls.
+
+    For models whose blocks can be wrapped but whose source and edit branches run as separate
+    calls (ComfyUI's ``patches_replace["dit"]``): in ``mode = "record"`` every block input is
+    stored under its key (the source call); in ``mode = "replace"`` the edit call's kept tokens
+    take the stored source states (:func:`replace_kept_tokens`); ``"off"`` passes through.
+
+    ``edit_tokens``: per-token edit mask ``(B, h*w)`` of the token grid the model sees
+    (already padded like the latent when the latent is padded); tokens beyond ``h*w`` (e.g.
+    reference tokens) are never replaced.
+    """
+
+    def __init__(self, edit_tokens: torch.Tensor, h: int, w: int):
+        self.edit_tokens = edit_tokens.bool()
+        self.h, self.w = int(h), int(w)
+        self.mode = "off"
+        self.store: dict = {}
+        self.txt_len: int | None = None
+        self.replaced = 0
+        self._keep_cache: dict = {}
+
+    def _keep(self, n: int, device) -> torch.Tensor:
+        k = self._keep_cache.get((n, str(device)))
+        if k is None:
+            k = keep_mask_for_tokens(self.edit_tokens, self.h, self.w, n).to(device)
+            self._keep_cache[(n, str(device))] = k
+        return k
+
+    def image(self, key, img: torch.Tensor) -> torch.Tensor:
+        """Process the image hidden states ``(B, T, D)`` of block ``key``."""
+        if self.mode == "record":
+            self.store[key] = img.detach()
+            return img
+        if self.mode == "replace" and key in self.store:
+            src = self.store[key]
+            if src.shape[1:] != img.shape[1:]:
+                raise PanoInputError(
+                    f"feature replacement: source states {tuple(src.shape)} and edit states {tuple(img.shape)} differ"
+                )
+            self.replaced += 1
+            return replace_kept_tokens(img, src, self._keep(img.shape[1], img.device))
+        return img
+
+    def joint(self, key, x: torch.Tensor) -> torch.Tensor:
+        """Process ``[text, image]`` hidden states of a single-stream block (text length taken from
+        the last double block, see :meth:`set_txt_len`)."""
+        if self.mode == "off" or self.txt_len is None:
+            return x
+        t = self.txt_len
+        return torch.cat([x[:, :t], self.image(key, x[:, t:])], dim=1)
+
+    def set_txt_len(self, n: int) -> None:
+        self.txt_len = int(n)

@@ -50,6 +50,7 @@ __all__ = [
     "EditResult",
     "invert_latent",
     "edit_latent",
+    "velocity_from_denoiser",
 ]
 
 VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]
@@ -269,3 +270,20 @@ def edit_latent(
         if callback is not None:
             callback(i, n, {"x_src": x_src, "x_edit": x_edit, "sigma": s_next, "replaced": replace})
     return EditResult(edit=x_edit, source=x_src, mask=m, last_replace_step=last_replace)
+
+
+def velocity_from_denoiser(
+    denoise: Callable[[torch.Tensor, float], torch.Tensor], min_sigma: float = 1e-3
+) -> VelocityFn:
+    """Velocity function from an x0-predicting denoiser ``denoise(x, sigma) -> x0`` (ComfyUI's
+    model call for Flux returns ``x - sigma * v``): ``v = (x - x0) / sigma``.
+
+    The model is evaluated at ``max(sigma, min_sigma)``: at ``sigma = 0`` (the first inversion
+    step) the denoised output carries no velocity information.
+    """
+
+    def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        s = max(float(sigma), float(min_sigma))
+        return (x.float() - denoise(x, s).float()) / s
+
+    return velocity
