@@ -29,6 +29,7 @@ or D face, i.e. the seams around the two polar caps), and for the ERP 0°/360° 
 * ``wrap_seam`` -- mean |first column - last column| divided by the mean absolute difference of
   neighbouring column pairs next to the wrap (columns 0-1, 1-2, 2-3 and W-4..W-1). About 1 for a
   seamless panorama (the wrap looks like any other column step); clearly > 1 for a visible seam.
+  0.5 grey levels are added to numerator and denominator so flat content gives about 1.
 * ``wrap_jump`` -- the numerator alone (0..255).
 """
 
@@ -135,7 +136,7 @@ def erp_wrap_metrics(erp: torch.Tensor) -> dict:
     seam = (g[..., 0] - g[..., -1]).abs().mean(-1)  # (B,)
     cols = [(0, 1), (1, 2), (2, 3), (w - 4, w - 3), (w - 3, w - 2), (w - 2, w - 1)]
     neigh = torch.stack([(g[..., i] - g[..., j]).abs().mean(-1) for i, j in cols]).mean(0)
-    eps = 1e-3
+    eps = 0.5  # grey levels: keeps the ratio near 1 on flat content (sky, sea)
     return {
         "wrap_seam": float(((seam + eps) / (neigh + eps)).mean()),
         "wrap_jump": float(seam.mean()),
