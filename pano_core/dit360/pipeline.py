@@ -1,0 +1,707 @@
+"""DiT360 text-to-panorama on diffusers' FLUX.1 components, with token-level circular padding.
+
+:class:`DiT360Pipeline` wraps a diffusers ``FluxPipeline`` (FLUX.1-dev from a local folder or a
+hub id) and samples seamless equirectangular (2:1) panoramas the way DiT360 does:
+
+1. the packed image tokens (one per 2x2 latent patch) are circularly padded **once** before
+   denoising: ``pad`` token columns per side (DiT360: 1), the last columns prepended and the
+   first appended; the position ids of the padded columns are **wrapped** (copied from the
+   columns they came from) or ``linear`` (extended);
+2. the schedule shift ``mu`` is computed from the **padded** token count;
+3. every step is one transformer call on the padded tokens; with ``resync=True`` the padded
+   columns are rebuilt from the current opposite edge before every call (better seams than
+   DiT360's free-running columns);
+4. the padded columns are cropped after the loop; the latent is decoded plainly or with a
+   circular VAE decode (wrapped latent columns, decode, crop).
+
+The padding math lives in :mod:`pano_core.seams.circular` (shared with the ComfyUI patch).
+
+The building blocks are public so the editing code (inversion, inpainting, view-to-panorama)
+reuses them: :meth:`DiT360Pipeline.grid`, :meth:`~DiT360Pipeline.encode_prompt`,
+:meth:`~DiT360Pipeline.prepare_latents`, :meth:`~DiT360Pipeline.image_ids`,
+:meth:`~DiT360Pipeline.pad_tokens` / :meth:`~DiT360Pipeline.crop_tokens` /
+:meth:`~DiT360Pipeline.resync_tokens`, :meth:`~DiT360Pipeline.timesteps` (mu from the padded
+count), :meth:`~DiT360Pipeline.guidance_tensor`, :meth:`~DiT360Pipeline.transformer_call` (one
+call on padded tokens), :meth:`~DiT360Pipeline.denoise`, :meth:`~DiT360Pipeline.pack` /
+:meth:`~DiT360Pipeline.unpack`, :meth:`~DiT360Pipeline.encode_image` and
+:meth:`~DiT360Pipeline.decode`.
+
+Example::
+
+    pipe = DiT360Pipeline.from_pretrained("black-forest-labs/FLUX.1-dev", lora=DEFAULT_LORA,
+                                          device="cuda", offload="model")
+    out = pipe("a snowy village at dusk", width=2048, height=1024, seed=0)
+    out.images  # (1, 3, 1024, 2048) float32 in 0..1 on the CPU
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import PanoInputError
+from ..seams import circular
+from .loading import (
+    DEFAULT_LORA,
+    DEFAULT_LORA_WEIGHT_NAME,
+    DEFAULT_MODEL,
+    LoraReport,
+    load_flux_pipeline,
+    load_lora,
+    resolve_device,
+    resolve_dtype,
+)
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_LORA",
+    "DEFAULT_LORA_WEIGHT_NAME",
+    "PANORAMA_PREFIX",
+    "DEFAULTS",
+    "TokenGrid",
+    "PromptEmbeds",
+    "PanoramaOutput",
+    "DiT360Pipeline",
+    "add_prompt_prefix",
+    "check_pano_size",
+    "schedule_mu",
+]
+
+PANORAMA_PREFIX = "This is a panorama."
+
+# DiT360's inference settings.
+DEFAULTS = dict(width=2048, height=1024, steps=28, guidance=2.8, pad=1, id_mode="wrapped", resync=False)
+
+OFFLOAD_MODES = ("none", "model", "sequential")
+
+
+def add_prompt_prefix(prompt: str | Sequence[str], prefix: str | None = PANORAMA_PREFIX) -> list[str]:
+    """Prefix every prompt with ``prefix`` (DiT360: "This is a panorama."), once.
+
+    Prompts already starting with the prefix are left alone; ``prefix=None`` or ``""`` only
+    turns a single prompt into a list.
+    """
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise PanoInputError(f"prompt: expected a string or a non-empty list of strings, got {prompt!r}")
+    if not prefix:
+        return prompts
+    out = []
+    for p in prompts:
+        s = p.strip()
+        out.append(s if s.startswith(prefix) else (f"{prefix} {s}" if s else prefix))
+    return out
+
+
+def check_pano_size(width: int, height: int, multiple: int = 16, require_2to1: bool = True) -> None:
+    """Raise :class:`PanoInputError` unless width/height are positive multiples of ``multiple``
+    (16 for Flux: VAE /8 and 2x2 packing) and, when ``require_2to1``, ``width == 2 * height``."""
+    for name, v in (("width", width), ("height", height)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+            raise PanoInputError(f"{name}: expected a positive integer number of pixels, got {v!r}")
+        if v % multiple:
+            lo, hi = (v // multiple) * multiple, (v // multiple + 1) * multiple
+            raise PanoInputError(
+                f"{name}: must be a multiple of {multiple} for Flux (VAE /8 and 2x2 token packing); got {v}, "
+                f"use {lo or hi} or {hi}"
+            )
+    if require_2to1 and width != 2 * height:
+        raise PanoInputError(
+            f"size: an equirectangular panorama must be 2:1 (width = 2 x height); got {width}x{height}, "
+            f"e.g. use {2 * height}x{height}"
+        )
+
+
+def schedule_mu(scheduler_config, image_seq_len: int) -> float:
+    """FLUX's resolution-dependent shift ``mu`` for ``image_seq_len`` tokens, using the
+    scheduler's base/max sequence lengths and shifts (FLUX.1-dev: 256/4096, 0.5/1.15).
+
+    DiT360 passes the **padded** token count (:func:`pano_core.seams.circular.padded_token_count`).
+    """
+    get = scheduler_config.get if hasattr(scheduler_config, "get") else lambda k, d: getattr(scheduler_config, k, d)
+    return circular.flux_mu(
+        image_seq_len,
+        base_seq_len=get("base_image_seq_len", 256),
+        max_seq_len=get("max_image_seq_len", 4096),
+        base_shift=get("base_shift", 0.5),
+        max_shift=get("max_shift", 1.15),
+    )
+
+
+@dataclass(frozen=True)
+class TokenGrid:
+    """Geometry of one panorama in pixels, latent pixels and packed tokens, plus the padding.
+
+    ``h`` x ``w`` tokens (``w`` unpadded); ``p`` padded token columns per side; ``id_mode``
+    ``"wrapped"``/``"linear"``.
+    """
+
+    height: int
+    width: int
+    latent_h: int
+    latent_w: int
+    h: int
+    w: int
+    p: int = 0
+    id_mode: str = "wrapped"
+
+    @property
+    def wp(self) -> int:
+        """Padded token width ``w + 2p``."""
+        return self.w + 2 * self.p
+
+    @property
+    def tokens(self) -> int:
+        """Unpadded token count ``h * w``."""
+        return self.h * self.w
+
+    @property
+    def padded_tokens(self) -> int:
+        """Padded token count ``h * (w + 2p)`` (drives ``mu``)."""
+        return circular.padded_token_count(self.h, self.w, self.p)
+
+
+@dataclass
+class PromptEmbeds:
+    """Text conditioning of a batch: T5 ``prompt_embeds`` (B, S, D), CLIP ``pooled`` (B, D'),
+    ``text_ids`` (S, 3)."""
+
+    prompt_embeds: torch.Tensor
+    pooled: torch.Tensor
+    text_ids: torch.Tensor
+
+    @property
+    def batch(self) -> int:
+        return int(self.prompt_embeds.shape[0])
+
+
+@dataclass
+class PanoramaOutput:
+    """``images``: (B, 3, H, W) float32 in 0..1 on the CPU (None for ``output_type="latent"``);
+    ``latents``: the denoised, cropped latents (B, 16, H/8, W/8) in the transformer's space
+    (before the VAE scaling/shift), on the CPU; ``seed``: the seed used (None with an explicit
+    generator)."""
+
+    images: torch.Tensor | None
+    latents: torch.Tensor
+    seed: int | None = None
+
+
+class DiT360Pipeline:
+    """Panorama sampling with DiT360's circular token padding on a diffusers ``FluxPipeline``.
+
+    Build with :meth:`from_pretrained` (a model folder or hub id) or wrap an existing
+    ``FluxPipeline`` (``DiT360Pipeline(flux)``). The wrapped pipeline stays usable as
+    ``self.flux``; its components are exposed as ``transformer``, ``vae``, ``scheduler``.
+    """
+
+    def __init__(self, flux):
+        from diffusers import FluxTransformer2DModel
+
+        if not isinstance(getattr(flux, "transformer", None), FluxTransformer2DModel):
+            raise PanoInputError(
+                f"pipeline: expected a diffusers FluxPipeline with a FluxTransformer2DModel, got {type(flux).__name__}"
+            )
+        self.flux = flux
+        self.lora_reports: dict[str, LoraReport] = {}
+        self._adapter_scales: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ loading / memory
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | os.PathLike = DEFAULT_MODEL,
+        *,
+        device: str | torch.device | None = "auto",
+        dtype: str | torch.dtype | None = None,
+        offload: str = "none",
+        vae_tiling: bool = False,
+        lora: str | os.PathLike | None = None,
+        lora_weight_name: str | None = None,
+        lora_scale: float = 1.0,
+        revision: str | None = None,
+        local_files_only: bool | None = None,
+        **kwargs,
+    ) -> DiT360Pipeline:
+        """Load FLUX.1 (``model``: a diffusers folder or hub id, safetensors only), optionally a
+        LoRA (``lora``: file, folder or hub id; DiT360's is :data:`DEFAULT_LORA`), and set the
+        device / memory options (see :meth:`set_memory`).
+
+        ``dtype`` ``None`` means bfloat16 on CUDA and float32 on the CPU.
+        """
+        dev = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, dev)
+        if offload not in OFFLOAD_MODES:
+            raise PanoInputError(f"offload: expected one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
+        flux = load_flux_pipeline(model, torch_dtype=torch_dtype, revision=revision, local_files_only=local_files_only, **kwargs)
+        pipe = cls(flux)
+        if lora is not None:
+            pipe.load_lora(lora, weight_name=lora_weight_name, scale=lora_scale, local_files_only=local_files_only)
+        pipe.set_memory(dev, offload=offload, vae_tiling=vae_tiling)
+        return pipe
+
+    def set_memory(self, device: str | torch.device = "auto", offload: str = "none", vae_tiling: bool = False) -> None:
+        """Place the models: ``offload="none"`` moves everything to ``device``; ``"model"``
+        keeps models on the CPU and moves each to the GPU while it runs (diffusers
+        ``enable_model_cpu_offload``, ~24 GB peak for FLUX.1-dev); ``"sequential"`` streams
+        layer by layer (``enable_sequential_cpu_offload``, slowest, smallest). ``vae_tiling``
+        decodes large panoramas in tiles."""
+        dev = resolve_device(device)
+        if offload not in OFFLOAD_MODES:
+            raise PanoInputError(f"offload: expected one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
+        if offload != "none" and dev.type == "cpu":
+            raise PanoInputError(f"offload: {offload} CPU offload needs a GPU device; with --device cpu use --offload none")
+        if offload == "none":
+            self.flux.to(dev)
+        elif offload == "model":
+            self.flux.enable_model_cpu_offload(device=dev)
+        else:
+            self.flux.enable_sequential_cpu_offload(device=dev)
+        if vae_tiling:
+            self.vae.enable_tiling()
+        else:
+            self.vae.disable_tiling()
+
+    def load_lora(
+        self,
+        lora: str | os.PathLike | dict = DEFAULT_LORA,
+        weight_name: str | None = None,
+        scale: float = 1.0,
+        adapter_name: str = "dit360",
+        strict: bool = True,
+        local_files_only: bool | None = None,
+    ) -> LoraReport:
+        """Load a PEFT/diffusers LoRA (default: DiT360's published one) with strength ``scale``.
+
+        Raises :class:`PanoInputError` naming how many of the file's keys matched the
+        transformer when they do not all match (``strict``) or none do.
+        """
+        report = load_lora(
+            self.flux, lora, weight_name=weight_name, adapter_name=adapter_name, strict=strict,
+            local_files_only=local_files_only,
+        )
+        report.scale = float(scale)
+        self.lora_reports[adapter_name] = report
+        self._adapter_scales[adapter_name] = float(scale)
+        self.flux.set_adapters(list(self._adapter_scales), adapter_weights=list(self._adapter_scales.values()))
+        return report
+
+    def set_lora_scale(self, scale: float, adapter_name: str = "dit360") -> None:
+        """Change the strength of a loaded adapter."""
+        if adapter_name not in self._adapter_scales:
+            raise PanoInputError(f"lora: no adapter named {adapter_name!r} is loaded")
+        self._adapter_scales[adapter_name] = float(scale)
+        self.flux.set_adapters(list(self._adapter_scales), adapter_weights=list(self._adapter_scales.values()))
+
+    # ------------------------------------------------------------------ components
+    @property
+    def transformer(self):
+        return self.flux.transformer
+
+    @property
+    def vae(self):
+        return self.flux.vae
+
+    @property
+    def scheduler(self):
+        return self.flux.scheduler
+
+    @property
+    def device(self) -> torch.device:
+        """Where the computation runs (the GPU under CPU offload)."""
+        return self.flux._execution_device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return int(self.flux.vae_scale_factor)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.transformer.config.in_channels) // 4
+
+    def progress_bar(self, total: int, enabled: bool = True):
+        """diffusers' tqdm progress bar (respects ``flux.set_progress_bar_config``)."""
+        if not enabled:
+            return _NullBar()
+        return self.flux.progress_bar(total=total)
+
+    # ------------------------------------------------------------------ geometry
+    def grid(
+        self,
+        width: int,
+        height: int,
+        pad: int = 1,
+        id_mode: str = "wrapped",
+        require_2to1: bool = True,
+    ) -> TokenGrid:
+        """Check the size and return the :class:`TokenGrid` for ``width`` x ``height`` pixels
+        with ``pad`` token columns of circular padding per side (``0 <= pad <= w // 4``)."""
+        f = self.vae_scale_factor
+        check_pano_size(width, height, multiple=2 * f, require_2to1=require_2to1)
+        lh, lw = height // f, width // f
+        h, w = lh // 2, lw // 2
+        if id_mode not in ("wrapped", "linear"):
+            raise PanoInputError(f"id_mode: expected 'wrapped' (DiT360) or 'linear', got {id_mode!r}")
+        circular.check_padding(w, pad, name="pad")
+        return TokenGrid(height=height, width=width, latent_h=lh, latent_w=lw, h=h, w=w, p=pad, id_mode=id_mode)
+
+    # ------------------------------------------------------------------ text
+    def encode_prompt(
+        self,
+        prompt: str | Sequence[str],
+        num_images_per_prompt: int = 1,
+        prompt_prefix: str | None = PANORAMA_PREFIX,
+        max_sequence_length: int = 512,
+    ) -> PromptEmbeds:
+        """Encode prompts with CLIP (pooled) and T5 (sequence), after adding ``prompt_prefix``.
+
+        The batch is ``len(prompts) * num_images_per_prompt`` (each prompt's images contiguous).
+        """
+        prompts = add_prompt_prefix(prompt, prompt_prefix)
+        if num_images_per_prompt < 1:
+            raise PanoInputError(f"num_images_per_prompt: expected >= 1, got {num_images_per_prompt}")
+        pe, pooled, ids = self.flux.encode_prompt(
+            prompt=prompts,
+            prompt_2=None,
+            device=self.device,
+            num_images_per_prompt=num_images_per_prompt,
+            max_sequence_length=max_sequence_length,
+        )
+        return PromptEmbeds(prompt_embeds=pe, pooled=pooled, text_ids=ids)
+
+    # ------------------------------------------------------------------ latents and tokens
+    def pack(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, 16, H/8, W/8) latents -> packed tokens (B, H/16 * W/16, 64)."""
+        b, c, lh, lw = latents.shape
+        return self.flux._pack_latents(latents, b, c, lh, lw)
+
+    def unpack(self, tokens: torch.Tensor, grid: TokenGrid) -> torch.Tensor:
+        """Packed unpadded tokens (B, h*w, 64) -> latents (B, 16, H/8, W/8)."""
+        return self.flux._unpack_latents(tokens, grid.height, grid.width, self.vae_scale_factor)
+
+    def prepare_latents(
+        self,
+        batch: int,
+        grid: TokenGrid,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """Initial noise as packed, **unpadded** tokens (B, h*w, 64) on :attr:`device`.
+
+        Drawn exactly like diffusers' ``FluxPipeline`` (same generator -> same noise).
+        ``latents`` may be given packed (B, h*w, 64) or unpacked (B, 16, H/8, W/8).
+        """
+        dtype = dtype or self.dtype
+        if latents is not None:
+            if latents.ndim == 4:
+                latents = self.pack(latents)
+            if latents.shape[0] != batch or latents.shape[1] != grid.tokens or latents.shape[2] != 4 * self.latent_channels:
+                raise PanoInputError(
+                    f"latents: expected ({batch}, {grid.tokens}, {4 * self.latent_channels}) packed tokens, "
+                    f"got {tuple(latents.shape)}"
+                )
+            return latents.to(device=self.device, dtype=dtype)
+        lat, _ = self.flux.prepare_latents(
+            batch, self.latent_channels, grid.height, grid.width, dtype, self.device, generator
+        )
+        return lat
+
+    def image_ids(self, grid: TokenGrid, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Position ids (h*(w+2p), 3) of the padded grid: ``[0, row, col]``, padded columns
+        wrapped (DiT360) or linear, via :func:`pano_core.seams.circular.pad_ids`."""
+        ids = self.flux._prepare_latent_image_ids(1, grid.h, grid.w, self.device, dtype or self.dtype)
+        return circular.pad_ids(ids, grid.h, grid.w, grid.p, mode=grid.id_mode)
+
+    def pad_tokens(self, tokens: torch.Tensor, grid: TokenGrid) -> torch.Tensor:
+        """(B, h*w, C) -> (B, h*(w+2p), C), circular (also for packed masks)."""
+        return circular.pad_tokens(tokens, grid.h, grid.w, grid.p)
+
+    def crop_tokens(self, tokens: torch.Tensor, grid: TokenGrid) -> torch.Tensor:
+        """(B, h*(w+2p), C) -> (B, h*w, C)."""
+        return circular.crop_tokens(tokens, grid.h, grid.w, grid.p)
+
+    def resync_tokens(self, tokens: torch.Tensor, grid: TokenGrid) -> torch.Tensor:
+        """Rebuild the padded columns of padded tokens from the current opposite edge."""
+        return circular.resync_tokens(tokens, grid.h, grid.w, grid.p)
+
+    # ------------------------------------------------------------------ schedule
+    def mu(self, grid: TokenGrid) -> float:
+        """Schedule shift from the **padded** token count (DiT360)."""
+        return schedule_mu(self.scheduler.config, grid.padded_tokens)
+
+    def timesteps(
+        self, steps: int, grid: TokenGrid, sigmas: Sequence[float] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Set the scheduler up for ``steps`` steps with ``mu`` from the padded token count.
+
+        Returns ``(timesteps, sigmas)`` (``sigmas`` has ``steps + 1`` entries, the last 0).
+        Sigmas default to FLUX's ``linspace(1, 1/steps, steps)`` before shifting. Resets the
+        scheduler's step index (``set_begin_index(0)``).
+        """
+        from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
+
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+            raise PanoInputError(f"steps: expected a positive integer, got {steps!r}")
+        if sigmas is None:
+            sigmas = np.linspace(1.0, 1 / steps, steps)
+        if getattr(self.scheduler.config, "use_flow_sigmas", False):
+            sigmas = None
+        ts, _ = retrieve_timesteps(self.scheduler, steps, self.device, sigmas=sigmas, mu=self.mu(grid))
+        self.scheduler.set_begin_index(0)
+        return ts, self.scheduler.sigmas
+
+    def guidance_tensor(self, guidance: float, batch: int) -> torch.Tensor | None:
+        """FLUX.1-dev's distilled guidance as a (B,) tensor, or None for models without it."""
+        if not self.transformer.config.guidance_embeds:
+            return None
+        return torch.full([batch], float(guidance), device=self.device, dtype=torch.float32)
+
+    # ------------------------------------------------------------------ one model call
+    def transformer_call(
+        self,
+        tokens: torch.Tensor,
+        t: torch.Tensor | float,
+        embeds: PromptEmbeds,
+        guidance: torch.Tensor | None,
+        img_ids: torch.Tensor,
+        joint_attention_kwargs: dict | None = None,
+        cache_name: str = "cond",
+    ) -> torch.Tensor:
+        """One transformer call on (padded) tokens at scheduler time ``t`` (0..1000).
+
+        ``tokens`` (B, L, 64) with ``img_ids`` (L, 3) of the same (padded) grid; returns the
+        velocity prediction (B, L, 64). Nothing is cropped here.
+        """
+        b = tokens.shape[0]
+        t = torch.as_tensor(t, device=tokens.device)
+        timestep = t.expand(b).to(tokens.dtype)
+        ctx = self.transformer.cache_context(cache_name) if hasattr(self.transformer, "cache_context") else _null()
+        with ctx:
+            return self.transformer(
+                hidden_states=tokens,
+                timestep=timestep / 1000,
+                guidance=guidance,
+                pooled_projections=embeds.pooled,
+                encoder_hidden_states=embeds.prompt_embeds,
+                txt_ids=embeds.text_ids,
+                img_ids=img_ids,
+                joint_attention_kwargs=joint_attention_kwargs,
+                return_dict=False,
+            )[0]
+
+    # ------------------------------------------------------------------ the loop
+    def denoise(
+        self,
+        tokens: torch.Tensor,
+        grid: TokenGrid,
+        embeds: PromptEmbeds,
+        timesteps: torch.Tensor,
+        guidance: torch.Tensor | None,
+        img_ids: torch.Tensor | None = None,
+        resync: bool = False,
+        negative: PromptEmbeds | None = None,
+        true_cfg_scale: float = 1.0,
+        joint_attention_kwargs: dict | None = None,
+        callback: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
+        progress: bool = True,
+    ) -> torch.Tensor:
+        """Run the scheduler over ``timesteps`` on **padded** tokens (B, h*(w+2p), 64).
+
+        With ``resync`` the padded columns are rebuilt from the current opposite edge before
+        every call. ``negative`` + ``true_cfg_scale > 1`` adds true classifier-free guidance
+        (a second call). ``callback(i, t, tokens)`` may return replacement tokens. Returns
+        the padded tokens after the last step (crop with :meth:`crop_tokens`).
+        """
+        if img_ids is None:
+            img_ids = self.image_ids(grid, dtype=embeds.text_ids.dtype)
+        if tokens.shape[1] != grid.padded_tokens:
+            raise PanoInputError(
+                f"tokens: expected {grid.padded_tokens} padded tokens for a {grid.h}x{grid.w} grid with pad "
+                f"{grid.p}, got {tokens.shape[1]}"
+            )
+        do_cfg = negative is not None and true_cfg_scale > 1.0
+        with self.progress_bar(len(timesteps), enabled=progress) as bar:
+            for i, t in enumerate(timesteps):
+                if resync and grid.p > 0:
+                    tokens = self.resync_tokens(tokens, grid)
+                pred = self.transformer_call(tokens, t, embeds, guidance, img_ids, joint_attention_kwargs, "cond")
+                if do_cfg:
+                    neg = self.transformer_call(tokens, t, negative, guidance, img_ids, joint_attention_kwargs, "uncond")
+                    pred = neg + true_cfg_scale * (pred - neg)
+                tokens = self.scheduler.step(pred, t, tokens, return_dict=False)[0]
+                if callback is not None:
+                    new = callback(i, t, tokens)
+                    if new is not None:
+                        tokens = new
+                bar.update()
+        return tokens
+
+    # ------------------------------------------------------------------ VAE
+    def decode(
+        self,
+        tokens: torch.Tensor,
+        grid: TokenGrid,
+        circular_decode: bool = False,
+        decode_pad: int = 4,
+    ) -> torch.Tensor:
+        """Decode packed **unpadded** tokens (B, h*w, 64) to images (B, 3, H, W) float32 0..1
+        on :attr:`device`.
+
+        ``circular_decode`` wraps ``decode_pad`` latent columns around both sides before the
+        VAE and crops the matching pixels after it, so the decoder sees across the 0/360 seam.
+        """
+        lat = self.unpack(tokens, grid)
+        return self.decode_latents(lat, circular_decode=circular_decode, decode_pad=decode_pad)
+
+    def decode_latents(self, latents: torch.Tensor, circular_decode: bool = False, decode_pad: int = 4) -> torch.Tensor:
+        """Like :meth:`decode` for unpacked latents (B, 16, H/8, W/8) in transformer space."""
+        vae = self.vae
+        z = latents / vae.config.scaling_factor + vae.config.shift_factor
+        cols = 0
+        if circular_decode:
+            cols = int(decode_pad)
+            if cols < 1 or cols > z.shape[-1] // 2:
+                raise PanoInputError(
+                    f"decode_pad: expected 1..{z.shape[-1] // 2} latent columns for a latent {z.shape[-1]} wide, got {decode_pad}"
+                )
+            z = circular.pad_latent(z, cols)
+        z = z.to(device=_module_device(vae, self.device), dtype=vae.dtype)
+        img = vae.decode(z, return_dict=False)[0]
+        if cols:
+            img = circular.crop_latent(img, cols * self.vae_scale_factor)
+        return (img.float() / 2 + 0.5).clamp(0, 1)
+
+    def encode_image(
+        self,
+        image: torch.Tensor,
+        generator: torch.Generator | None = None,
+        sample: bool = False,
+        circular_encode: bool = False,
+        encode_pad: int = 4,
+    ) -> torch.Tensor:
+        """Encode images (B, 3, H, W) in 0..1 to packed tokens (B, h*w, 64) in transformer
+        space (``(z - shift) * scale``); the latent mode unless ``sample``. With
+        ``circular_encode`` the image is wrapped by ``encode_pad`` latent columns per side first
+        and the latent cropped (no seam at the panorama's edges)."""
+        from ..validate import check_bchw
+
+        check_bchw(image, "image", channels=(3,))
+        f = self.vae_scale_factor
+        check_pano_size(image.shape[-1], image.shape[-2], multiple=2 * f, require_2to1=False)
+        vae = self.vae
+        x = image.to(device=_module_device(vae, self.device), dtype=vae.dtype) * 2 - 1
+        cols = int(encode_pad) if circular_encode else 0
+        if cols:
+            x = circular.pad_latent(x, cols * f)
+        dist = vae.encode(x).latent_dist
+        z = dist.sample(generator) if sample else dist.mode()
+        if cols:
+            z = circular.crop_latent(z, cols)
+        z = (z - vae.config.shift_factor) * vae.config.scaling_factor
+        return self.pack(z.to(self.device, self.dtype))
+
+    # ------------------------------------------------------------------ text-to-panorama
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        *,
+        width: int = 2048,
+        height: int = 1024,
+        steps: int = 28,
+        guidance: float = 2.8,
+        seed: int | None = 0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_images_per_prompt: int = 1,
+        pad: int = 1,
+        id_mode: str = "wrapped",
+        resync: bool = False,
+        circular_decode: bool = False,
+        decode_pad: int = 4,
+        prompt_prefix: str | None = PANORAMA_PREFIX,
+        negative_prompt: str | Sequence[str] | None = None,
+        true_cfg_scale: float = 1.0,
+        latents: torch.Tensor | None = None,
+        max_sequence_length: int = 512,
+        output_type: str = "pt",
+        callback: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
+        progress: bool = True,
+    ) -> PanoramaOutput:
+        """Generate panoramas (DiT360 defaults: 2048x1024, 28 steps, guidance 2.8, pad 1,
+        wrapped ids, no re-sync, prompt prefixed with "This is a panorama.").
+
+        ``seed`` seeds a CPU ``torch.Generator`` (same seed -> same panorama on any device);
+        pass ``generator`` instead for full control. ``pad=0`` is exactly diffusers'
+        ``FluxPipeline``. ``output_type="latent"`` skips the VAE.
+        """
+        if output_type not in ("pt", "latent"):
+            raise PanoInputError(f"output_type: expected 'pt' or 'latent', got {output_type!r}")
+        grid = self.grid(width, height, pad=pad, id_mode=id_mode)
+        used_seed = None
+        if generator is None:
+            used_seed = int(seed) if seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
+            generator = torch.Generator("cpu").manual_seed(used_seed)
+        embeds = self.encode_prompt(prompt, num_images_per_prompt, prompt_prefix, max_sequence_length)
+        negative = None
+        if negative_prompt is not None and true_cfg_scale > 1.0:
+            neg = [negative_prompt] * (embeds.batch // num_images_per_prompt) if isinstance(negative_prompt, str) else negative_prompt
+            negative = self.encode_prompt(neg, num_images_per_prompt, None, max_sequence_length)
+            if negative.batch != embeds.batch:
+                raise PanoInputError(f"negative_prompt: expected {embeds.batch // num_images_per_prompt} prompts, got {len(neg)}")
+        b = embeds.batch
+        noise = self.prepare_latents(b, grid, generator, latents, dtype=embeds.prompt_embeds.dtype)
+        tokens = self.pad_tokens(noise, grid)
+        img_ids = self.image_ids(grid, dtype=embeds.text_ids.dtype)
+        ts, _ = self.timesteps(steps, grid)
+        g = self.guidance_tensor(guidance, b)
+        tokens = self.denoise(
+            tokens, grid, embeds, ts, g, img_ids=img_ids, resync=resync, negative=negative,
+            true_cfg_scale=true_cfg_scale, callback=callback, progress=progress,
+        )
+        tokens = self.crop_tokens(tokens, grid)
+        lat = self.unpack(tokens, grid)
+        images = None
+        if output_type == "pt":
+            images = self.decode_latents(lat, circular_decode=circular_decode, decode_pad=decode_pad).cpu()
+        self.flux.maybe_free_model_hooks()
+        return PanoramaOutput(images=images, latents=lat.float().cpu(), seed=used_seed)
+
+    generate = __call__
+
+
+class _NullBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def _null():
+    return contextlib.nullcontext()
+
+
+def _module_device(module: torch.nn.Module, fallback: torch.device) -> torch.device:
+    """The device a module's weights live on (offloaded modules report the execution device)."""
+    try:
+        from diffusers.utils.torch_utils import get_module_execution_device
+
+        return get_module_execution_device(module)
+    except Exception:  # noqa: BLE001 - older diffusers
+        try:
+            return next(module.parameters()).device
+        except StopIteration:
+            return fallback
