@@ -1,21 +1,42 @@
 """Real-ComfyUI test harness for Pano360.
 
-``ComfyServer`` starts a real ComfyUI (``main.py --cpu``) headless on a free loopback port, with
-its own base directory (custom_nodes/models/input/output/temp/user, one per test session, never
-shared) holding symlinks to this repository (as ``comfyui-pano360``) and to the test-only node
-pack ``tests/comfy_test_nodes`` (as ``pano360_test_nodes``). It fails loudly when either pack
-logs ``IMPORT FAILED``, talks to the HTTP API (queue, history polling, ``/view``), and stops the
-server by PID.
+``ComfyServer`` starts a real ComfyUI (``main.py --cpu``, the workspace of
+``scripts/workspace.py setup`` or ``$COMFYUI_PATH``) headless on a free loopback port with its
+own base directory (custom_nodes/models/input/output/temp/user + sqlite db, one per test
+session, never shared) holding symlinks to this repository (``comfyui-pano360``) and to the
+test-only node pack ``tests/comfy_test_nodes`` (``pano360_test_nodes``). Start-up fails loudly
+when either pack logs ``IMPORT FAILED`` or ``Pano360TestTinyFlux`` is missing; the server is
+stopped by PID (process group; SIGTERM then SIGKILL; it also dies with the test process).
 
-``ui_to_api`` converts UI-format workflows (as the frontend saves them) into API prompts, with
-optional substitutions (real model loaders -> tiny test models).
+Writing a server test (fixture ``comfy`` from tests/conftest.py, session scope)::
 
-Usage in a test (the ``comfy`` session fixture comes from tests/conftest.py)::
+    import pytest
+    from comfy_harness import ASSETS_DIR, ComfyExecutionError
 
     @pytest.mark.comfy
-    def test_something(comfy):
-        outputs = comfy.run({"1": {"class_type": "EmptyImage", "inputs": {...}}, ...})
-        imgs = comfy.images(outputs, "9")
+    @pytest.mark.timeout(300)
+    def test_my_node(comfy):
+        name = comfy.add_input_file(ASSETS_DIR / "chalet_erp.png")   # -> input folder
+        prompt = {
+            "1": {"class_type": "LoadImage", "inputs": {"image": name}},
+            "2": {"class_type": "Pano360Something", "inputs": {"image": ["1", 0]}},
+            "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "t"}},
+        }
+        outputs = comfy.run(prompt, timeout=120)      # {node_id: ui dict}
+        (img,) = comfy.images(outputs, "3")          # numpy HWC uint8 via /view
+        with pytest.raises(ComfyExecutionError) as e:  # errors inside a node
+            comfy.run(bad_prompt)
+        assert e.value.exception_type.endswith("PanoInputError")
+
+Tiny models for graphs that need a Flux: ``Pano360TestTinyFlux`` (MODEL; inputs seed, variant
+dev|schnell|fill, depth, depth_single_blocks), ``Pano360TestTinyCLIP`` (CLIP; seed),
+``Pano360TestTinyVAE`` (VAE; seed), ``Pano360TestTinyCheckpoint`` (MODEL, CLIP, VAE);
+``comfy.add_tiny_lora(name)`` writes a DiT360-format LoRA for the tiny Flux into
+``models/loras``. Keep latents small (e.g. 64x32 px) and steps at 1-2.
+
+UI workflows: ``ui_to_api(ui, comfy.object_info(), DEFAULT_SUBSTITUTIONS, context={"server":
+comfy})`` or ``comfy.run_ui_workflow(ui)``; ``check_outputs(comfy, api, outputs)`` asserts every
+output node produced non-empty finite images.
 """
 
 from __future__ import annotations

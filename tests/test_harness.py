@@ -148,6 +148,24 @@ def test_execution_error_then_server_still_serves(comfy):
     assert comfy.images(outputs, "9")[0].shape == (32, 64, 3)
 
 
+@pytest.mark.comfy
+@pytest.mark.timeout(300)
+def test_pack_node_bad_input_then_server_still_serves(comfy):
+    """A Pano360 node given a non-2:1 panorama size fails with a clear PanoInputError."""
+    prompt = tiny_flux_prompt("after_pack_error", seed=4)
+    prompt["6"] = {"class_type": "Pano360EmptyPanoramaLatent",
+                   "inputs": {"size": "custom", "width": 96, "height": 64, "batch_size": 1}}
+    with pytest.raises(ComfyExecutionError) as ei:
+        comfy.run(prompt, timeout=240)
+    err = ei.value
+    assert err.node_id == "6" and err.node_type == "Pano360EmptyPanoramaLatent"
+    assert err.exception_type.endswith("PanoInputError")
+    assert "2:1" in err.exception_message and "96x64" in err.exception_message
+    prompt["6"]["inputs"].update(width=64, height=32)
+    outputs = comfy.run(prompt, timeout=240)
+    assert comfy.images(outputs, "9")[0].shape == (32, 64, 3)
+
+
 # --------------------------------------------------------------------------- ui_to_api without a server
 
 FAKE_INFO = {

@@ -7,8 +7,9 @@ and every output node must have produced outputs (images non-empty and finite).
 tests/data/ui_smoke.json is always run too (it exercises the mechanism: Reroute, PrimitiveNode,
 bypassed and muted nodes, notes, groups, LoRA and LoadImage).
 
-To give a workflow's own nodes extra substitutions, add them to ``EXTRA_SUBSTITUTIONS`` below
-(node type -> spec, see ``comfy_harness.ui_to_api``).
+Extra substitutions for a helper's own nodes (e.g. a loader of ours that names real weights):
+put ``SUBSTITUTIONS = {node type: spec}`` (spec as in ``comfy_harness.ui_to_api``) in a file
+``tests/substitutions_<area>.py`` you own; all such files are merged here.
 """
 
 from __future__ import annotations
@@ -23,7 +24,21 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 SMOKE = Path(__file__).parent / "data" / "ui_smoke.json"
 
-EXTRA_SUBSTITUTIONS: dict = {}
+
+
+def _extra_substitutions() -> dict:
+    import importlib.util
+
+    extra: dict = {}
+    for f in sorted(Path(__file__).parent.glob("substitutions_*.py")):
+        spec = importlib.util.spec_from_file_location(f"pano360_{f.stem}", f)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        extra.update(getattr(mod, "SUBSTITUTIONS", {}))
+    return extra
+
+
+EXTRA_SUBSTITUTIONS: dict = _extra_substitutions()
 
 
 def _run_workflow(comfy, path: Path):
