@@ -197,3 +197,38 @@ def test_place_view_node(pack):
     keep = (cov[:, 0] >= 0.999).float()
     assert torch.equal(gen, 1 - keep)
     assert torch.allclose(canvas * keep[..., None], erp.movedim(1, -1) * keep[..., None])
+
+
+# --------------------------------------------------------------------------- real server
+
+
+def _workflow_api(comfy, name):
+    import json
+
+    import comfy_harness as ch
+
+    ui = json.loads((ROOT / "workflows" / name).read_text())
+    return ch.ui_to_api(ui, comfy.object_info(), ch.DEFAULT_SUBSTITUTIONS, context={"server": comfy})
+
+
+@pytest.mark.comfy
+@pytest.mark.timeout(400)
+def test_server_edit_graph_and_wrong_mask_error(comfy):
+    import comfy_harness as ch
+
+    api = _workflow_api(comfy, "dit360_inpaint.json")
+    edit_id = next(k for k, n in api.items() if n["class_type"] == "Pano360DiT360Edit")
+    save_id = next(k for k, n in api.items() if n["class_type"] == "SaveImage")
+    info = comfy.object_info("Pano360DiT360Edit")
+    assert info["category"] == "Pano360/DiT360"
+    # a mask of the wrong size is a clear execution error, and the server keeps serving
+    bad = dict(api)
+    bad["900"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 64}}
+    bad[edit_id] = {**api[edit_id], "inputs": {**api[edit_id]["inputs"], "mask": ["900", 0]}}
+    with pytest.raises(ch.ComfyExecutionError) as e:
+        comfy.run(bad, timeout=300)
+    assert e.value.node_type == "Pano360DiT360Edit"
+    assert "mask: size 64x64" in (e.value.exception_message or "")
+    outputs = comfy.run(api, timeout=300)
+    (img,) = comfy.images(outputs, save_id)
+    assert img.shape == (64, 128, 3) and img.std() > 0
