@@ -56,7 +56,9 @@ def encode_png(img: Image.Image, xmp: str, texts: dict[str, str], compress_level
     return buf.getvalue()
 
 
-def encode_jpeg(img: Image.Image, xmp: str, texts: dict[str, str], quality: int = 95) -> tuple[bytes, list[str]]:
+def encode_jpeg(
+    img: Image.Image, xmp: str, texts: dict[str, str], quality: int = 95
+) -> tuple[bytes, list[str]]:
     """JPEG bytes with EXIF prompt/workflow (dropped, with a note, when over the EXIF size limit)."""
     notes = []
     if img.mode not in ("RGB", "L"):
@@ -103,14 +105,26 @@ class Pano360SavePanorama:
                 "images": ("IMAGE", {"tooltip": "Equirectangular panoramas (2:1) to save."}),
                 "filename_prefix": (
                     "STRING",
-                    {"default": "Pano360", "tooltip": "Prefix; may hold a subfolder and %date% variables like SaveImage."},
+                    {
+                        "default": "Pano360",
+                        "tooltip": "Prefix; may hold a subfolder and %date% variables like SaveImage.",
+                    },
                 ),
                 "format": (["png", "jpeg"], {"default": "png"}),
                 "jpeg_quality": ("INT", {"default": 95, "min": 1, "max": 100, "step": 1}),
-                "write_heading": ("BOOLEAN", {"default": False, "tooltip": "Write GPano:PoseHeadingDegrees."}),
+                "write_heading": (
+                    "BOOLEAN",
+                    {"default": False, "tooltip": "Write GPano:PoseHeadingDegrees."},
+                ),
                 "heading_degrees": (
                     "FLOAT",
-                    {"default": 0.0, "min": -360.0, "max": 360.0, "step": 0.1, "tooltip": "Compass heading of the image centre."},
+                    {
+                        "default": 0.0,
+                        "min": -360.0,
+                        "max": 360.0,
+                        "step": 0.1,
+                        "tooltip": "Compass heading of the image centre.",
+                    },
                 ),
             },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
@@ -140,7 +154,9 @@ class Pano360SavePanorama:
 
         output_dir = folder_paths.get_output_directory()
         h, w = int(images.shape[1]), int(images.shape[2])
-        folder, stem, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir, w, h)
+        folder, stem, counter, subfolder, _ = folder_paths.get_save_image_path(
+            filename_prefix, output_dir, w, h
+        )
         os.makedirs(folder, exist_ok=True)
         texts: dict[str, str] = {}
         if not _disable_metadata():
@@ -156,7 +172,7 @@ class Pano360SavePanorama:
         results = []
         notes = [warning] if warning else []
         for b, image in enumerate(images):
-            arr = np.clip(255.0 * image.cpu().numpy(), 0, 255).astype(np.uint8)
+            arr = np.clip(255.0 * image.cpu().numpy() + 0.5, 0, 255).astype(np.uint8)  # rounded
             if arr.shape[-1] == 1:
                 arr = arr[..., 0]
             img = Image.fromarray(arr)

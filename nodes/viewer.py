@@ -95,14 +95,32 @@ class Pano360Viewer:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "images": ("IMAGE", {"tooltip": "ERP panoramas (2:1) or cubemaps (6-face batch, horizon or dice)."}),
+                "images": (
+                    "IMAGE",
+                    {"tooltip": "ERP panoramas (2:1) or cubemaps (6-face batch, horizon or dice)."},
+                ),
                 "input_layout": (LAYOUTS, {"default": "auto"}),
                 "yaw": (
                     "FLOAT",
-                    {"default": 0.0, "min": -180.0, "max": 180.0, "step": 0.1, "tooltip": "Set by dragging in the viewer."},
+                    {
+                        "default": 0.0,
+                        "min": -180.0,
+                        "max": 180.0,
+                        "step": 0.1,
+                        "tooltip": "Set by dragging in the viewer.",
+                    },
                 ),
                 "pitch": ("FLOAT", {"default": 0.0, "min": -90.0, "max": 90.0, "step": 0.1}),
-                "fov": ("FLOAT", {"default": 90.0, "min": 10.0, "max": 150.0, "step": 0.1, "tooltip": "Horizontal field of view."}),
+                "fov": (
+                    "FLOAT",
+                    {
+                        "default": 90.0,
+                        "min": 10.0,
+                        "max": 150.0,
+                        "step": 0.1,
+                        "tooltip": "Horizontal field of view.",
+                    },
+                ),
                 "view_width": ("INT", {"default": 768, "min": 16, "max": 8192, "step": 8}),
                 "view_height": ("INT", {"default": 512, "min": 16, "max": 8192, "step": 8}),
             },
@@ -119,7 +137,17 @@ class Pano360Viewer:
         "is stored in yaw/pitch/fov and rendered to the 'view' output on the next run."
     )
 
-    def view(self, images, input_layout="auto", yaw=0.0, pitch=0.0, fov=90.0, view_width=768, view_height=512, unique_id=None):
+    def view(
+        self,
+        images,
+        input_layout="auto",
+        yaw=0.0,
+        pitch=0.0,
+        fov=90.0,
+        view_width=768,
+        view_height=512,
+        unique_id=None,
+    ):
         import folder_paths
 
         from ..pano_core.geometry import e2p
@@ -140,7 +168,14 @@ class Pano360Viewer:
         for i in range(min(n, MAX_STRIP)):
             name, w, h = _save_preview(erp[i], folder, f"viewer_{node}_{token}_{i:03d}")
             items.append(
-                {"filename": name, "subfolder": sub, "type": "temp", "width": w, "height": h, "source_layout": src}
+                {
+                    "filename": name,
+                    "subfolder": sub,
+                    "type": "temp",
+                    "width": w,
+                    "height": h,
+                    "source_layout": src,
+                }
             )
         notes = [warning] if warning else []
         if n > MAX_STRIP:
@@ -150,7 +185,9 @@ class Pano360Viewer:
         if pano.shape[-1] != 2 * pano.shape[-2]:
             h = pano.shape[-2]
             pano = F.interpolate(pano, size=(h, 2 * h), mode="bilinear", align_corners=False)
-        view = e2p(pano, float(fov), yaw=float(yaw), pitch=float(pitch), out_hw=(int(view_height), int(view_width)))
+        view = e2p(
+            pano, float(fov), yaw=float(yaw), pitch=float(pitch), out_hw=(int(view_height), int(view_width))
+        )
         ui = {
             "pano360": items,
             "pano360_notes": notes,

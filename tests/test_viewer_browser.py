@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +66,9 @@ def classify(rgb, refs, max_dist=60.0):
     rgb = np.asarray(rgb[:3], dtype=np.float32)
     dists = {k: float(np.linalg.norm(rgb - v)) for k, v in refs.items()}
     best = min(dists, key=dists.get)
-    return best if dists[best] <= max_dist else f"none (nearest {best}, {dists[best]:.0f}; rgb {rgb.tolist()})"
+    return (
+        best if dists[best] <= max_dist else f"none (nearest {best}, {dists[best]:.0f}; rgb {rgb.tolist()})"
+    )
 
 
 def dominant_face(pixels, refs):
@@ -82,7 +83,9 @@ def dominant_face(pixels, refs):
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).is_file():
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium)", pytrace=False)
+        pytest.fail(
+            f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium)", pytrace=False
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -108,12 +111,18 @@ class Page:
         self.console: list[dict] = []
         self.page.on(
             "console",
-            lambda m: self.console.append({"type": m.type, "text": m.text, "url": (m.location or {}).get("url", "")}),
+            lambda m: self.console.append(
+                {"type": m.type, "text": m.text, "url": (m.location or {}).get("url", "")}
+            ),
         )
-        self.page.on("pageerror", lambda e: self.console.append({"type": "pageerror", "text": f"{e}\n{e.stack}", "url": ""}))
+        self.page.on(
+            "pageerror",
+            lambda e: self.console.append({"type": "pageerror", "text": f"{e}\n{e.stack}", "url": ""}),
+        )
         self.page.goto(comfy.url)
         self.page.wait_for_function(
-            "() => window.app?.graph && window.app.extensions?.some(e => e.name === 'Pano360.Viewer')", timeout=90_000
+            "() => window.app?.graph && window.app.extensions?.some(e => e.name === 'Pano360.Viewer')",
+            timeout=90_000,
         )
         self.page.evaluate(
             """() => { window.__p360 = {executed: []};
@@ -170,7 +179,9 @@ class Page:
             arg=[viewer_id, since],
             timeout=timeout * 1000,
         )
-        return self.viewer_eval("v => ({state: v.state, lastLoad: v.lastLoad, msg: v.msg.textContent, notice: v.notice.textContent})")
+        return self.viewer_eval(
+            "v => ({state: v.state, lastLoad: v.lastLoad, msg: v.msg.textContent, notice: v.notice.textContent})"
+        )
 
     def viewer_eval(self, fn: str, arg=None, viewer_id=VIEWER_ID):
         return self.page.evaluate(
@@ -228,20 +239,45 @@ def _viewer_only_graph(image: str = "panorama.png", layout: str = "auto") -> dic
         "last_link_id": 1,
         "nodes": [
             {
-                "id": 1, "type": "LoadImage", "pos": [40, 80], "size": [300, 330], "flags": {}, "order": 0, "mode": 0,
-                "inputs": [], "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [1]}, {"name": "MASK", "type": "MASK", "links": None}],
-                "properties": {}, "widgets_values": [image, "image"],
+                "id": 1,
+                "type": "LoadImage",
+                "pos": [40, 80],
+                "size": [300, 330],
+                "flags": {},
+                "order": 0,
+                "mode": 0,
+                "inputs": [],
+                "outputs": [
+                    {"name": "IMAGE", "type": "IMAGE", "links": [1]},
+                    {"name": "MASK", "type": "MASK", "links": None},
+                ],
+                "properties": {},
+                "widgets_values": [image, "image"],
             },
             {
-                "id": 2, "type": "Pano360Viewer", "pos": [380, 80], "size": [520, 700], "flags": {}, "order": 1, "mode": 0,
+                "id": 2,
+                "type": "Pano360Viewer",
+                "pos": [380, 80],
+                "size": [520, 700],
+                "flags": {},
+                "order": 1,
+                "mode": 0,
                 "inputs": [{"name": "images", "type": "IMAGE", "link": 1}],
-                "outputs": [{"name": "view", "type": "IMAGE", "links": None}, {"name": "yaw", "type": "FLOAT", "links": None},
-                            {"name": "pitch", "type": "FLOAT", "links": None}, {"name": "fov", "type": "FLOAT", "links": None}],
-                "properties": {}, "widgets_values": [layout, 0, 0, 90, 256, 256],
+                "outputs": [
+                    {"name": "view", "type": "IMAGE", "links": None},
+                    {"name": "yaw", "type": "FLOAT", "links": None},
+                    {"name": "pitch", "type": "FLOAT", "links": None},
+                    {"name": "fov", "type": "FLOAT", "links": None},
+                ],
+                "properties": {},
+                "widgets_values": [layout, 0, 0, 90, 256, 256],
             },
         ],
         "links": [[1, 1, 0, 2, 0, "IMAGE"]],
-        "groups": [], "config": {}, "extra": {}, "version": 0.4,
+        "groups": [],
+        "config": {},
+        "extra": {},
+        "version": 0.4,
     }
 
 
@@ -315,7 +351,9 @@ def test_viewer_front_drag_up_and_view_back_to_graph(comfy, page_factory, face_c
     assert pg.viewer_eval("v => v.getView()")["yaw"] == pytest.approx(view["yaw"], abs=0.01)
 
     # "up" preset button
-    pg.page.evaluate(f"() => app.graph.getNodeById({VIEWER_ID}).pano360Viewer.element.querySelector('[data-preset=up]').click()")
+    pg.page.evaluate(
+        f"() => app.graph.getNodeById({VIEWER_ID}).pano360Viewer.element.querySelector('[data-preset=up]').click()"
+    )
     assert dominant_face(pg.centre_pixels(), face_colours) == "U"
     assert pg.widget_values()["pitch"] == pytest.approx(90)
     pg.screenshot("viewer_up")
@@ -337,7 +375,9 @@ def test_big_panorama_opens_fast_and_downscales_with_notice(comfy, page_factory,
     name = _input_image(
         comfy,
         "labeled_cube_8192x4096.png",
-        lambda: Image.open(ASSETS / "labeled_cube_erp.png").convert("RGB").resize((8192, 4096), Image.NEAREST),
+        lambda: (
+            Image.open(ASSETS / "labeled_cube_erp.png").convert("RGB").resize((8192, 4096), Image.NEAREST)
+        ),
     )
     pg = page_factory()
     pg.load_graph(_viewer_only_graph(), name)
@@ -356,7 +396,9 @@ def test_big_panorama_opens_fast_and_downscales_with_notice(comfy, page_factory,
     load = info["lastLoad"]
     assert info["state"] == "ready", info
     assert (load["width"], load["height"]) == (8192, 4096)
-    print(f"8192x4096: fetch+decode+upload {load['ms']:.0f} ms, longest frame gap {max_gap:.0f} ms, texture {load['texWidth']}")
+    print(
+        f"8192x4096: fetch+decode+upload {load['ms']:.0f} ms, longest frame gap {max_gap:.0f} ms, texture {load['texWidth']}"
+    )
     assert load["ms"] < 8000, load
     assert max_gap < 3000, max_gap
     assert dominant_face(pg.centre_pixels(), face_colours) == "F"
@@ -371,7 +413,12 @@ def test_big_panorama_opens_fast_and_downscales_with_notice(comfy, page_factory,
     assert info["lastLoad"]["downscaled"] is True
     assert (info["lastLoad"]["texWidth"], info["lastLoad"]["texHeight"]) == (2048, 1024)
     assert "downscaled" in info["notice"] and "2048" in info["notice"]
-    assert pg.page.evaluate(f"() => getComputedStyle(app.graph.getNodeById({VIEWER_ID}).pano360Viewer.notice).display") != "none"
+    assert (
+        pg.page.evaluate(
+            f"() => getComputedStyle(app.graph.getNodeById({VIEWER_ID}).pano360Viewer.notice).display"
+        )
+        != "none"
+    )
     assert dominant_face(pg.centre_pixels(), face_colours) == "F"
     pg.screenshot("viewer_downscaled_notice")
     assert pg.our_errors() == []
@@ -416,20 +463,33 @@ def test_non_2to1_warns_and_missing_file_message(comfy, page_factory, face_colou
     assert info["state"] == "ready", info
     assert "not 2:1" in info["notice"]
     assert "not 2:1" in " ".join(events[-1]["output"]["pano360_notes"])
-    assert pg.page.evaluate(f"() => getComputedStyle(app.graph.getNodeById({VIEWER_ID}).pano360Viewer.notice).display") != "none"
+    assert (
+        pg.page.evaluate(
+            f"() => getComputedStyle(app.graph.getNodeById({VIEWER_ID}).pano360Viewer.notice).display"
+        )
+        != "none"
+    )
     assert dominant_face(pg.centre_pixels(), face_colours) == "F"
     pg.screenshot("viewer_not_2to1")
     assert pg.our_errors() == []
 
     # the temp file disappears (e.g. ComfyUI restarted): a clear message instead of a blank box
     item = events[-1]["output"]["pano360"][0]
-    (Path(comfy.temp_dir) / item["subfolder"] / item["filename"]).unlink()
+    # (ComfyUI puts its temp folder in <--temp-directory>/temp)
+    found = [p for p in Path(comfy.temp_dir).rglob(item["filename"]) if p.parent.name == item["subfolder"]]
+    assert len(found) == 1, found
+    found[0].unlink()
     t1 = pg.now()
     pg.viewer_eval("v => { v.select(0); }")
     info = pg.wait_ready(since=t1)
     assert info["state"] == "error"
     assert "404" in info["msg"] and "missing" in info["msg"] and item["filename"] in info["msg"]
-    assert pg.page.evaluate(f"() => getComputedStyle(app.graph.getNodeById({VIEWER_ID}).pano360Viewer.msg).display") == "flex"
+    assert (
+        pg.page.evaluate(
+            f"() => getComputedStyle(app.graph.getNodeById({VIEWER_ID}).pano360Viewer.msg).display"
+        )
+        == "flex"
+    )
     pg.screenshot("viewer_missing_file")
 
 
@@ -437,7 +497,9 @@ def test_no_webgl2_shows_message(comfy, page_factory):
     comfy.add_input_file(ASSETS / "labeled_cube_erp.png")
     pg = page_factory(init_script=NO_WEBGL2_INIT)
     pg.load_graph(_viewer_only_graph(), "labeled_cube_erp.png")
-    st = pg.viewer_eval("v => ({state: v.state, msg: v.msg.textContent, shown: getComputedStyle(v.msg).display})")
+    st = pg.viewer_eval(
+        "v => ({state: v.state, msg: v.msg.textContent, shown: getComputedStyle(v.msg).display})"
+    )
     assert st["state"] == "no-webgl2"
     assert "WebGL2 is not available" in st["msg"] and st["shown"] == "flex"
     # running the graph still works and keeps the message
@@ -454,22 +516,46 @@ def test_batch_strip_selects_panorama(comfy, page_factory, face_colours):
     flipped = _input_image(
         comfy,
         "labeled_cube_rolled.png",
-        lambda: Image.fromarray(np.roll(np.asarray(Image.open(ASSETS / "labeled_cube_erp.png").convert("RGB")), 256, axis=1)),
+        lambda: Image.fromarray(
+            np.roll(np.asarray(Image.open(ASSETS / "labeled_cube_erp.png").convert("RGB")), 256, axis=1)
+        ),
     )
     wf = _viewer_only_graph()
     wf["nodes"].insert(
         1,
         {
-            "id": 3, "type": "LoadImage", "pos": [40, 460], "size": [300, 330], "flags": {}, "order": 0, "mode": 0,
-            "inputs": [], "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [3]}, {"name": "MASK", "type": "MASK", "links": None}],
-            "properties": {}, "widgets_values": [flipped, "image"],
+            "id": 3,
+            "type": "LoadImage",
+            "pos": [40, 460],
+            "size": [300, 330],
+            "flags": {},
+            "order": 0,
+            "mode": 0,
+            "inputs": [],
+            "outputs": [
+                {"name": "IMAGE", "type": "IMAGE", "links": [3]},
+                {"name": "MASK", "type": "MASK", "links": None},
+            ],
+            "properties": {},
+            "widgets_values": [flipped, "image"],
         },
     )
     wf["nodes"].append(
         {
-            "id": 4, "type": "ImageBatch", "pos": [200, 800], "size": [200, 60], "flags": {}, "order": 1, "mode": 0,
-            "inputs": [{"name": "image1", "type": "IMAGE", "link": 2}, {"name": "image2", "type": "IMAGE", "link": 3}],
-            "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [1]}], "properties": {}, "widgets_values": [],
+            "id": 4,
+            "type": "ImageBatch",
+            "pos": [200, 800],
+            "size": [200, 60],
+            "flags": {},
+            "order": 1,
+            "mode": 0,
+            "inputs": [
+                {"name": "image1", "type": "IMAGE", "link": 2},
+                {"name": "image2", "type": "IMAGE", "link": 3},
+            ],
+            "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [1]}],
+            "properties": {},
+            "widgets_values": [],
         }
     )
     wf["nodes"][0]["outputs"][0]["links"] = [2]
@@ -477,7 +563,9 @@ def test_batch_strip_selects_panorama(comfy, page_factory, face_colours):
     wf["last_node_id"], wf["last_link_id"] = 4, 3
     pg = page_factory()
     pg.load_graph(wf, "labeled_cube_erp.png")
-    pg.page.evaluate(f"() => app.graph.getNodeById(3).widgets.find(w => w.name === 'image').value = '{flipped}'")
+    pg.page.evaluate(
+        f"() => app.graph.getNodeById(3).widgets.find(w => w.name === 'image').value = '{flipped}'"
+    )
     t0 = pg.now()
     pg.queue_and_wait()
     pg.wait_ready(since=t0)
@@ -505,9 +593,13 @@ def test_vue_node_renderer(comfy, page_factory, face_colours):
         info = pg.wait_ready(since=t0)
         assert info["state"] == "ready"
         # the widget is mounted in the page and visible
-        assert pg.viewer_eval("v => v.element.isConnected && v.canvas.clientWidth > 50 && v.canvas.clientHeight > 50")
+        assert pg.viewer_eval(
+            "v => v.element.isConnected && v.canvas.clientWidth > 50 && v.canvas.clientHeight > 50"
+        )
         assert dominant_face(pg.centre_pixels(), face_colours) == "F"
-        pg.page.evaluate(f"() => app.graph.getNodeById({VIEWER_ID}).pano360Viewer.element.querySelector('[data-preset=right]').click()")
+        pg.page.evaluate(
+            f"() => app.graph.getNodeById({VIEWER_ID}).pano360Viewer.element.querySelector('[data-preset=right]').click()"
+        )
         assert dominant_face(pg.centre_pixels(), face_colours) == "R"
         assert pg.widget_values()["yaw"] == pytest.approx(90)
         pg.screenshot("viewer_vue_nodes")
