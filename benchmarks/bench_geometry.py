@@ -55,12 +55,49 @@ def load_panorama(path: Path, w: int) -> torch.Tensor:
     return F.interpolate(img, size=(w // 2, w), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
 
 
+def bench_size(w: int, args, py360convert, pytorch360convert) -> dict:
+    """Time and measure one size; prints its table and returns the figures."""
+    h, s = w // 2, w // 4
+    erp = load_panorama(Path(args.image), w)
+    erp_np = np.ascontiguousarray(erp[0].permute(1, 2, 0).numpy())
+    erp_chw = erp[0].contiguous()
+    ref_faces = py360convert.e2c(erp_np, s, args.mode, "list")
+    faces_t = e2c(erp, s, args.mode)
+    faces_chw = pytorch360convert.e2c(erp_chw, s, args.mode, "list")
+
+    t = {}
+    t["py e2c"] = timeit(lambda: py360convert.e2c(erp_np, s, args.mode, "list"), args.repeat)
+    t["py c2e"] = timeit(lambda: py360convert.c2e(ref_faces, h, w, args.mode, "list"), args.repeat)
+    t["pt e2c"] = timeit(lambda: pytorch360convert.e2c(erp_chw, s, args.mode, "list"), args.repeat)
+    t["pt c2e"] = timeit(lambda: pytorch360convert.c2e(faces_chw, h, w, args.mode, "list"), args.repeat)
+    t["our e2c 1shot"] = timeit(lambda: e2c(erp, s, args.mode), args.repeat, before=clear_cache)
+    t["our c2e 1shot"] = timeit(lambda: c2e(faces_t, h, w, args.mode), args.repeat, before=clear_cache)
+    t["our e2c cached"] = timeit(lambda: e2c(erp, s, args.mode), args.repeat)
+    t["our c2e cached"] = timeit(lambda: c2e(faces_t, h, w, args.mode), args.repeat)
+
+    p_py = psnr(py360convert.c2e(ref_faces, h, w, args.mode, "list"), erp_np)
+    p_pt = psnr(pytorch360convert.c2e(faces_chw, h, w, args.mode, "list").numpy(), erp_chw.numpy())
+    p_our = psnr(c2e(faces_t, h, w, args.mode).numpy(), erp.numpy())
+
+    print(f"\n{w}x{h} <-> 6x{s}  (ms, median of {args.repeat})")
+    print(f"{'':8}{'py360convert':>14}{'pytorch360conv':>16}{'ours 1-shot':>13}{'ours cached':>13}"
+          f"{'x py 1-shot':>13}{'x py cached':>13}")
+    for op in ("e2c", "c2e"):
+        py, pt, o1, oc = t[f"py {op}"], t[f"pt {op}"], t[f"our {op} 1shot"], t[f"our {op} cached"]
+        print(f"{op:8}{py:14.1f}{pt:16.1f}{o1:13.1f}{oc:13.1f}{py / o1:12.2f}x{py / oc:12.2f}x")
+    print(f"round-trip PSNR (ERP->cube->ERP): py360convert {p_py:.2f} dB, pytorch360convert {p_pt:.2f} dB, "
+          f"ours {p_our:.2f} dB")
+    return {"w": w, "t": t, "psnr": (p_py, p_pt, p_our)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="2048,4096", help="ERP widths, comma separated")
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--mode", default="bilinear")
-    ap.add_argument("--image", default=str(ROOT / "tests" / "assets" / "chalet_erp.png"))
+    shared = ROOT.parent / "shared" / "data" / "panoramas" / "chalet_erp.png"  # 2048x1024 original
+    default_image = shared if shared.is_file() else ROOT / "tests" / "assets" / "chalet_erp.png"
+    ap.add_argument("--image", default=str(default_image), help="panorama for the PSNR (resized to each size)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     args = ap.parse_args(argv)
     if args.threads:
@@ -71,39 +108,8 @@ def main(argv=None) -> int:
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, py360convert {py360convert.__version__ if hasattr(py360convert, '__version__') else '1.0.4'}, "
           f"pytorch360convert {getattr(pytorch360convert, '__version__', '0.2.3')}, mode {args.mode}")
-    rows = []
-    for w in (int(s) for s in args.sizes.split(",")):
-        h, s = w // 2, w // 4
-        erp = load_panorama(Path(args.image), w)
-        erp_np = np.ascontiguousarray(erp[0].permute(1, 2, 0).numpy())
-        erp_chw = erp[0].contiguous()
-        ref_faces = py360convert.e2c(erp_np, s, args.mode, "list")
-        faces_t = e2c(erp, s, args.mode)
-        faces_chw = pytorch360convert.e2c(erp_chw, s, args.mode, "list")
-
-        t = {}
-        t["py e2c"] = timeit(lambda: py360convert.e2c(erp_np, s, args.mode, "list"), args.repeat)
-        t["py c2e"] = timeit(lambda: py360convert.c2e(ref_faces, h, w, args.mode, "list"), args.repeat)
-        t["pt e2c"] = timeit(lambda: pytorch360convert.e2c(erp_chw, s, args.mode, "list"), args.repeat)
-        t["pt c2e"] = timeit(lambda: pytorch360convert.c2e(faces_chw, h, w, args.mode, "list"), args.repeat)
-        t["our e2c 1shot"] = timeit(lambda: e2c(erp, s, args.mode), args.repeat, before=clear_cache)
-        t["our c2e 1shot"] = timeit(lambda: c2e(faces_t, h, w, args.mode), args.repeat, before=clear_cache)
-        t["our e2c cached"] = timeit(lambda: e2c(erp, s, args.mode), args.repeat)
-        t["our c2e cached"] = timeit(lambda: c2e(faces_t, h, w, args.mode), args.repeat)
-
-        p_py = psnr(py360convert.c2e(ref_faces, h, w, args.mode, "list"), erp_np)
-        p_pt = psnr(pytorch360convert.c2e(faces_chw, h, w, args.mode, "list").numpy(), erp_chw.numpy())
-        p_our = psnr(c2e(faces_t, h, w, args.mode).numpy(), erp.numpy())
-        rows.append((w, s, t, p_py, p_pt, p_our))
-
-        print(f"\n{w}x{h} <-> 6x{s}  (ms, median of {args.repeat})")
-        print(f"{'':8}{'py360convert':>14}{'pytorch360conv':>16}{'ours 1-shot':>13}{'ours cached':>13}"
-              f"{'x py 1-shot':>13}{'x py cached':>13}")
-        for op in ("e2c", "c2e"):
-            py, pt, o1, oc = t[f"py {op}"], t[f"pt {op}"], t[f"our {op} 1shot"], t[f"our {op} cached"]
-            print(f"{op:8}{py:14.1f}{pt:16.1f}{o1:13.1f}{oc:13.1f}{py / o1:12.2f}x{py / oc:12.2f}x")
-        print(f"round-trip PSNR (ERP->cube->ERP): py360convert {p_py:.2f} dB, pytorch360convert {p_pt:.2f} dB, "
-              f"ours {p_our:.2f} dB")
+    for w in (int(v) for v in args.sizes.split(",")):
+        bench_size(w, args, py360convert, pytorch360convert)
     return 0
 
 

@@ -8,8 +8,22 @@ import torch
 
 from ..errors import PanoInputError
 from ..validate import check_bchw, check_erp
-from .directions import _check_size, _fov_pair, dirs_to_lonlat, erp_directions, perspective_directions, rotation_matrix
-from .sampling import build_erp_plan, build_flat_plan, cached_plan, check_mode, default_row_chunks, sampling_dtype
+from .directions import (
+    _check_size,
+    _fov_pair,
+    dirs_to_lonlat,
+    erp_directions,
+    perspective_directions,
+    rotation_matrix,
+)
+from .sampling import (
+    build_erp_plan,
+    build_flat_plan,
+    cached_plan,
+    check_mode,
+    default_row_chunks,
+    sampling_dtype,
+)
 
 
 def _angles(yaw, pitch, roll) -> tuple[float, float, float]:

@@ -230,7 +230,6 @@ def build_erp_plan(
     lon_deg: torch.Tensor, lat_deg: torch.Tensor, h: int, w: int, mode: str, dtype: torch.dtype, row_chunks: int = 1
 ) -> SamplePlan:
     """Plan sampling an h x w ERP at directions given as lon/lat (N, ho, wo) in degrees."""
-    device = lon_deg.device
     x, y = erp_pixel_coords(lon_deg.double(), lat_deg.double(), h, w)
     # x wraps: keep x in [-0.5, w - 0.5) so grid_sample's border padding only matters near the seam
     x = torch.remainder(x + 0.5, w) - 0.5
