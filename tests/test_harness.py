@@ -166,6 +166,40 @@ def test_pack_node_bad_input_then_server_still_serves(comfy):
     assert comfy.images(outputs, "9")[0].shape == (32, 64, 3)
 
 
+@pytest.mark.comfy
+@pytest.mark.timeout(300)
+def test_tiny_flux_fill_and_kontext_in_server(comfy):
+    """The fill variant runs through InpaintModelConditioning (96 input channels) and the dev
+    variant accepts Kontext-style reference latents (ReferenceLatent)."""
+    name = comfy.add_input_file(ch.ASSETS_DIR / "snow_village_erp.png")
+    p = tiny_flux_prompt("fill", seed=5)
+    p["1"]["inputs"]["variant"] = "fill"
+    p.update({
+        "20": {"class_type": "LoadImage", "inputs": {"image": name}},
+        "21": {"class_type": "ImageScale", "inputs": {"image": ["20", 0], "upscale_method": "bilinear",
+                                                      "width": 64, "height": 32, "crop": "disabled"}},
+        "22": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 32}},
+        "23": {"class_type": "InpaintModelConditioning",
+               "inputs": {"positive": ["5", 0], "negative": ["4", 0], "vae": ["3", 0], "pixels": ["21", 0],
+                          "mask": ["22", 0], "noise_mask": True}},
+    })
+    p["7"]["inputs"].update(positive=["23", 0], negative=["23", 1], latent_image=["23", 2])
+    out = comfy.run(p, timeout=240)
+    assert comfy.images(out, "9")[0].shape == (32, 64, 3)
+
+    k = tiny_flux_prompt("kontext", seed=6)
+    k.update({
+        "20": {"class_type": "LoadImage", "inputs": {"image": name}},
+        "21": {"class_type": "ImageScale", "inputs": {"image": ["20", 0], "upscale_method": "bilinear",
+                                                      "width": 32, "height": 32, "crop": "center"}},
+        "24": {"class_type": "VAEEncode", "inputs": {"pixels": ["21", 0], "vae": ["3", 0]}},
+        "25": {"class_type": "ReferenceLatent", "inputs": {"conditioning": ["5", 0], "latent": ["24", 0]}},
+    })
+    k["7"]["inputs"]["positive"] = ["25", 0]
+    out = comfy.run(k, timeout=240)
+    assert comfy.images(out, "9")[0].shape == (32, 64, 3)
+
+
 # --------------------------------------------------------------------------- ui_to_api without a server
 
 FAKE_INFO = {
