@@ -156,3 +156,33 @@ def test_differentiable():
     g = tok.grad.reshape(2, 8, 3)
     # the first two and last two columns are used twice
     assert torch.all(g[:, :2] == 2) and torch.all(g[:, -2:] == 2) and torch.all(g[:, 2:-2] == 1)
+
+
+def test_decode_circular_crops_and_sees_the_wrap():
+    lat = torch.randn(1, 2, 4, 10)
+
+    def decode(z):  # a "VAE" with a 3-wide horizontal receptive field, zero padding, x4 upscale
+        k = torch.ones(2, 1, 1, 3) / 3.0
+        y = torch.nn.functional.conv2d(z, k, padding=(0, 1), groups=2)
+        return y.repeat_interleave(4, dim=-1).repeat_interleave(4, dim=-2)
+
+    plain = decode(lat)
+    circ = C.decode_circular(decode, lat, 2, scale=4)
+    assert circ.shape == plain.shape
+    # interior (away from the border by more than the receptive field) is identical
+    assert torch.allclose(circ[..., 8:-8], plain[..., 8:-8])
+    # the border columns equal a decode of the rolled latent (true circular convolution)
+    rolled = decode(torch.roll(lat, 5, dims=-1))
+    assert torch.allclose(torch.roll(circ, 20, dims=-1)[..., 8:-8], rolled[..., 8:-8], atol=1e-6)
+    # channels_last (ComfyUI IMAGE) variant
+    circ2 = C.decode_circular(lambda z: decode(z).movedim(1, -1), lat, 2, scale=4, channels_last=True)
+    assert torch.allclose(circ2.movedim(-1, 1), circ)
+    with pytest.raises(PanoInputError, match="decode"):
+        C.decode_circular(decode, lat, 2, scale=8)
+
+
+def test_wrap_discontinuity():
+    x = torch.linspace(0, 1, 64).repeat(3, 1)  # ramp: big jump at the wrap
+    assert C.wrap_discontinuity(x) > 10
+    t = torch.linspace(0, 2 * torch.pi, 65)[:-1]
+    assert C.wrap_discontinuity(torch.sin(t).repeat(3, 1)) < 2  # periodic: no worse than |cos| peaks

@@ -44,6 +44,13 @@ Schedule shift:
   ``ModelSamplingFlux`` compute it)
 - :func:`check_padding` (w, p) validates a padding width (``0 <= p <= w // 4``)
 
+Decoding:
+
+- :func:`decode_circular` (decode, latent, cols, scale=8) wrap ``cols`` latent columns on
+  both sides, decode with any callable, crop ``cols*scale`` pixels per side
+- :func:`wrap_discontinuity` (x) mean absolute jump across the 0/360 seam relative to the
+  mean jump between neighbouring interior columns (1 = no worse than the interior)
+
 Errors are :class:`pano_core.errors.PanoInputError` naming the input.
 """
 
@@ -69,6 +76,8 @@ __all__ = [
     "padded_token_count",
     "padded_pixel_size",
     "flux_mu",
+    "decode_circular",
+    "wrap_discontinuity",
 ]
 
 IdMode = Literal["wrapped", "linear"]
@@ -301,3 +310,43 @@ def flux_mu(
     m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
     b = base_shift - m * base_seq_len
     return float(image_seq_len) * m + b
+
+
+def decode_circular(decode, latent: torch.Tensor, cols: int, scale: int = 8, channels_last: bool = False) -> torch.Tensor:
+    """Decode a panorama latent with ``cols`` wrapped latent columns on both sides, then crop.
+
+    ``decode`` maps a latent ``(B, C, h, w)`` to an image ``(B, 3, h*scale, w*scale)`` (or
+    ``(B, H, W, 3)`` with ``channels_last=True``, as ComfyUI's ``VAE.decode`` returns). The
+    decoder sees the panorama's opposite edge next to each border instead of zero padding,
+    so the 0/360 seam is decoded like any interior column boundary. ``cols=0`` is a plain
+    decode.
+    """
+    _check_latent(latent, cols, "latent")
+    if cols == 0:
+        return decode(latent)
+    img = decode(pad_latent(latent, cols))
+    px = cols * int(scale)
+    if channels_last:
+        expected = (latent.shape[-1] + 2 * cols) * int(scale)
+        if img.shape[-2] != expected:
+            raise PanoInputError(f"decode: expected a decoded width of {expected} px, got shape {tuple(img.shape)}")
+        return img[..., px : img.shape[-2] - px, :]
+    expected = (latent.shape[-1] + 2 * cols) * int(scale)
+    if img.shape[-1] != expected:
+        raise PanoInputError(f"decode: expected a decoded width of {expected} px, got shape {tuple(img.shape)}")
+    return crop_latent(img, px)
+
+
+def wrap_discontinuity(x: torch.Tensor) -> float:
+    """Seam score of a panorama-like tensor ``(..., H, W)`` (image, latent or token grid).
+
+    Mean absolute difference between the last and the first column (the 0/360 seam) divided
+    by the mean absolute difference between neighbouring interior columns. About 1 means the
+    seam is no more visible than any other column boundary; larger is a visible seam.
+    """
+    if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[-1] < 3:
+        raise PanoInputError(f"x: expected a tensor (..., H, W) with W >= 3, got {getattr(x, 'shape', type(x))}")
+    x = x.float()
+    seam = (x[..., -1] - x[..., 0]).abs().mean()
+    interior = (x[..., 1:] - x[..., :-1]).abs().mean()
+    return float(seam / interior.clamp_min(1e-12))

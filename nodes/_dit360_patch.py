@@ -1,0 +1,241 @@
+"""ComfyUI side of the DiT360 circular-padding patch (wrappers on a cloned ModelPatcher).
+
+How it works (all tensor math is in :mod:`pano_core.seams.circular`):
+
+1. ``OUTER_SAMPLE`` wrapper (around ``CFGGuider.outer_sample``): the whole sampling runs on a
+   latent that is wider by ``2p`` latent columns (``p`` token columns) per side. The initial
+   noise, the latent image, the noise/denoise mask and the inpainting conditioning
+   (``concat_latent_image``, ``concat_mask``) are wrap-padded the same way (last columns
+   prepended, first appended) so they stay aligned; the result and the preview/x0 callbacks
+   are cropped back. As in DiT360, the padded columns are part of the sampler state and
+   evolve with it ("re-sync none"). The wrapper also puts the grid size into
+   ``transformer_options["pano360_dit360"]`` of this sampling run only.
+2. ``DIFFUSION_MODEL`` wrapper (around ``Flux._forward``): for a padded input it (optionally,
+   "re-sync per step") rebuilds the padded columns from the current opposite edge of the input
+   (all channels, so inpainting ``c_concat`` channels too), and adds a per-call ``post_input``
+   patch that rewrites the position ids of the image grid only: padded columns get the ids of
+   the opposite edge ("wrapped", DiT360) or extended ids ("linear"). Tokens after the image
+   grid (Kontext ``ref_latents``) and their ids are left alone.
+
+Nothing is mutated in place: the ModelPatcher is cloned, the shared ``nn.Module`` is never
+touched, and ``transformer_options`` dicts are copied before they are changed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import comfy.patcher_extension
+import comfy.sampler_helpers
+import torch
+
+from ..pano_core.errors import PanoInputError
+from ..pano_core.seams import circular
+
+KEY = "pano360_dit360"
+OPT_KEY = "pano360_dit360"
+ID_MODES = ("wrapped", "linear")
+RESYNC_MODES = ("none", "per step")
+
+log = logging.getLogger("pano360")
+
+
+def flux_model_or_error(model) -> torch.nn.Module:
+    """Return the Flux diffusion model of a ComfyUI MODEL or raise a PanoInputError naming its type."""
+    import comfy.ldm.flux.model
+
+    base = getattr(model, "model", None)
+    dm = getattr(base, "diffusion_model", None)
+    if not isinstance(dm, comfy.ldm.flux.model.Flux):
+        kind = type(base).__name__ if base is not None else type(model).__name__
+        inner = type(dm).__name__ if dm is not None else "none"
+        raise PanoInputError(
+            f"model: the DiT360 panorama patch needs a Flux model (FLUX.1-dev/schnell/Fill/Kontext); "
+            f"got a {kind} model (diffusion model {inner})"
+        )
+    if getattr(dm, "patch_size", 2) != 2:
+        raise PanoInputError(f"model: expected a Flux model with 2x2 patches, got patch size {dm.patch_size}")
+    return dm
+
+
+def _check_latent_size(h_lat: int, w_lat: int, p: int) -> tuple[int, int]:
+    if w_lat % 2 or h_lat % 2:
+        raise PanoInputError(
+            f"latent: the panorama width and height must be multiples of 16 px for Flux (2x2 patches of "
+            f"8x downscaled latents); got a latent of {w_lat}x{h_lat} (= {w_lat * 8}x{h_lat * 8} px)"
+        )
+    w_tok = w_lat // 2
+    circular.check_padding(w_tok, p, name=f"padding (panorama {w_tok} tokens wide)")
+    return h_lat // 2, w_tok
+
+
+def _pad_conds(conds: dict, w_lat: int, cols: int) -> None:
+    """Wrap-pad the inpainting conditioning of each cond (these dicts are per-run copies)."""
+    for lst in conds.values():
+        for c in lst:
+            img = c.get("concat_latent_image")
+            if isinstance(img, torch.Tensor) and img.ndim == 4:
+                if img.shape[-1] == w_lat:
+                    c["concat_latent_image"] = circular.pad_latent(img, cols)
+                else:
+                    log.warning("Pano360 DiT360 patch: concat_latent_image width %d != latent width %d; not padded",
+                                img.shape[-1], w_lat)
+            m = c.get("concat_mask")
+            if isinstance(m, torch.Tensor) and m.ndim >= 2:
+                if m.shape[-1] % w_lat == 0:
+                    c["concat_mask"] = circular.pad_latent(m, cols * (m.shape[-1] // w_lat))
+                else:
+                    log.warning("Pano360 DiT360 patch: concat_mask width %d is not a multiple of the latent width %d; "
+                                "not padded", m.shape[-1], w_lat)
+
+
+class OuterSampleWrapper:
+    """``WrappersMP.OUTER_SAMPLE``: run the sampler on a wrap-padded latent, crop the result."""
+
+    def __init__(self, padding: int, id_mode: str, resync: str):
+        self.padding = int(padding)
+        self.id_mode = id_mode
+        self.resync = resync
+
+    def __call__(self, executor, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
+                 disable_pbar=False, seed=None, latent_shapes=None):
+        guider = executor.class_obj
+        p = self.padding
+        if noise.ndim != 4 or getattr(latent_image, "is_nested", False) or (latent_shapes and len(latent_shapes) > 1):
+            raise PanoInputError("latent: the DiT360 panorama patch expects a single image latent (B, C, H, W)")
+        b, ch, h_lat, w_lat = noise.shape
+        h, w = _check_latent_size(h_lat, w_lat, p)
+        if p == 0:
+            return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed,
+                            latent_shapes=latent_shapes)
+        cols = circular.latent_cols_for_tokens(p)
+        noise_p = circular.pad_latent(noise, cols)
+        latent_p = circular.pad_latent(latent_image, cols)
+        mask_p = None
+        if denoise_mask is not None:
+            mask = comfy.sampler_helpers.prepare_mask(denoise_mask, noise.shape, noise.device)
+            mask_p = circular.pad_latent(mask, cols)
+        _pad_conds(guider.conds, w_lat, cols)
+
+        cb = None
+        if callback is not None:
+            def cb(step, x0, x, total_steps):
+                return callback(step, circular.crop_latent(x0, cols), circular.crop_latent(x, cols), total_steps)
+
+        topts = guider.model_options.setdefault("transformer_options", {})
+        had = OPT_KEY in topts
+        old = topts.get(OPT_KEY)
+        topts[OPT_KEY] = {"h": h, "w": w, "p": p, "id_mode": self.id_mode, "resync": self.resync}
+        try:
+            out = executor(noise_p, latent_p, sampler, sigmas, mask_p, cb, disable_pbar, seed,
+                           latent_shapes=[noise_p.shape])
+        finally:
+            if had:
+                topts[OPT_KEY] = old
+            else:
+                topts.pop(OPT_KEY, None)
+        return circular.crop_latent(out, cols)
+
+
+class _IdsPatch:
+    """Per-call ``post_input`` patch: rewrite the image grid's position ids."""
+
+    def __init__(self, h: int, w: int, p: int, mode: str):
+        self.h, self.w, self.p, self.mode = h, w, p, mode
+        self.called = False
+
+    def __call__(self, args: dict) -> dict:
+        img_ids = args["img_ids"]
+        h, w, p = self.h, self.w, self.p
+        n = h * (w + 2 * p)
+        if img_ids is None or img_ids.shape[1] < n or args["img"].shape[1] < n:
+            raise PanoInputError(
+                f"model: expected at least {n} image tokens for a {h}x{w + 2 * p} padded token grid, "
+                f"got ids {None if img_ids is None else tuple(img_ids.shape)}"
+            )
+        grid = img_ids[:, :n].reshape(img_ids.shape[0], h, w + 2 * p, img_ids.shape[-1])
+        base = grid[:, :, :w].reshape(img_ids.shape[0], h * w, img_ids.shape[-1])
+        new = circular.pad_ids(base, h, w, p, mode=self.mode)
+        out = dict(args)
+        out["img_ids"] = torch.cat([new, img_ids[:, n:]], dim=1) if img_ids.shape[1] > n else new
+        self.called = True
+        return out
+
+
+class DiffusionModelWrapper:
+    """``WrappersMP.DIFFUSION_MODEL``: wrapped ids (+ per-step re-sync) on a padded input."""
+
+    def __init__(self, padding: int, id_mode: str, resync: str):
+        self.padding = int(padding)
+        self.id_mode = id_mode
+        self.resync = resync
+
+    def __call__(self, executor, x, timestep, context, y=None, guidance=None, ref_latents=None, control=None,
+                 transformer_options=None, **kwargs):
+        transformer_options = {} if transformer_options is None else transformer_options
+        info = transformer_options.get(OPT_KEY)
+        if not info or info["p"] == 0:
+            return executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs)
+        h, w, p = info["h"], info["w"], info["p"]
+        cols = circular.latent_cols_for_tokens(p)
+        if x.ndim != 4 or x.shape[-1] != 2 * (w + 2 * p) or x.shape[-2] != 2 * h:
+            # e.g. area conditioning crops the input: not the full padded grid, leave it alone
+            return executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs)
+        if info["resync"] == "per step":
+            x = circular.resync_latent(x, cols)
+        ids_patch = _IdsPatch(h, w, p, info["id_mode"])
+        topts = dict(transformer_options)
+        patches = dict(topts.get("patches", {}))
+        patches["post_input"] = [ids_patch] + list(patches.get("post_input", []))
+        topts["patches"] = patches
+        out = executor(x, timestep, context, y, guidance, ref_latents, control, topts, **kwargs)
+        if not ids_patch.called:
+            raise PanoInputError(
+                "model: this Flux variant's forward does not apply post_input patches, so the panorama "
+                "position ids cannot be set; use padding 0 or a standard Flux model"
+            )
+        return out
+
+
+def apply_dit360_patch(model, padding: int = 1, id_mode: str = "wrapped", resync: str = "none"):
+    """Clone a ComfyUI Flux MODEL and add the circular-padding wrappers (replacing earlier ones)."""
+    flux_model_or_error(model)
+    if id_mode not in ID_MODES:
+        raise PanoInputError(f"id_mode: expected one of {ID_MODES}, got {id_mode!r}")
+    if resync not in RESYNC_MODES:
+        raise PanoInputError(f"resync: expected one of {RESYNC_MODES}, got {resync!r}")
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise PanoInputError(f"padding: expected an integer >= 0 (token columns per side), got {padding!r}")
+    m = model.clone()
+    WMP = comfy.patcher_extension.WrappersMP
+    m.remove_wrappers_with_key(WMP.OUTER_SAMPLE, KEY)
+    m.remove_wrappers_with_key(WMP.DIFFUSION_MODEL, KEY)
+    m.add_wrapper_with_key(WMP.OUTER_SAMPLE, KEY, OuterSampleWrapper(padding, id_mode, resync))
+    m.add_wrapper_with_key(WMP.DIFFUSION_MODEL, KEY, DiffusionModelWrapper(padding, id_mode, resync))
+    return m
+
+
+def apply_panorama_shift(model, width: int, height: int, padding: int, base_shift: float = 0.5,
+                         max_shift: float = 1.15):
+    """Clone MODEL with FLUX's resolution-dependent shift computed from the padded token count.
+
+    Same sampling class as ComfyUI's ``ModelSamplingFlux`` node; ``mu`` from
+    :func:`pano_core.seams.circular.flux_mu` of ``padded_token_count`` (DiT360's choice).
+    """
+    import comfy.model_sampling
+
+    flux_model_or_error(model)
+    if width % 16 or height % 16:
+        raise PanoInputError(f"width/height: must be multiples of 16 px, got {width}x{height}")
+    h, w = height // 16, width // 16
+    circular.check_padding(w, padding)
+    mu = circular.flux_mu(circular.padded_token_count(h, w, padding), base_shift=base_shift, max_shift=max_shift)
+
+    class ModelSamplingPanorama(comfy.model_sampling.ModelSamplingFlux, comfy.model_sampling.CONST):
+        pass
+
+    ms = ModelSamplingPanorama(model.model.model_config)
+    ms.set_parameters(shift=mu)
+    m = model.clone()
+    m.add_object_patch("model_sampling", ms)
+    return m, mu
