@@ -126,13 +126,22 @@ def encode_image(pipe, image: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode_latent(pipe, latent: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`encode_image`: scaled latent -> image ``(B, 3, H, W)`` in 0..1 (float32)."""
+def decode_latent(pipe, latent: torch.Tensor, circular_decode: bool = False, decode_pad: int = 4) -> torch.Tensor:
+    """Inverse of :func:`encode_image`: scaled latent -> image ``(B, 3, H, W)`` in 0..1 (float32).
+
+    ``circular_decode`` wraps ``decode_pad`` latent columns around both sides before the VAE and
+    crops the matching pixels after it (no seam from the decoder at 0/360 degrees).
+    """
     fp = flux_components(pipe)
     vae = fp.vae
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     z = latent.to(device=_device(fp), dtype=vae.dtype) / vae.config.scaling_factor + shift
+    cols = int(decode_pad) if circular_decode else 0
+    if cols:
+        z = circular.pad_latent(z, cols)
     img = vae.decode(z, return_dict=False)[0]
+    if cols:
+        img = circular.crop_latent(img, cols * (img.shape[-1] // z.shape[-1]))
     return ((img.float() + 1.0) / 2.0).clamp(0, 1)
 
 
@@ -271,6 +280,7 @@ def edit(
     progress: bool = True,
     callback: Callable | None = None,
     output: str = "image",
+    circular_decode: bool = False,
 ):
     """Edit from an inversion: denoise [source, edit] with masked feature replacement.
 
@@ -279,6 +289,7 @@ def edit(
     ``steps``: sampling steps (default: the inversion's). ``fresh_noise_seed``: when given, the
     edit branch starts from seeded fresh noise in the masked region (outpainting).
     ``output``: ``"image"`` -> (1, 3, H, W) in 0..1; ``"latent"`` -> :class:`EditResult`.
+    ``circular_decode``: decode with wrapped latent columns (see :func:`decode_latent`).
     """
     y0, z1 = inversion.source, inversion.latent
     m = image_mask_to_latent(mask, tuple(y0.shape[-2:])).to(y0.device)
@@ -319,12 +330,12 @@ def edit(
         bar.close()
     if output == "latent":
         return res
-    return decode_latent(pipe, res.edit)
+    return decode_latent(pipe, res.edit, circular_decode=circular_decode)
 
 
 def _run(pipe, image, mask, mode, *, prompt, source_prompt="", steps=28, guidance=2.8, seed=0, gamma=0.5,
          eta=0.9, eta_start=0.0, eta_stop=1.0, tau=0.5, blend_until=None, padding=1, inversion_steps=None,
-         progress=True, output="image"):
+         progress=True, output="image", circular_decode=False):
     image = _check_image(image)
     check_bchw(mask, "mask", channels=(1,))
     if mask.shape[-2:] != image.shape[-2:]:
@@ -337,13 +348,14 @@ def _run(pipe, image, mask, mode, *, prompt, source_prompt="", steps=28, guidanc
     return edit(pipe, inv, mask, prompt=prompt, source_prompt=source_prompt, steps=steps, guidance=guidance,
                 eta=eta, eta_start=eta_start, eta_stop=eta_stop, tau=tau, blend_until=blend_until,
                 padding=padding, fresh_noise_seed=(seed + 1 if mode == "outpaint" else None),
-                progress=progress, output=output)
+                progress=progress, output=output, circular_decode=circular_decode)
 
 
 def inpaint(pipe, image: torch.Tensor, mask: torch.Tensor, *, prompt: str, **opts):
     """Regenerate the white (1) region of ``mask`` in the panorama ``image`` (1, 3, H, W) from
     ``prompt``; the black region is kept. Options: ``source_prompt, steps, guidance, seed, gamma,
-    eta, eta_start, eta_stop, tau, blend_until, padding, inversion_steps, progress, output``.
+    eta, eta_start, eta_stop, tau, blend_until, padding, inversion_steps, progress, output,
+    circular_decode``.
     Returns the edited panorama (1, 3, H, W) in 0..1."""
     return _run(pipe, image, mask, "inpaint", prompt=prompt, **opts)
 
