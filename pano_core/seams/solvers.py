@@ -310,12 +310,11 @@ def solve_gauss_seidel(r: torch.Tensor | None, d: torch.Tensor, iterations: int 
 
     def upd(T, name, ar, br, up, down, left, right):
         # T[a, b] = (up + down + left + right) / 4 - r / 4, all arguments already sliced
-        t = T[:, ar[0] : ar[1], br[0] : br[1]]
-        acc = torch.add(up, down)
-        acc.add_(left).add_(right).mul_(q)
+        t = T[:, ar[0] : ar[1], br[0] : br[1]]  # never overlaps the neighbour sub-grids
+        torch.add(up, down, out=t)
+        t.add_(left).add_(right).mul_(q)
         if rq is not None:
-            acc.sub_(rq[name])
-        t.copy_(acc)
+            t.sub_(rq[name])
 
     (a0, a1), (c0, c1) = a_ev, a_od
     (b0, b1), (e0, e1) = b_ev, b_od
