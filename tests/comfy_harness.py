@@ -239,6 +239,17 @@ class ComfyServer:
         self.proc: subprocess.Popen | None = None
         self.client_id = uuid.uuid4().hex
         self._object_info: dict | None = None
+        self._attached = False
+
+    def attach(self, url: str) -> ComfyServer:
+        """Use an already running harness server (e.g. from ``python tests/comfy_harness.py
+        serve``) whose base directory is ``self.base_dir``; ``stop()`` then leaves it running."""
+        self.url = url.rstrip("/")
+        self.port = urllib.parse.urlparse(self.url).port
+        self._attached = True
+        self._own_base = False
+        self._check_packs()
+        return self
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -342,6 +353,8 @@ class ComfyServer:
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the server by PID (its process group): SIGTERM, then SIGKILL."""
+        if self._attached:
+            return
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
@@ -371,6 +384,8 @@ class ComfyServer:
         self.stop()
 
     def is_running(self) -> bool:
+        if self._attached:
+            return True
         return self.proc is not None and self.proc.poll() is None
 
     # -- logs ------------------------------------------------------------------------------
@@ -991,3 +1006,32 @@ __all__ = [
     "sub_unet_loader", "sub_checkpoint_loader", "sub_load_image", "sub_lora_loader", "sub_shrink_latent",
     "sub_few_steps", "sub_tiny_generic", "REPO_ROOT", "ASSETS_DIR", "TEST_NODES_DIR",
 ]
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """``python tests/comfy_harness.py serve``: start a harness server and keep it running
+    (Ctrl-C or SIGTERM stops it). Export the two printed variables and the ``comfy`` fixture reuses it."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="comfy_harness.py")
+    ap.add_argument("command", choices=["serve"])
+    ap.add_argument("--base-dir", default=None)
+    args = ap.parse_args(argv)
+    def _term(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    server = ComfyServer(base_dir=args.base_dir).start()
+    print(f"export PANO360_COMFY_URL={server.url} PANO360_COMFY_BASE={server.base_dir}", flush=True)
+    try:
+        while server.is_running():
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

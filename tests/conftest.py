@@ -3,6 +3,8 @@
 - ``comfy`` (session): a real ComfyUI server (tests/comfy_harness.py ``ComfyServer``) with this
   pack and the test pack loaded; stopped (by PID) at the end of the session even on failure.
   If ComfyUI is missing, tests using it FAIL with the set-up hint (nothing is skipped).
+  To reuse a running harness server across pytest runs: ``python tests/comfy_harness.py serve``
+  and export the PANO360_COMFY_URL / PANO360_COMFY_BASE it prints.
   Its folder (``comfyui.log``, outputs) lives under pytest's basetemp (kept for the last runs).
 - ``comfy_inprocess`` (session): ComfyUI importable in this process (folder on sys.path,
   ``--cpu``); returns the ComfyUI folder.
@@ -12,6 +14,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -52,6 +55,16 @@ def comfy(tmp_path_factory):
         comfy_harness.check_comfyui()
     except comfy_harness.ComfyHarnessError as e:
         pytest.fail(str(e), pytrace=False)
+    url = os.environ.get("PANO360_COMFY_URL")
+    if url:  # reuse a server from `python tests/comfy_harness.py serve`
+        base = os.environ.get("PANO360_COMFY_BASE")
+        if not base:
+            pytest.fail("PANO360_COMFY_URL needs PANO360_COMFY_BASE (the server's base folder)", pytrace=False)
+        try:
+            yield comfy_harness.ComfyServer(base_dir=base).attach(url)
+        except comfy_harness.ComfyHarnessError as e:
+            pytest.fail(f"could not use the ComfyUI at {url}: {e}", pytrace=False)
+        return
     base = tmp_path_factory.mktemp("comfy")
     server = comfy_harness.ComfyServer(base_dir=base)
     try:
