@@ -23,7 +23,7 @@ export const NO_WEBGL2_MESSAGE =
 
 const STYLE = `
 .pano360-viewer { position: relative; display: flex; flex-direction: column; width: 100%; height: 100%;
-  min-height: 200px; box-sizing: border-box; background: #141414; color: #ddd; font: 12px sans-serif;
+  min-height: 280px; box-sizing: border-box; background: #141414; color: #ddd; font: 12px sans-serif;
   outline: none; border-radius: 4px; overflow: hidden; }
 .pano360-viewer:focus-visible { box-shadow: 0 0 0 1px #5b9dd9 inset; }
 .pano360-stage { position: relative; flex: 1 1 auto; min-height: 120px; }
