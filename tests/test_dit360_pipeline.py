@@ -415,3 +415,27 @@ def test_size_check_function():
         P.check_pano_size(64, 0)
     P.check_pano_size(96, 32, require_2to1=False)
     assert np.isclose(P.DEFAULTS["guidance"], 2.8) and P.DEFAULTS["steps"] == 28
+
+
+# --------------------------------------------------------------------------- editing interop
+def test_pipeline_stands_in_for_flux_pipeline_in_editing(pipe):
+    """The editing module (written against a plain FluxPipeline) gives identical results when
+    handed the DiT360 pipeline: FluxPipeline-style encode_prompt calls are delegated unchanged
+    and the embeddings unpack like diffusers' tuple."""
+    editing = pytest.importorskip("pano_core.dit360.editing")
+    pe, pooled, ids = pipe.encode_prompt("a cat", prompt_2=None, device=pipe.device, num_images_per_prompt=1)
+    ref = pipe.flux.encode_prompt(prompt="a cat", prompt_2=None, device=pipe.device, num_images_per_prompt=1)
+    assert torch.equal(pe, ref[0]) and torch.equal(pooled, ref[1])
+    e = pipe.encode_prompt("a cat", prompt_prefix=None)
+    pe2, pooled2, _ = e
+    assert torch.equal(pe2, ref[0]) and torch.equal(pooled2, ref[1])
+    if not hasattr(editing, "inpaint"):
+        pytest.skip("editing.inpaint not available")
+    torch.manual_seed(0)
+    img = torch.rand(1, 3, H, W)
+    mask = torch.zeros(1, 1, H, W)
+    mask[..., 8:24, 16:48] = 1
+    a = editing.inpaint(pipe, img, mask, prompt="a cat", steps=2, seed=0, progress=False)
+    b = editing.inpaint(pipe.flux, img, mask, prompt="a cat", steps=2, seed=0, progress=False)
+    assert a.shape == (1, 3, H, W)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)

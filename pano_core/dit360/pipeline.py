@@ -179,6 +179,10 @@ class PromptEmbeds:
     def batch(self) -> int:
         return int(self.prompt_embeds.shape[0])
 
+    def __iter__(self):
+        """Unpacks like ``FluxPipeline.encode_prompt``: ``pe, pooled, text_ids = embeds``."""
+        return iter((self.prompt_embeds, self.pooled, self.text_ids))
+
 
 @dataclass
 class PanoramaOutput:
@@ -317,6 +321,11 @@ class DiT360Pipeline:
         return self.flux._execution_device
 
     @property
+    def _execution_device(self) -> torch.device:
+        """Alias of :attr:`device` (the name diffusers pipelines use)."""
+        return self.flux._execution_device
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.transformer.dtype
 
@@ -361,11 +370,22 @@ class DiT360Pipeline:
         num_images_per_prompt: int = 1,
         prompt_prefix: str | None = PANORAMA_PREFIX,
         max_sequence_length: int = 512,
+        **flux_kwargs,
     ) -> PromptEmbeds:
         """Encode prompts with CLIP (pooled) and T5 (sequence), after adding ``prompt_prefix``.
 
         The batch is ``len(prompts) * num_images_per_prompt`` (each prompt's images contiguous).
+        The result unpacks like diffusers' ``(prompt_embeds, pooled, text_ids)``.
+
+        Called ``FluxPipeline``-style (with ``prompt_2=``/``device=``/... keywords, as code written
+        for a plain ``FluxPipeline`` does), it delegates unchanged to
+        ``FluxPipeline.encode_prompt`` (no prefix added) so this object can stand in for one.
         """
+        if flux_kwargs:
+            return self.flux.encode_prompt(
+                prompt=prompt, num_images_per_prompt=num_images_per_prompt,
+                max_sequence_length=max_sequence_length, **flux_kwargs,
+            )
         prompts = add_prompt_prefix(prompt, prompt_prefix)
         if num_images_per_prompt < 1:
             raise PanoInputError(f"num_images_per_prompt: expected >= 1, got {num_images_per_prompt}")
