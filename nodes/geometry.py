@@ -21,7 +21,7 @@ from ..pano_core.geometry import (
     seam_mask,
     yaw_to_pixels,
 )
-from ..pano_core.validate import check_bchw
+from ..pano_core.validate import check_bchw, check_erp
 from ._common import CATEGORY, bchw_to_image, bchw_to_mask, image_to_bchw, mask_to_bchw
 
 CAT = f"{CATEGORY}/geometry"
@@ -77,7 +77,7 @@ class ERPToCubemap:
         faces = e2c(x, s, mode, "stack")
         lay = faces_to_layout(faces, layout)
         if mask is not None:
-            fm = e2c(_mask(mask), s, mode, "stack").clamp(0, 1)
+            fm = e2c(check_erp(_mask(mask), "mask", (1,)), s, mode, "stack").clamp(0, 1)
         else:
             fm = faces.new_ones(faces.shape[0], 1, faces.shape[2], faces.shape[3])
         return (bchw_to_image(faces), bchw_to_image(lay), bchw_to_mask(fm))
@@ -176,7 +176,7 @@ class ERPToPerspective:
         fov, yaw, pitch = _override(fov, fov_in), _override(yaw, yaw_in), _override(pitch, pitch_in)
         out = e2p(x, fov, yaw, pitch, roll, (height, width), mode)
         if mask is not None:
-            mo = e2p(_mask(mask), fov, yaw, pitch, roll, (height, width), mode).clamp(0, 1)
+            mo = e2p(check_erp(_mask(mask), "mask", (1,)), fov, yaw, pitch, roll, (height, width), mode).clamp(0, 1)
         else:
             mo = out.new_ones(out.shape[0], 1, height, width)
         return (bchw_to_image(out), bchw_to_mask(mo))
@@ -250,7 +250,7 @@ class RotatePanorama:
         x = _image(image)
         out = rotate_erp(x, yaw, pitch, roll, mode)
         if mask is not None:
-            mo = rotate_erp(_mask(mask), yaw, pitch, roll, mode).clamp(0, 1)
+            mo = rotate_erp(check_erp(_mask(mask), "mask", (1,)), yaw, pitch, roll, mode).clamp(0, 1)
         else:
             mo = out.new_ones(out.shape[0], 1, out.shape[2], out.shape[3])
         return (bchw_to_image(out), bchw_to_mask(mo))
@@ -279,7 +279,7 @@ class RollYaw:
         x = _image(image)
         out = roll_erp(x, yaw)
         if mask is not None:
-            mo = roll_erp(_mask(mask), yaw)
+            mo = roll_erp(check_erp(_mask(mask), "mask", (1,)), yaw)
         else:
             mo = out.new_ones(out.shape[0], 1, out.shape[2], out.shape[3])
         return (bchw_to_image(out), bchw_to_mask(mo), yaw_to_pixels(yaw, x.shape[-1]))
@@ -320,8 +320,6 @@ class SeamPoleMask:
             raise PanoInputError(f"kind: expected one of {', '.join(self.KINDS)}, got {kind!r}")
         b = 1
         if image is not None:
-            from ..pano_core.validate import check_erp
-
             x = check_erp(_image(image), "image", IMAGE_CHANNELS)
             b, h, w = x.shape[0], x.shape[2], x.shape[3]
         else:
