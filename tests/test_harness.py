@@ -85,6 +85,27 @@ def test_missing_comfyui_message(tmp_path):
 
 
 @pytest.mark.comfy
+@pytest.mark.timeout(300)
+def test_broken_pack_fails_startup(tmp_path):
+    """End to end: a pack that raises on import makes ComfyServer.start() fail with its error,
+    and the server process is gone afterwards."""
+    broken = tmp_path / "pack"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise ImportError('deliberately broken pack for the harness test')\n")
+    server = ch.ComfyServer(base_dir=tmp_path / "base",
+                            packs={"broken_pack": broken, ch.TEST_PACK_LINK_NAME: ch.TEST_NODES_DIR})
+    try:
+        with pytest.raises(ch.ComfyHarnessError) as ei:
+            server.start()
+        msg = str(ei.value)
+        assert "broken_pack" in msg and "deliberately broken pack" in msg
+        assert ch.TEST_PACK_LINK_NAME + "]" not in msg  # the good pack is not blamed
+        assert server.proc is None
+    finally:
+        server.stop()
+
+
+@pytest.mark.comfy
 def test_server_has_packs_loaded(comfy):
     info = comfy.object_info()
     for node in ("Pano360TestTinyFlux", "Pano360TestTinyCLIP", "Pano360TestTinyVAE", "Pano360TestRaise"):
