@@ -220,11 +220,11 @@ class Pano360RefinePoles:
         import node_helpers
 
         erp = _erp(panorama)
+        poles.check_feather(feather)
+        poles.check_fraction(fraction)
         rgb, alpha = _split_alpha(erp)
         s = poles.pole_face_size(rgb.shape[-1], face_size or None, multiple=16)
         faces, masks = poles.extract_pole_faces(rgb, fraction=fraction, face_size=s)
-        if feather * 2 >= s:
-            raise PanoInputError(f"feather: {feather} px is too wide for {s} px pole faces (must be < {s // 2})")
 
         pixels = bchw_to_image(faces)  # (2B, S, S, 3)
         mask = masks.float().cpu()  # (2B, 1, S, S)

@@ -47,6 +47,8 @@ __all__ = [
     "merge_pole_faces",
     "pole_weight_erp",
     "refine_poles",
+    "check_fraction",
+    "check_feather",
     "Inpainter",
     "OpenCVInpainter",
     "DiffusersInpainter",
@@ -82,7 +84,8 @@ def pole_face_size(width: int, face_size: int | None = None, multiple: int = 1) 
     return s
 
 
-def _check_fraction(fraction: float) -> float:
+def check_fraction(fraction: float) -> float:
+    """Validate the mask ``fraction`` (0, 1]; returns it as a float."""
     try:
         f = float(fraction)
     except (TypeError, ValueError):
@@ -92,7 +95,8 @@ def _check_fraction(fraction: float) -> float:
     return f
 
 
-def _check_feather(feather: int) -> int:
+def check_feather(feather: int) -> int:
+    """Validate ``feather`` (a whole number of face pixels >= 0); returns it as an int."""
     if isinstance(feather, bool) or not isinstance(feather, (int, np.integer)) and not (
         isinstance(feather, float) and float(feather).is_integer()
     ):
@@ -124,7 +128,7 @@ def pole_mask(
 
     ``fraction=0.5`` on a 1024 face marks rows and columns 256..767 (the central half).
     """
-    fraction = _check_fraction(fraction)
+    fraction = check_fraction(fraction)
     if int(face_size) < 1:
         raise PanoInputError(f"face_size: expected a positive size, got {face_size}")
     s = int(face_size)
@@ -141,8 +145,9 @@ def feather_mask(mask: torch.Tensor, feather: int) -> torch.Tensor:
     ``w = max_k (1 - k / (feather + 1)) * dilate_k(mask)`` for ``k = 0..feather``, where
     ``dilate_k`` is a (2k+1)² max filter (Chebyshev distance). So ``w`` equals the mask inside
     it, falls linearly to 0 over ``feather`` pixels outside, and is exactly 0 further away.
+    A band wider than the room left around the mask is cut at the face border.
     """
-    feather = _check_feather(feather)
+    feather = check_feather(feather)
     w = mask.clamp(0, 1)
     if feather == 0:
         return w
@@ -187,7 +192,7 @@ def extract_pole_faces(
     from .geometry import e2c
 
     erp = check_erp(erp, "panorama")
-    fraction = _check_fraction(fraction)
+    fraction = check_fraction(fraction)
     b, c, h, w = erp.shape
     s = pole_face_size(w, face_size)
     cube = e2c(erp, face_size=s, mode=mode, layout="stack")
@@ -260,7 +265,7 @@ def merge_pole_faces(
 
     erp = check_erp(erp, "panorama")
     faces = check_bchw(faces, "pole_faces")
-    feather = _check_feather(feather)
+    feather = check_feather(feather)
     b, c, h, w = erp.shape
     if faces.shape[-1] != faces.shape[-2]:
         raise PanoInputError(f"pole_faces: faces must be square; got {faces.shape[-1]}x{faces.shape[-2]} (W x H)")
@@ -275,8 +280,6 @@ def merge_pole_faces(
         masks = pole_mask(s, fraction, device=faces.device, dtype=faces.dtype).expand(2 * b, 1, s, s)
     else:
         masks = _check_pole_masks(masks, 2 * b, s, "pole_masks")
-    if feather * 2 >= s:
-        raise PanoInputError(f"feather: {feather} px is too wide for {s} px pole faces (must be < {s // 2})")
     faces = faces.to(device=erp.device, dtype=erp.dtype)
     masks = masks.to(device=erp.device, dtype=erp.dtype)
     wface = feather_mask(masks, feather)
@@ -606,13 +609,9 @@ def refine_poles(
     pixels). Only the pole regions change; the rest of the panorama is bit-identical.
     """
     erp = check_erp(erp, "panorama")
-    feather = _check_feather(feather)
+    feather = check_feather(feather)
     inp = make_inpainter(inpainter)
     faces, masks = extract_pole_faces(erp, fraction=fraction, face_size=face_size, mode=mode)
-    if feather * 2 >= faces.shape[-1]:
-        raise PanoInputError(
-            f"feather: {feather} px is too wide for {faces.shape[-1]} px pole faces (must be < {faces.shape[-1] // 2})"
-        )
     filled = inp(faces, masks)
     if not isinstance(filled, torch.Tensor) or tuple(filled.shape) != tuple(faces.shape):
         got = tuple(filled.shape) if isinstance(filled, torch.Tensor) else type(filled).__name__

@@ -87,7 +87,7 @@ def test_merge_node_bad_inputs(pack, erp_image):
     with raises_pano("panorama.*2:1"):
         node.merge(erp_image[:, :, :100], faces, 2, masks)
     with raises_pano("feather"):
-        node.merge(erp_image, faces, 40, masks)
+        node.merge(erp_image, faces, -1, masks)
 
 
 def test_opencv_node(pack, erp_image):
@@ -141,4 +141,4 @@ def test_model_refiner_node_bad_input(pack, tiny_models, erp_image):
     with raises_pano("panorama"):
         node.refine(model, vae, pos, pos, erp_image[:, :, :90], steps=1)
     with raises_pano("feather"):
-        node.refine(model, vae, pos, pos, erp_image, steps=1, feather=16)
+        node.refine(model, vae, pos, pos, erp_image, steps=1, feather=-3)
