@@ -33,13 +33,17 @@ class Pano360CubemapSeamBlend:
                 "method": (list(METHODS), {"default": "gauss-seidel", "tooltip": "gauss-seidel: the paper's solver (local correction near the edges); exact: converged direct solve (smooth correction over the whole face)."}),
                 "iterations": ("INT", {"default": 200, "min": 0, "max": 100000, "tooltip": "Red-black Gauss-Seidel sweeps (gauss-seidel only)."}),
                 "layout": (list(CUBE_LAYOUTS), {"default": "stack", "tooltip": "How the cubemap is laid out; the output uses the same layout."}),
-            }
+            },
+            "optional": {
+                "keep_faces": ("STRING", {"default": "", "tooltip": "Faces to keep unchanged, e.g. F for a given front view (letters of F R B L U D); their edges become the neighbours' boundary."}),
+            },
         }
 
-    def blend(self, cubemap, method, iterations, layout):
+    def blend(self, cubemap, method, iterations, layout, keep_faces=""):
         x = image_to_bchw(cubemap, "cubemap").contiguous()
         faces = check_faces(layout_to_faces(x, layout, "cubemap"), "cubemap")
-        out = blend_cube_faces(faces, method=method, iterations=int(iterations)).clamp(0.0, 1.0)
+        keep = keep_faces.strip() or None
+        out = blend_cube_faces(faces, method=method, iterations=int(iterations), keep=keep).clamp(0.0, 1.0)
         return (bchw_to_image(faces_to_layout(out, layout)),)
 
 

@@ -171,6 +171,18 @@ def test_blend_consistent_cube_changes_little_and_half_precision_works(erps):
     assert float((half.float() - blend_cube_faces(dmg, "exact")).abs().max()) < 0.02
 
 
+def test_blend_keep_faces_fixed(erps):
+    dmg = damage(e2c(erps["snow_village"], 48))
+    out = blend_cube_faces(torch.cat([dmg, dmg]), "exact", keep="F")
+    f = FACE_NAMES.index("F")
+    assert torch.equal(out[f], dmg[f]) and torch.equal(out[6 + f], dmg[f])
+    cur, target = edge_targets(out)
+    assert float((cur - target).abs().max()) < 1e-5  # the neighbours took F's edge values
+    assert not torch.equal(out[FACE_NAMES.index("R")], dmg[FACE_NAMES.index("R")])
+    with pytest.raises(PanoInputError, match="keep"):
+        blend_cube_faces(dmg, keep="X")
+
+
 def test_blend_bad_inputs():
     with pytest.raises(PanoInputError, match="square"):
         blend_cube_faces(torch.rand(6, 3, 16, 17))

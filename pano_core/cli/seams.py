@@ -33,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=IN_FORMATS, default="auto", help="input form (auto: from the file)")
     p.add_argument("--out-format", choices=("same", "erp", "horizon", "dice", "stack", "dict"), default="same",
                    help="output form (same as the input by default)")
+    p.add_argument("--keep", default=None, help="faces to keep unchanged, e.g. F or F,U (their edges become the boundary)")
     p.add_argument("--face-size", type=int, default=0, help="face size for an ERP input (0: width / 4)")
     p.add_argument("--bits", type=int, choices=(8, 16), default=None, help="output bit depth (default: input's)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
@@ -131,7 +132,7 @@ def run_blend(args: argparse.Namespace) -> int:
         faces = e2c(x, face_size=args.face_size or None)
     else:
         faces = x
-    blended = blend_cube_faces(faces, method=args.method, iterations=args.iterations).clamp(0, 1)
+    blended = blend_cube_faces(faces, method=args.method, iterations=args.iterations, keep=args.keep).clamp(0, 1)
     if target == "erp":
         if kind == "erp":
             res = c2e(blended, height=h, width=w)

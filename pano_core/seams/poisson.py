@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import PanoInputError
+from ..geometry import FACE_NAMES
 from ..validate import check_faces
 from .adjacency import cube_adjacency
 from .solvers import solve_exact, solve_gauss_seidel, solve_gauss_seidel_spectral
@@ -37,11 +38,13 @@ METHODS = ("gauss-seidel", "exact")
 GS_IMPLS = ("spectral", "sweep")
 
 
-def edge_targets(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def edge_targets(faces: torch.Tensor, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Border values and their cross-face averages.
 
     Args:
         faces: (B*6, C, S, S) cubemap stack, S >= 2.
+        keep: optional (6,) bool: faces that stay fixed. Where a fixed face shares a border
+            point, the target is the average over the fixed faces only.
     Returns:
         ``(current, target)``, both (B, C, K): the values of the K = 6 (4S - 4) border pixels
         (ordered like ``cube_adjacency(S).border_index``) and the average over the faces that
@@ -57,8 +60,13 @@ def edge_targets(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     cur = flat[..., bidx]  # (B, C, K)
     sums = torch.zeros(cur.shape[:-1] + (cnt.shape[0],), dtype=faces.dtype, device=dev)
     sums.index_add_(-1, grp, cur)
-    target = (sums / cnt)[..., grp]
-    return cur, target
+    target = sums / cnt
+    if keep is not None and bool(keep.any()):
+        fixed = keep.to(dev).repeat_interleave(bidx.shape[0] // 6).to(faces.dtype)  # (K,)
+        fsum = torch.zeros_like(sums).index_add_(-1, grp, cur * fixed)
+        fcnt = torch.zeros_like(cnt).index_add_(0, grp, fixed)
+        target = torch.where(fcnt > 0, fsum / fcnt.clamp_min(1), target)
+    return cur, target[..., grp]
 
 
 def blend_cube_faces(
@@ -67,6 +75,7 @@ def blend_cube_faces(
     iterations: int = 200,
     backend: str = "auto",
     gs_impl: str = "spectral",
+    keep: str | list[str] | tuple[str, ...] | None = None,
 ) -> torch.Tensor:
     """Blend the six faces of each cubemap so that they agree along all 12 edges.
 
@@ -79,6 +88,8 @@ def blend_cube_faces(
         backend: ``"auto"`` (scipy for CPU tensors, torch FFT otherwise), ``"scipy"`` or
             ``"torch"``; used by ``exact`` and by the spectral Gauss-Seidel.
         gs_impl: ``"spectral"`` (closed-form iterate, default) or ``"sweep"`` (literal sweeps).
+        keep: faces to keep exactly as they are (letters of F R B L U D, e.g. ``"F"`` for a given
+            front view): their edge values become the boundary of their neighbours.
     Returns:
         Blended faces, same shape, dtype and device. Values are not clamped.
     """
@@ -91,13 +102,14 @@ def blend_cube_faces(
         raise PanoInputError(f"backend: expected 'auto', 'scipy' or 'torch', got {backend!r}")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
         raise PanoInputError(f"iterations: expected an integer >= 0, got {iterations!r}")
+    keep_mask = _keep_mask(keep)
     n6, c, s, _ = faces.shape
     if s < 2:
         return faces.clone()
     orig_dtype = faces.dtype
     work = faces if orig_dtype in (torch.float32, torch.float64) else faces.float()
     adj = cube_adjacency(s)
-    cur, target = edge_targets(work)
+    cur, target = edge_targets(work, keep_mask)
     # boundary change d = g - f on the ring (zero inside), laid out like the faces
     dflat = torch.zeros((n6 // 6, c, 6 * s * s), dtype=work.dtype, device=work.device)
     dflat[..., adj.border_index.to(work.device)] = target - cur
@@ -108,4 +120,24 @@ def blend_cube_faces(
         out = solve_gauss_seidel_spectral(None, d, iterations, backend=backend, x0=work)
     else:
         out = work + solve_gauss_seidel(None, d, iterations)
+    if keep_mask is not None and bool(keep_mask.any()):
+        sel = keep_mask.to(out.device).repeat(n6 // 6)
+        out[sel] = work[sel]
     return out.to(orig_dtype)
+
+
+def _keep_mask(keep) -> torch.Tensor | None:
+    """Face letters (``"F"``, ``"F,U"``, ``["F", "U"]``) -> (6,) bool, or None."""
+    if keep is None:
+        return None
+    if isinstance(keep, str):
+        letters = [ch for part in keep.replace(",", " ").upper().split() for ch in part]
+    else:
+        letters = [str(k).upper() for k in keep]
+    bad = [k for k in letters if k not in FACE_NAMES]
+    if bad:
+        raise PanoInputError(f"keep: expected face letters among F R B L U D, got {bad}")
+    mask = torch.zeros(6, dtype=torch.bool)
+    for k in letters:
+        mask[FACE_NAMES.index(k)] = True
+    return mask
