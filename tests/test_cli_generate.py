@@ -163,3 +163,17 @@ def test_generate_help_lists_options(capsys):
     for opt in ("--prompt", "--lora", "--lora-scale", "--model", "--offload", "--pad", "--resync", "--view", "--fov",
                 "--no-prefix", "--circular-decode", "--force"):
         assert opt in text
+
+
+def test_generate_from_view_real_run(model_dir, tmp_path):
+    """--view end to end through the real editing code on the tiny model."""
+    from pano_core.dit360 import editing
+
+    if not hasattr(editing, "generate_from_view"):
+        pytest.skip("pano_core.dit360.editing.generate_from_view not available")
+    photo = tmp_path / "photo.png"
+    write_image(photo, torch.rand(1, 3, 24, 32))
+    out = tmp_path / "v.png"
+    assert main(_args(model_dir, out, "--view", str(photo), "--fov", "90", "--view-yaw", "20")) == 0
+    img = read_image(out)
+    assert img.shape == (1, 3, 32, 64) and torch.isfinite(img).all()

@@ -63,6 +63,22 @@ def _load_generate_from_view():
     return fn
 
 
+def _quiet_loading_bars() -> None:
+    """Silence diffusers/transformers loading progress bars (``--quiet``)."""
+    try:
+        from diffusers.utils import logging as dlog
+
+        dlog.disable_progress_bar()
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.disable_progress_bar()
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
+
+
 def cmd_generate(args) -> int:
     from ..dit360.pipeline import PANORAMA_PREFIX, DiT360Pipeline, add_prompt_prefix, check_pano_size
 
@@ -94,6 +110,8 @@ def cmd_generate(args) -> int:
         raise PanoInputError("--fov/--view-yaw/--view-pitch: only meaningful with --view PHOTO")
 
     lora = None if args.no_lora else args.lora
+    if args.quiet:
+        _quiet_loading_bars()
     t0 = time.time()
     pipe = DiT360Pipeline.from_pretrained(
         args.model,
@@ -185,7 +203,7 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
                    help="weights dtype (default auto: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--offload", choices=("none", "model", "sequential"), default="none",
-                   help="CPU offload: model (whole models, ~24 GB GPU) or sequential (layer by layer, slowest)")
+                   help="CPU offload: model (one whole model at a time on the GPU) or sequential (layer by layer, slowest)")
     p.add_argument("--vae-tiling", action="store_true", help="decode in tiles (less memory for large panoramas)")
     p.add_argument("--pad", type=_nonneg, default=1, help="circular padding in token columns per side (default 1 = DiT360; 0 = plain FLUX)")
     p.add_argument("--id-mode", choices=("wrapped", "linear"), default="wrapped",

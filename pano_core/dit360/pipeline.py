@@ -252,7 +252,7 @@ class DiT360Pipeline:
     def set_memory(self, device: str | torch.device = "auto", offload: str = "none", vae_tiling: bool = False) -> None:
         """Place the models: ``offload="none"`` moves everything to ``device``; ``"model"``
         keeps models on the CPU and moves each to the GPU while it runs (diffusers
-        ``enable_model_cpu_offload``, ~24 GB peak for FLUX.1-dev); ``"sequential"`` streams
+        ``enable_model_cpu_offload``; FLUX.1-dev's transformer alone is ~24 GB in bf16); ``"sequential"`` streams
         layer by layer (``enable_sequential_cpu_offload``, slowest, smallest). ``vae_tiling``
         decodes large panoramas in tiles."""
         dev = resolve_device(device)
