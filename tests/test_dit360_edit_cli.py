@@ -61,3 +61,15 @@ def test_edit_cli_bad_mask_is_a_clear_error(files, capsys):
     write_image(d / "black.png", torch.zeros(1, 1, 64, 128))
     assert main(_args(d, model, out, mask="black.png")) == 2
     assert "no white pixels" in capsys.readouterr().err
+
+
+def test_generate_view_calls_generate_from_view(files):
+    """``pano360 generate --view PHOTO --fov D`` (DiT360 CLI) runs view-to-panorama end to end."""
+    d, model = files
+    write_image(d / "photo.png", torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(1)))
+    out = d / "from_view.png"
+    rc = main(["generate", "--view", str(d / "photo.png"), "--fov", "90", "--view-yaw", "30", "--prompt", "a beach",
+               "--width", "128", "--height", "64", "--steps", "2", "--model", str(model), "--no-lora",
+               "--device", "cpu", "-q", "-o", str(out)])
+    assert rc == 0
+    assert read_image(out).shape == (1, 3, 64, 128)
