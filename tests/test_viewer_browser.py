@@ -400,7 +400,7 @@ def test_big_panorama_opens_fast_and_downscales_with_notice(comfy, page_factory,
         f"8192x4096: fetch+decode+upload {load['ms']:.0f} ms, longest frame gap {max_gap:.0f} ms, texture {load['texWidth']}"
     )
     assert load["ms"] < 8000, load
-    assert max_gap < 3000, max_gap
+    assert max_gap < 1000, max_gap  # one 8192x4096 upload in one go blocks ~1.3 s on SwiftShader
     assert dominant_face(pg.centre_pixels(), face_colours) == "F"
     max_tex = pg.viewer_eval("v => v.renderer.maxTextureSize")
     if max_tex < 8192:

@@ -117,6 +117,49 @@ export class PanoRenderer {
     this.texSize = [source.width, source.height];
   }
 
+  /**
+   * Upload a large ImageBitmap in horizontal strips, one strip per animation frame, so the page
+   * never blocks for the whole upload; the previous panorama stays on screen until the new one
+   * is complete. Returns false when cancelled (isCancelled() became true).
+   */
+  async setImageInStrips(bitmap, { maxStripPixels = 2_000_000, isCancelled = () => false } = {}) {
+    const gl = this.gl;
+    const w = bitmap.width, h = bitmap.height;
+    const rows = Math.max(16, Math.floor(maxStripPixels / w));
+    if (rows >= h) {
+      this.setImage(bitmap);
+      return true;
+    }
+    const tex = gl.createTexture();
+    gl.bindTexture(gl.TEXTURE_2D, tex);
+    gl.texStorage2D(gl.TEXTURE_2D, 1, gl.RGBA8, w, h);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MIN_FILTER, gl.LINEAR);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MAG_FILTER, gl.LINEAR);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_S, gl.REPEAT);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE);
+    const opts = { premultiplyAlpha: "none", colorSpaceConversion: "none" };
+    for (let y = 0; y < h; y += rows) {
+      const sh = Math.min(rows, h - y);
+      const strip = await createImageBitmap(bitmap, 0, y, w, sh, opts);
+      await new Promise((r) => requestAnimationFrame(() => r()));
+      if (isCancelled() || gl.isContextLost()) {
+        strip.close();
+        gl.deleteTexture(tex);
+        return false;
+      }
+      gl.bindTexture(gl.TEXTURE_2D, tex);
+      gl.pixelStorei(gl.UNPACK_FLIP_Y_WEBGL, false);
+      gl.pixelStorei(gl.UNPACK_PREMULTIPLY_ALPHA_WEBGL, false);
+      gl.pixelStorei(gl.UNPACK_COLORSPACE_CONVERSION_WEBGL, gl.NONE);
+      gl.texSubImage2D(gl.TEXTURE_2D, 0, 0, y, w, sh, gl.RGBA, gl.UNSIGNED_BYTE, strip);
+      strip.close();
+    }
+    if (this.tex) gl.deleteTexture(this.tex);
+    this.tex = tex;
+    this.texSize = [w, h];
+    return true;
+  }
+
   clearImage() {
     if (this.tex) this.gl.deleteTexture(this.tex);
     this.tex = null;

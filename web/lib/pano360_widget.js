@@ -252,6 +252,7 @@ export class PanoViewerWidget {
         throw Object.assign(new Error(`Cannot load panorama "${item.filename}" (HTTP ${res.status}): ${why}.`), { shown: true });
       }
       const blob = await res.blob();
+      const tFetched = performance.now();
       if (seq !== this.loadSeq) return;
       // Decode off the main thread; first the size, then (if needed) a downscaled decode.
       let bmp;
@@ -284,13 +285,17 @@ export class PanoViewerWidget {
       if (w0 !== 2 * h0 && !notes.some((n) => /not 2:1/.test(n))) {
         notes.push(`image is ${w0}×${h0}, not 2:1: shown stretched over the sphere`);
       }
-      this.renderer.setImage(bmp);
+      const tDecoded = performance.now();
+      const done = await this.renderer.setImageInStrips(bmp, { isCancelled: () => seq !== this.loadSeq });
       const tw = bmp.width, th = bmp.height;
       bmp.close();
+      if (!done) return;
+      const tUploaded = performance.now();
       this.setMessage("");
       this.setNotice(notes);
       this.renderNow();
-      this.lastLoad = { url, ms: performance.now() - t0, width: w0, height: h0, texWidth: tw, texHeight: th, downscaled };
+      const phases = { fetch: tFetched - t0, decode: tDecoded - tFetched, upload: tUploaded - tDecoded, draw: performance.now() - tUploaded };
+      this.lastLoad = { url, ms: performance.now() - t0, width: w0, height: h0, texWidth: tw, texHeight: th, downscaled, phases };
       this.lastLoadAt = performance.now();
       this._setState("ready");
     } catch (e) {
