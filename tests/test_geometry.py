@@ -424,3 +424,10 @@ def test_bad_input():
     for fn, match in cases:
         with pytest.raises(PanoInputError, match=match):
             fn()
+    # the fast finiteness test: one NaN pixel is found, huge finite values (sum overflows) are fine
+    one_nan = good.clone()
+    one_nan[0, 1, 5, 7] = float("nan")
+    with pytest.raises(PanoInputError, match="1 NaN"):
+        e2c(one_nan)
+    huge = torch.full((1, 1, 16, 32), 3e38)
+    assert torch.allclose(e2c(huge, 8), torch.full((6, 1, 8, 8), 3e38))

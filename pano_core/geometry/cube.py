@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import PanoInputError
-from ..validate import check_bchw, check_erp, check_faces
+from ._checks import check_bchw, check_erp, check_faces
 from .directions import FACE_NAMES, dirs_to_cube, dirs_to_lonlat, erp_directions, face_points
 from .fastgrid import build_c2e_plan, build_e2c_plan
 from .sampling import (

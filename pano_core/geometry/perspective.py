@@ -7,7 +7,7 @@ import math
 import torch
 
 from ..errors import PanoInputError
-from ..validate import check_bchw, check_erp
+from ._checks import check_bchw, check_erp
 from .directions import (
     _check_size,
     _fov_pair,

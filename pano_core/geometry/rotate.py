@@ -7,7 +7,7 @@ import math
 import torch
 
 from ..errors import PanoInputError
-from ..validate import check_erp
+from ._checks import check_erp
 from .directions import dirs_to_lonlat, erp_directions, rotation_matrix
 from .perspective import _angles
 from .sampling import build_erp_plan, cached_plan, check_mode, default_row_chunks, sampling_dtype
