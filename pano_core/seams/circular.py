@@ -346,7 +346,7 @@ def wrap_discontinuity(x: torch.Tensor) -> float:
     """
     if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[-1] < 3:
         raise PanoInputError(f"x: expected a tensor (..., H, W) with W >= 3, got {getattr(x, 'shape', type(x))}")
-    x = x.float()
+    x = x.detach().float()
     seam = (x[..., -1] - x[..., 0]).abs().mean()
     interior = (x[..., 1:] - x[..., :-1]).abs().mean()
     return float(seam / interior.clamp_min(1e-12))
