@@ -684,8 +684,9 @@ def ui_to_api(ui_workflow: dict, object_info: dict, substitutions: Mapping | Non
     (mode 4: outputs forwarded from the first input of the same type).
 
     ``substitutions``: ``{node type: spec}`` where spec is a node type name, a dict
-    ``{"class_type": T, "inputs": {...}, "outputs": {old_slot: new_slot}}`` (missing widget
-    inputs of T get their defaults), or a callable ``fn(api_node, ui_node, context) -> dict | None``
+    ``{"class_type": T, "inputs": {...}, "outputs": {old_slot: new_slot}, "keep_inputs": True |
+    [names]}`` (missing widget inputs of T get their defaults; ``keep_inputs`` copies the
+    original node's inputs (default: only when T is the same type)), or a callable ``fn(api_node, ui_node, context) -> dict | None``
     returning such a dict (or None to keep the node). ``context`` is passed through to callables
     (e.g. ``{"server": ComfyServer}`` so they can place files). Node ids are kept.
     """
@@ -821,8 +822,11 @@ def _apply_substitution(spec, entry: dict, ui_node: dict, object_info: dict, con
     if ctype not in object_info:
         raise WorkflowConversionError(f"substitution node {ctype!r} is not installed in the server")
     new_inputs = _defaults(object_info[ctype])
-    if ctype == entry["class_type"]:
+    keep = spec.get("keep_inputs", ctype == entry["class_type"])
+    if keep is True:
         new_inputs.update(entry["inputs"])
+    elif keep:
+        new_inputs.update({k: entry["inputs"][k] for k in keep if k in entry["inputs"]})
     new_inputs.update(spec.get("inputs") or {})
     out = {"class_type": ctype, "inputs": new_inputs, "outputs": spec.get("outputs") or {}}
     if "_meta" in spec:
@@ -839,6 +843,8 @@ def _flux_variant_from_name(name: str) -> str:
         return "fill"
     if "schnell" in n:
         return "schnell"
+    if "canny" in n or "depth" in n:
+        return "control"
     return "dev"
 
 
@@ -890,6 +896,16 @@ def sub_lora_loader(node: dict, ui_node: dict, ctx: dict) -> dict | None:
     if server is not None and name:
         server.add_tiny_lora(name)
     return None
+
+
+def sub_small_pads(node: dict, ui_node: dict, ctx: dict) -> dict | None:
+    """ImagePadForOutpaint: literal pads clamped to ``ctx['max_pad']`` (32) px, feathering too."""
+    inp = dict(node["inputs"])
+    mp = ctx.get("max_pad", 32)
+    for k in ("left", "top", "right", "bottom", "feathering"):
+        if isinstance(inp.get(k), int):
+            inp[k] = min(inp[k], mp)
+    return {"class_type": node["class_type"], "inputs": inp}
 
 
 def _tiny_size(w: int, h: int, max_side: int = 128, multiple: int = 16) -> tuple[int, int]:
@@ -970,6 +986,10 @@ DEFAULT_SUBSTITUTIONS: dict[str, Any] = {
     "LoadImageMask": sub_load_image,
     "LoraLoaderModelOnly": sub_lora_loader,
     "LoraLoader": sub_lora_loader,
+    "ImagePadForOutpaint": sub_small_pads,
+    # Kontext's preferred resolutions are ~1 MP: scale to 128 px instead
+    "FluxKontextImageScale": {"class_type": "ImageScaleToMaxDimension",
+                              "inputs": {"upscale_method": "bilinear", "largest_size": 128}, "keep_inputs": ["image"]},
 }
 
 
@@ -1004,7 +1024,7 @@ __all__ = [
     "WorkflowConversionError", "ui_to_api", "DEFAULT_SUBSTITUTIONS", "check_outputs", "output_node_ids",
     "find_import_failures", "custom_node_import_status", "comfyui_path", "check_comfyui", "free_port",
     "sub_unet_loader", "sub_checkpoint_loader", "sub_load_image", "sub_lora_loader", "sub_shrink_latent",
-    "sub_few_steps", "sub_tiny_generic", "REPO_ROOT", "ASSETS_DIR", "TEST_NODES_DIR",
+    "sub_few_steps", "sub_tiny_generic", "sub_small_pads", "REPO_ROOT", "ASSETS_DIR", "TEST_NODES_DIR",
 ]
 
 

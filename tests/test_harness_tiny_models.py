@@ -45,6 +45,9 @@ def test_tiny_flux_variants(tiny_models):
     x = torch.randn(1, 96, 8, 16)
     out = _flux_forward(fill, x)
     assert out.shape == (1, 16, 8, 16) and torch.isfinite(out).all()
+    control = tiny_models.build_tiny_flux(seed=0, variant="control")
+    assert control.model.model_config.unet_config["in_channels"] == 32
+    assert _flux_forward(control, torch.randn(1, 32, 8, 16)).shape == (1, 16, 8, 16)
     schnell = tiny_models.build_tiny_flux(seed=0, variant="schnell")
     assert schnell.model.model_config.unet_config["guidance_embed"] is False
     with pytest.raises(ValueError):

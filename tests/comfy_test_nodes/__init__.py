@@ -3,7 +3,7 @@
 Loaded by the test harness (tests/comfy_harness.py) next to the real pack. Provides tiny random
 models that stand in for real weights when workflows run in tests:
 
-- ``Pano360TestTinyFlux``   -> MODEL (tiny Flux dev/schnell/fill; replaces UNETLoader)
+- ``Pano360TestTinyFlux``   -> MODEL (tiny Flux dev/schnell/fill/control; replaces UNETLoader)
 - ``Pano360TestTinyCLIP``   -> CLIP  (Flux tokenizer + tiny encoder; replaces DualCLIPLoader)
 - ``Pano360TestTinyVAE``    -> VAE   (TAESD architecture, 16 latent channels; replaces VAELoader)
 - ``Pano360TestTinyCheckpoint`` -> MODEL, CLIP, VAE (replaces CheckpointLoaderSimple)
@@ -34,7 +34,8 @@ class Pano360TestTinyFlux:
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "build"
     CATEGORY = _CATEGORY
-    DESCRIPTION = "Tiny random Flux MODEL for tests (dev: guidance embed; schnell; fill: inpaint, 96 in-channels)."
+    DESCRIPTION = ("Tiny random Flux MODEL for tests (dev: guidance embed; schnell; fill: inpaint, 96 in-channels; "
+                   "control: canny/depth style, 32 in-channels).")
 
     def build(self, seed, variant="dev", depth=1, depth_single_blocks=1):
         return (tiny_models.build_tiny_flux(seed, variant, depth, depth_single_blocks),)

@@ -11,7 +11,8 @@ Public functions:
   - :func:`tiny_flux_unet_config` / :func:`build_tiny_flux` -> ``comfy.model_patcher.ModelPatcher``
     (a real ComfyUI Flux ``MODEL``; variants ``dev`` (guidance embed), ``schnell`` (no guidance),
     ``fill`` (in_channels 96: latent + masked image latent + 64 mask channels, detected by
-    ComfyUI as ``FluxInpaint``)). Kontext-style ``ref_latents`` work with every variant (the
+    ComfyUI as ``FluxInpaint``), ``control`` (in_channels 32: latent + control image latent,
+    like Flux Canny/Depth with InstructPixToPixConditioning)). Kontext-style ``ref_latents`` work with every variant (the
     ComfyUI Flux forward appends them as extra tokens).
   - :func:`build_tiny_clip` -> ``comfy.sd.CLIP`` with the real Flux tokenizer (keys ``l`` and
     ``t5xxl``) and a tiny embedding encoder: cond (B, T, CONTEXT_DIM), pooled (B, VEC_DIM).
@@ -35,7 +36,7 @@ CONTEXT_DIM = 32  # text token features (T5 stand-in)
 VEC_DIM = 16  # pooled text vector (CLIP-L stand-in)
 LATENT_CHANNELS = 16
 
-VARIANTS = ("dev", "schnell", "fill")
+VARIANTS = ("dev", "schnell", "fill", "control")
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -75,7 +76,7 @@ def tiny_flux_unet_config(variant: str = "dev", depth: int = 1, depth_single_blo
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     return {
         "image_model": "flux",
-        "in_channels": 96 if variant == "fill" else LATENT_CHANNELS,
+        "in_channels": {"fill": 96, "control": 2 * LATENT_CHANNELS}.get(variant, LATENT_CHANNELS),
         "out_channels": LATENT_CHANNELS,
         "vec_in_dim": VEC_DIM,
         "context_in_dim": CONTEXT_DIM,
