@@ -7,9 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 import comfy_harness as ch
+import pytest
 
 TEMPLATES = [
     "flux_dev_full_text_to_image",  # UNETLoader, DualCLIPLoader, CLIPTextEncodeFlux, ConditioningZeroOut
