@@ -21,7 +21,7 @@ Prints markdown tables (copied into benchmarks/RESULTS.md, section ``## seams``)
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,15 +41,28 @@ from pano_core.seams.wrap import blend_erp_wrap  # noqa: E402
 PANORAMAS = ("snow_village", "chalet", "world_map")
 
 
-def timeit(fn, repeat=3, warmup=1):
+class T(float):
+    """A wall time (s) that also carries the process CPU time (all threads) of the same run."""
+
+    cpu: float = 0.0
+
+    def __format__(self, spec):
+        return f"{float(self):{spec}} s (cpu {self.cpu:{spec}})"
+
+
+def timeit(fn, repeat=3, warmup=1) -> T:
+    """Median wall time of ``repeat`` runs, with the CPU time of that run."""
     for _ in range(warmup):
         fn()
     ts = []
     for _ in range(repeat):
-        t = time.perf_counter()
+        c, t = time.process_time(), time.perf_counter()
         fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+        ts.append((time.perf_counter() - t, time.process_time() - c))
+    wall, cpu = sorted(ts)[len(ts) // 2]
+    out = T(wall)
+    out.cpu = cpu
+    return out
 
 
 def damage(faces: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -102,7 +115,9 @@ def load(name: str, data: Path) -> torch.Tensor:
 
 def bench_solvers(args, data: Path) -> None:
     print("### Cross-face blending, one cubemap (6 faces x 3 channels, float32)\n")
-    print(f"CPU, {args.threads} threads (torch.set_num_threads; scipy.fft workers = threads). Median of 3 runs.\n")
+    print(f"CPU, {args.threads} threads (torch.set_num_threads; scipy.fft workers = threads). Median of 3 runs "
+          "(1 for the slow loops): wall time, and in brackets the process CPU time of the same run "
+          "(all threads; on a shared machine the wall time includes waiting for a core).\n")
     print("| face | exact | gauss-seidel-200 (closed form) | gauss-seidel-200 (torch sweeps) | numpy red-black loop 200 | speed-up vs numpy (closed form / sweeps) | cv2.seamlessClone per face |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     erp = load("snow_village", data)
@@ -126,8 +141,8 @@ def bench_solvers(args, data: Path) -> None:
         ours = blend_cube_faces(faces, "gauss-seidel", 3) - faces
         assert float((ref - ours).abs().max()) < 1e-5, "numpy reference disagrees"
         t_sc = seamless_clone_per_face(faces[0].permute(1, 2, 0).numpy())
-        print(f"| {s}² | {t_exact:.3f} s | {t_gs:.3f} s | {t_sweep:.2f} s | {t_np:.2f} s | "
-              f"{t_np / t_gs:.0f}x / {t_np / t_sweep:.1f}x | {t_sc:.3f} s |")
+        print(f"| {s}² | {t_exact:.3f} | {t_gs:.3f} | {t_sweep:.2f} | {t_np:.2f} | "
+              f"{t_np / t_gs:.0f}x / {t_np / t_sweep:.1f}x | {t_sc:.3f} |")
     if torch.cuda.is_available():
         print("\nGPU:\n\n| face | exact | gauss-seidel-200 (closed form) | gauss-seidel-200 (sweeps) |\n| --- | --- | --- | --- |")
         for s in sizes:
@@ -143,7 +158,7 @@ def bench_solvers(args, data: Path) -> None:
             t1 = timeit(sync(lambda f=faces: blend_cube_faces(f, "exact")))
             t2 = timeit(sync(lambda f=faces: blend_cube_faces(f, "gauss-seidel", 200)))
             t3 = timeit(sync(lambda f=faces: blend_cube_faces(f, "gauss-seidel", 200, gs_impl="sweep")))
-            print(f"| {s}² | {t1 * 1000:.1f} ms | {t2 * 1000:.1f} ms | {t3 * 1000:.1f} ms |")
+            print(f"| {s}² | {float(t1) * 1000:.1f} ms | {float(t2) * 1000:.1f} ms | {float(t3) * 1000:.1f} ms |")
     else:
         print("\nNo GPU in this run: GPU times not measured.")
     print()
@@ -185,7 +200,7 @@ def bench_wrap(args, data: Path) -> None:
             out = blend_erp_wrap(erp, 32, method)
             t = timeit(lambda e=erp, m=method: blend_erp_wrap(e, 32, m))
             res.append((erp_wrap_metrics(out.clamp(0, 1))["wrap_seam"], t))
-        print(f"| {name} | {w}x{h} | {before:.2f} | {res[0][0]:.2f} | {res[0][1] * 1000:.0f} ms | {res[1][0]:.2f} | {res[1][1] * 1000:.0f} ms |")
+        print(f"| {name} | {w}x{h} | {before:.2f} | {res[0][0]:.2f} | {res[0][1]:.3f} | {res[1][0]:.2f} | {res[1][1]:.3f} |")
     print()
 
 
@@ -198,7 +213,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data = Path(args.data)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}\n")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"load average at start {' '.join(f'{x:.1f}' for x in os.getloadavg())} (2-core machine)\n")
     if args.only in (None, "solvers"):
         bench_solvers(args, data)
     if args.only in (None, "metrics"):

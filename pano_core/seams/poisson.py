@@ -56,8 +56,9 @@ def edge_targets(faces: torch.Tensor, keep: torch.Tensor | None = None) -> tuple
     bidx = adj.border_index.to(dev)
     grp = adj.group.to(dev)
     cnt = adj.group_count.to(dev, faces.dtype)
-    flat = faces.reshape(n6 // 6, 6, c, s * s).transpose(1, 2).reshape(n6 // 6, c, 6 * s * s)
-    cur = flat[..., bidx]  # (B, C, K)
+    ring = bidx[: bidx.shape[0] // 6]  # border pixels of one face (flat indices)
+    # (B, 6, C, 4S-4) -> (B, C, K) with K face-major, like border_index (only the ring is copied)
+    cur = faces.reshape(n6 // 6, 6, c, s * s)[..., ring].transpose(1, 2).reshape(n6 // 6, c, -1)
     sums = torch.zeros(cur.shape[:-1] + (cnt.shape[0],), dtype=faces.dtype, device=dev)
     sums.index_add_(-1, grp, cur)
     target = sums / cnt
@@ -111,9 +112,9 @@ def blend_cube_faces(
     adj = cube_adjacency(s)
     cur, target = edge_targets(work, keep_mask)
     # boundary change d = g - f on the ring (zero inside), laid out like the faces
-    dflat = torch.zeros((n6 // 6, c, 6 * s * s), dtype=work.dtype, device=work.device)
-    dflat[..., adj.border_index.to(work.device)] = target - cur
-    d = dflat.reshape(n6 // 6, c, 6, s, s).transpose(1, 2).reshape(n6, c, s, s)
+    ring = adj.border_index[: adj.border_index.shape[0] // 6].to(work.device)
+    d = torch.zeros_like(work)
+    d.view(n6 // 6, 6, c, s * s)[..., ring] = (target - cur).reshape(n6 // 6, c, 6, -1).transpose(1, 2)
     if method == "exact":
         out = solve_exact(None, d, backend=backend, x0=work)
     elif gs_impl == "spectral":

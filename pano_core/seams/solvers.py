@@ -24,6 +24,7 @@ boundary change ``d = bnd - x0`` on the ring; the solvers return ``h`` (``u = x0
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -60,6 +61,14 @@ def _eigenvalues(m: int, n: int, dtype, device=None, lib=torch):
     k = torch.arange(1, n + 1, dtype=torch.float64, device=device)
     lam = (2 * torch.cos(math.pi * j / (m + 1)))[:, None] + (2 * torch.cos(math.pi * k / (n + 1)))[None, :] - 4.0
     return lam.to(dtype)
+
+
+@functools.lru_cache(maxsize=8)
+def _inv_eigenvalues(m: int, n: int, dtype, sign: float) -> np.ndarray:
+    """``sign / lambda`` (m, n) as a read-only numpy array of ``dtype`` (cached)."""
+    a = (sign / _eigenvalues(m, n, None, lib=np)).astype(dtype)
+    a.setflags(write=False)
+    return a
 
 
 def _ring_rhs(d: torch.Tensor):
@@ -128,19 +137,22 @@ def _solve_scipy(r, d, x0, iterations):
     s_m0, s_m1 = _sine_vec(m, 0), _sine_vec(m, m - 1)
     s_n0, s_n1 = _sine_vec(n, 0), _sine_vec(n, n - 1)
     ft, fb, fl, fr = (sfft.dst(v, type=1, norm="ortho", axis=-1, workers=workers) for v in (top, bottom, left, right))
-    bhat = -(s_m0[None, :, None] * ft[:, None, :] + s_m1[None, :, None] * fb[:, None, :])
-    bhat -= fl[:, :, None] * s_n0[None, None, :]
-    bhat -= fr[:, :, None] * s_n1[None, None, :]
-    if r is not None:
-        rr = r.detach().reshape(-1, m, n).double().cpu().numpy()
-        bhat += sfft.dstn(rr, type=1, norm="ortho", axes=(-2, -1), workers=workers)
-    bhat /= _eigenvalues(m, n, None, lib=np)[None]
-    if iterations is not None:
-        bhat = _apply_gs(bhat, iterations)
-    # the inverse transform runs in the output precision (float32 is ~2x faster than float64)
+    # the spectrum is assembled and inverted in the output precision (float32 is ~2x faster)
     wdtype = np.float64 if d.dtype == torch.float64 else np.float32
-    h_int = sfft.idstn(bhat.astype(wdtype, copy=False), type=1, norm="ortho", axes=(-2, -1),
-                       workers=workers, overwrite_x=True)
+    bhat = np.multiply(s_m0.astype(wdtype)[None, :, None], ft.astype(wdtype)[:, None, :])
+    bhat += s_m1.astype(wdtype)[None, :, None] * fb.astype(wdtype)[:, None, :]
+    bhat += fl.astype(wdtype)[:, :, None] * s_n0.astype(wdtype)[None, None, :]
+    bhat += fr.astype(wdtype)[:, :, None] * s_n1.astype(wdtype)[None, None, :]
+    if r is not None:
+        bhat = -bhat
+        rr = r.detach().reshape(-1, m, n).double().cpu().numpy()
+        bhat += sfft.dstn(rr, type=1, norm="ortho", axes=(-2, -1), workers=workers).astype(wdtype)
+        bhat *= _inv_eigenvalues(m, n, wdtype, 1.0)[None]
+    else:
+        bhat *= _inv_eigenvalues(m, n, wdtype, -1.0)[None]
+    if iterations is not None:
+        bhat = _apply_gs(bhat, iterations).astype(wdtype, copy=False)
+    h_int = sfft.idstn(bhat, type=1, norm="ortho", axes=(-2, -1), workers=workers, overwrite_x=True)
     return _assemble(torch.from_numpy(h_int), d3, x0, shape)
 
 
