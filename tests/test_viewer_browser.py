@@ -340,6 +340,14 @@ def test_viewer_front_drag_up_and_view_back_to_graph(comfy, page_factory, face_c
     assert wv["yaw"] == pytest.approx(view["yaw"], abs=0.01) and wv["fov"] == pytest.approx(fov)
     pg.screenshot("viewer_right_after_drag")
 
+    # the workflow as the frontend saves it carries the view (and converts to an API prompt)
+    import comfy_harness as ch
+
+    saved = pg.page.evaluate("() => app.graph.serialize()")
+    api = ch.ui_to_api(saved, comfy.object_info())
+    assert api[str(VIEWER_ID)]["inputs"]["yaw"] == pytest.approx(view["yaw"], abs=0.01)
+    assert api[str(VIEWER_ID)]["inputs"]["fov"] == pytest.approx(fov)
+
     # second run: the framed view comes out of the node (saved by node 3)
     t1 = pg.now()
     events = pg.queue_and_wait(node_ids=(VIEWER_ID, 3))
@@ -368,6 +376,29 @@ def test_viewer_front_drag_up_and_view_back_to_graph(comfy, page_factory, face_c
     mouse.wheel(0, -300)
     pg.page.wait_for_timeout(100)
     assert pg.viewer_eval("v => v.fov") < 90
+    # pinch (two touch pointers moving apart) zooms in
+    pg.viewer_eval("v => v.setView(0, 0, 90)")
+    fov_after = pg.viewer_eval(
+        """v => { const c = v.canvas, r = c.getBoundingClientRect(), cx = r.x + r.width / 2, cy = r.y + r.height / 2;
+                  const ev = (type, id, x) => c.dispatchEvent(new PointerEvent(type, {pointerId: id, pointerType: 'touch',
+                      clientX: x, clientY: cy, bubbles: true, cancelable: true, isPrimary: id === 11}));
+                  ev('pointerdown', 11, cx - 20); ev('pointerdown', 12, cx + 20);
+                  ev('pointermove', 11, cx - 40); ev('pointermove', 12, cx + 40);
+                  ev('pointerup', 11, cx - 40); ev('pointerup', 12, cx + 40);
+                  return v.fov; }"""
+    )
+    assert fov_after == pytest.approx(90 * 40 / 80, rel=0.05)
+    # double-click: fullscreen on the widget, double-click again to leave
+    pg.viewer_eval("v => v.setView(0, 0, 90)")
+    box = pg.canvas_box()
+    mouse.dblclick(box["x"] + box["w"] / 2, box["y"] + box["h"] / 2)
+    pg.page.wait_for_function(
+        f"() => document.fullscreenElement === app.graph.getNodeById({VIEWER_ID}).pano360Viewer.element",
+        timeout=5000,
+    )
+    assert dominant_face(pg.centre_pixels(), face_colours) == "F"
+    pg.page.evaluate("() => document.exitFullscreen()")
+    pg.page.wait_for_function("() => !document.fullscreenElement", timeout=5000)
     assert pg.our_errors() == []
 
 
@@ -446,6 +477,21 @@ def test_cubemap_horizon_input(comfy, page_factory, face_colours):
     assert dominant_face(pg.centre_pixels(), face_colours) == "F"
     pg.viewer_eval("v => v.setView(-90, 0, 90)")
     assert dominant_face(pg.centre_pixels(), face_colours) == "L"
+    # the shader's camera rotation is the one of pano_core.geometry
+    from pano_core.geometry import rotation_matrix
+
+    angles = [(0, 0), (90, 0), (-35, 20), (170, -80), (12.5, 45)]
+    import comfy_harness as ch
+
+    mats = pg.page.evaluate(
+        """async ([url, angles]) => {
+             const m = await import(url);
+             return angles.map(([y, p]) => Array.from(m.rotationMatrix(y, p)));
+           }""",
+        [f"/extensions/{ch.PACK_LINK_NAME}/lib/pano360_renderer.js", angles],
+    )
+    for (yaw, pitch), m in zip(angles, mats):
+        np.testing.assert_allclose(np.array(m).reshape(3, 3), rotation_matrix(yaw, pitch).numpy(), atol=1e-5)
     assert pg.our_errors() == []
 
 

@@ -331,7 +331,11 @@ export class PanoViewerWidget {
       e.preventDefault();
       e.stopPropagation();
       this.element.focus({ preventScroll: true });
-      c.setPointerCapture?.(e.pointerId);
+      try {
+        c.setPointerCapture(e.pointerId);
+      } catch (_) {
+        // synthetic or already-released pointers cannot be captured; dragging still works inside
+      }
       pointers.set(e.pointerId, { x: e.clientX, y: e.clientY });
       c.classList.add("dragging");
       if (pointers.size === 2) {
