@@ -177,3 +177,32 @@ def test_generate_from_view_real_run(model_dir, tmp_path):
     assert main(_args(model_dir, out, "--view", str(photo), "--fov", "90", "--view-yaw", "20")) == 0
     img = read_image(out)
     assert img.shape == (1, 3, 32, 64) and torch.isfinite(img).all()
+
+
+def test_default_lora_is_dit360_from_the_hub(model_dir, tmp_path, monkeypatch, capsys):
+    """Without --lora the CLI asks the hub for DiT360's adapter_model.safetensors (hub faked here)."""
+    import huggingface_hub
+    from diffusers import FluxTransformer2DModel
+
+    from pano_core.dit360.loading import DEFAULT_LORA
+
+    tr = FluxTransformer2DModel.from_pretrained(str(model_dir), subfolder="transformer")
+    lora_file = td.make_peft_lora_file(tmp_path / "hub" / "adapter_model.safetensors", tr, rank=2)
+    asked = []
+
+    def fake_download(repo_id, filename, **kw):
+        asked.append((repo_id, filename))
+        if filename == "adapter_model.safetensors":
+            return str(lora_file)
+        raise FileNotFoundError(filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    out = tmp_path / "d.png"
+    args = [a for a in _args(model_dir, out) if a not in ("--no-lora", "-q")]
+    assert main(args) == 0
+    assert (DEFAULT_LORA, "adapter_model.safetensors") in asked
+    assert DEFAULT_LORA == "Insta360-Research/DiT360-Panorama-Image-Generation"
+    from safetensors.torch import load_file
+
+    n = len(load_file(str(lora_file)))
+    assert f"{n} of {n} LoRA keys matched" in capsys.readouterr().err
