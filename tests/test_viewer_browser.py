@@ -477,6 +477,19 @@ def test_cubemap_horizon_input(comfy, page_factory, face_colours):
     assert dominant_face(pg.centre_pixels(), face_colours) == "F"
     pg.viewer_eval("v => v.setView(-90, 0, 90)")
     assert dominant_face(pg.centre_pixels(), face_colours) == "L"
+    # outputs restored by the frontend (as when switching workflow tabs) refill a fresh viewer
+    t1 = pg.now()
+    restored = pg.page.evaluate(
+        f"""async () => {{ const outs = {{...app.nodeOutputs}};
+                 await app.loadGraphData(app.graph.serialize());
+                 const fresh = app.graph.getNodeById({VIEWER_ID}).pano360Viewer.items.length;
+                 app.nodeOutputs = outs;
+                 return [fresh, !!outs['{VIEWER_ID}']?.pano360]; }}"""
+    )
+    assert restored == [0, True]  # a fresh, empty viewer; the frontend had stored the outputs
+    pg.wait_ready(since=t1)
+    pg.viewer_eval("v => v.setView(0, 0, 90)")
+    assert dominant_face(pg.centre_pixels(), face_colours) == "F"
     # the shader's camera rotation is the one of pano_core.geometry
     from pano_core.geometry import rotation_matrix
 

@@ -88,6 +88,19 @@ function setupViewer(node) {
 
 app.registerExtension({
   name: "Pano360.Viewer",
+  // The frontend restores stored node outputs (e.g. when switching workflow tabs): show them
+  // again in viewers that are still empty.
+  onNodeOutputsUpdated(outputs) {
+    try {
+      for (const node of app.graph?.nodes || []) {
+        const v = node.pano360Viewer;
+        const out = outputs?.[String(node.id)];
+        if (v && out?.pano360 && !v.items.length) v.setItems(out.pano360, out.pano360_notes || []);
+      }
+    } catch (e) {
+      console.warn("Pano360 viewer: could not restore outputs", e);
+    }
+  },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData?.name !== NODE_TYPE) return;
 
