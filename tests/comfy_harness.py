@@ -673,56 +673,74 @@ def _links_table(ui: dict) -> dict[int, tuple[int, int, int, int, Any]]:
     return table
 
 
-def ui_to_api(ui_workflow: dict, object_info: dict, substitutions: Mapping | None = None,
-              context: dict | None = None) -> dict:
-    """Convert a UI-format workflow (frontend save format) into an API prompt.
+class _Graph:
+    """One level of a UI workflow: the top graph, or a subgraph instance (ids prefixed
+    ``"<instance id>:"`` like the frontend does)."""
 
-    Handles widget values (mapped by the node's ``input_order`` in ``object_info``, skipping the
-    ``control_after_generate`` value after seed/noise_seed and upload-button values), widget
-    inputs converted to links, Reroute, PrimitiveNode (value inlined), Note/MarkdownNote and
-    groups (ignored), muted nodes (mode 2: dropped with their links) and bypassed nodes
-    (mode 4: outputs forwarded from the first input of the same type).
+    def __init__(self, nodes: list, links: dict, defs: dict, prefix: str = "",
+                 parent: _Graph | None = None, instance: dict | None = None, sg: dict | None = None,
+                 object_info: dict | None = None):
+        self.nodes = {n["id"]: n for n in nodes}
+        self.links = links
+        self.defs = defs
+        self.prefix = prefix
+        self.parent = parent
+        self.instance = instance
+        self.sg = sg
+        self.object_info = object_info or {}
+        self.promoted: dict[str, Any] = {}
+        self.proxy: dict[tuple[str, str], Any] = {}
+        if instance is not None and sg is not None:
+            self._map_promoted_widgets()
 
-    ``substitutions``: ``{node type: spec}`` where spec is a node type name, a dict
-    ``{"class_type": T, "inputs": {...}, "outputs": {old_slot: new_slot}, "keep_inputs": True |
-    [names]}`` (missing widget inputs of T get their defaults; ``keep_inputs`` copies the
-    original node's inputs (default: only when T is the same type)), or a callable ``fn(api_node, ui_node, context) -> dict | None``
-    returning such a dict (or None to keep the node). ``context`` is passed through to callables
-    (e.g. ``{"server": ComfyServer}`` so they can place files). Node ids are kept.
-    """
-    if "nodes" not in ui_workflow:
-        if all(isinstance(v, dict) and "class_type" in v for v in ui_workflow.values()):
-            return copy.deepcopy(ui_workflow)  # already API format
-        raise WorkflowConversionError("not a UI-format workflow (no 'nodes')")
-    if (ui_workflow.get("definitions") or {}).get("subgraphs"):
-        raise WorkflowConversionError("workflows with subgraphs are not supported by ui_to_api")
-    substitutions = substitutions or {}
-    context = dict(context or {})
-    context.setdefault("object_info", object_info)
-    nodes = {n["id"]: n for n in ui_workflow["nodes"]}
-    links = _links_table(ui_workflow)
+    def _map_promoted_widgets(self) -> None:
+        wv = self.instance.get("widgets_values")
+        proxies = (self.instance.get("properties") or {}).get("proxyWidgets")
+        if isinstance(wv, dict):
+            self.promoted.update(wv)
+            return
+        wv = list(wv or [])
+        if proxies:  # newer frontends: [[inner node id, widget name], ...] in widgets_values order
+            for (inner_id, wname), val in zip(proxies, wv):
+                self.proxy[(str(inner_id), wname)] = val
+            return
+        i = 0
+        for sin in self.sg.get("inputs") or []:
+            if i >= len(wv):
+                break
+            if sin.get("type") in _WIDGET_SCALARS or isinstance(sin.get("type"), list):
+                self.promoted[sin["name"]] = wv[i]
+                i += 1
+                if (sin.get("type") == "INT" and i < len(wv) and isinstance(wv[i], str)
+                        and wv[i] in ("fixed", "increment", "decrement", "randomize")):
+                    i += 1
 
-    def node_input_link(node: dict, slot: int) -> int | None:
-        ins = node.get("inputs") or []
-        return ins[slot].get("link") if slot < len(ins) else None
+    def child(self, inst: dict) -> _Graph:
+        sg = self.defs[inst["type"]]
+        return _Graph(sg.get("nodes") or [], _links_table(sg), self.defs, f"{self.prefix}{inst['id']}:",
+                      self, inst, sg, self.object_info)
 
-    _MISSING = object()
+    def flat_id(self, nid) -> str:
+        return f"{self.prefix}{nid}"
 
-    def resolve(link_id: int, depth: int = 0):
-        """Follow a link upstream through virtual/bypassed nodes.
-        Returns ("link", node_id, slot) | ("value", v) | None (dropped)."""
-        if depth > 200:
+    def resolve(self, link_id, depth: int = 0):
+        """Follow a link upstream through Reroute/PrimitiveNode/bypassed nodes and subgraph
+        boundaries. Returns ("link", flat node id, slot) | ("value", v) | None (dropped)."""
+        if depth > 500:
             raise WorkflowConversionError("link cycle through Reroute/bypassed nodes")
-        if link_id is None or link_id not in links:
+        if link_id is None or link_id not in self.links:
             return None
-        o_id, o_slot, _t, _ts, ltype = links[link_id]
-        src = nodes.get(o_id)
+        o_id, o_slot, _t, _ts, ltype = self.links[link_id]
+        if o_id == -10:  # subgraph input
+            return self._resolve_subgraph_input(o_slot, depth)
+        src = self.nodes.get(o_id)
         if src is None:
             return None
         stype = src.get("type")
         mode = src.get("mode", 0)
         if stype == "Reroute":
-            return resolve(node_input_link(src, 0), depth + 1)
+            ins = src.get("inputs") or []
+            return self.resolve(ins[0].get("link") if ins else None, depth + 1)
         if stype == "PrimitiveNode":
             wv = src.get("widgets_values") or []
             return ("value", wv[0]) if wv else None
@@ -738,48 +756,109 @@ def ui_to_api(ui_workflow: dict, object_info: dict, substitutions: Mapping | Non
                 order.insert(0, o_slot)
             for i in order:
                 if ins[i].get("link") is not None and ins[i].get("type") == otype:
-                    return resolve(ins[i]["link"], depth + 1)
+                    return self.resolve(ins[i]["link"], depth + 1)
             return None
-        return ("link", o_id, o_slot)
+        if stype in self.defs:  # output of a subgraph instance
+            inner = self.child(src)
+            for lid, (_o, _os, t_id, t_slot, _ty) in inner.links.items():
+                if t_id == -20 and t_slot == o_slot:
+                    return inner.resolve(lid, depth + 1)
+            return None
+        return ("link", self.flat_id(o_id), o_slot)
+
+    def _resolve_subgraph_input(self, slot: int, depth: int):
+        if self.parent is None or self.sg is None:
+            return None
+        sins = self.sg.get("inputs") or []
+        if slot >= len(sins):
+            return None
+        name = sins[slot]["name"]
+        for inp in self.instance.get("inputs") or []:
+            if inp.get("name") == name and inp.get("link") is not None:
+                return self.parent.resolve(inp["link"], depth + 1)
+        if name in self.promoted:
+            return ("value", self.promoted[name])
+        return None
+
+
+def ui_to_api(ui_workflow: dict, object_info: dict, substitutions: Mapping | None = None,
+              context: dict | None = None) -> dict:
+    """Convert a UI-format workflow (frontend save format) into an API prompt.
+
+    Handles widget values (mapped by the node's ``input_order`` in ``object_info``, skipping the
+    ``control_after_generate`` value after seed/noise_seed and upload-button values), widget
+    inputs converted to links, Reroute, PrimitiveNode (value inlined), Note/MarkdownNote and
+    groups (ignored), muted nodes (mode 2: dropped with their links), bypassed nodes (mode 4:
+    outputs forwarded from the first input of the same type) and subgraphs
+    (``definitions.subgraphs``; inner nodes get ids ``"<instance id>:<inner id>"``, promoted
+    widget values and ``proxyWidgets`` applied).
+
+    ``substitutions``: ``{node type: spec}`` where spec is a node type name, a dict
+    ``{"class_type": T, "inputs": {...}, "outputs": {old_slot: new_slot}, "keep_inputs": True |
+    [names]}`` (missing widget inputs of T get their defaults; ``keep_inputs`` copies the
+    original node's inputs (default: only when T is the same type)), or a callable
+    ``fn(api_node, ui_node, context) -> dict | None`` returning such a dict (or None to keep the
+    node). The key ``"*"`` (callable or list of callables) is applied to every node afterwards.
+    ``context`` is passed through to callables (e.g. ``{"server": ComfyServer}`` so they can
+    place files; ``object_info`` is added). Node ids are kept.
+    """
+    if "nodes" not in ui_workflow:
+        if all(isinstance(v, dict) and "class_type" in v for v in ui_workflow.values()):
+            return copy.deepcopy(ui_workflow)  # already API format
+        raise WorkflowConversionError("not a UI-format workflow (no 'nodes')")
+    substitutions = substitutions or {}
+    context = dict(context or {})
+    context.setdefault("object_info", object_info)
+    defs = {sg["id"]: sg for sg in (ui_workflow.get("definitions") or {}).get("subgraphs") or []}
+    top = _Graph(ui_workflow["nodes"], _links_table(ui_workflow), defs, object_info=object_info)
 
     api: dict[str, dict] = {}
     output_maps: dict[str, dict[int, int]] = {}
-    for nid, node in nodes.items():
-        ntype = node.get("type")
-        mode = node.get("mode", 0)
-        if ntype in VIRTUAL_NODE_TYPES or mode in (MODE_NEVER, MODE_BYPASS):
-            continue
-        if ntype not in object_info:
-            raise WorkflowConversionError(f"node {nid}: type {ntype!r} is not installed in the server")
-        info = object_info[ntype]
-        inputs: dict[str, Any] = dict(_map_widget_values(node, info))
-        for inp in node.get("inputs") or []:
-            name = inp.get("name")
-            wname = (inp.get("widget") or {}).get("name", name)
-            if inp.get("link") is None:
+
+    def emit(g: _Graph, depth: int = 0) -> None:
+        if depth > 32:
+            raise WorkflowConversionError("subgraphs nested too deeply (recursive definition?)")
+        for nid, node in g.nodes.items():
+            ntype = node.get("type")
+            mode = node.get("mode", 0)
+            if ntype in VIRTUAL_NODE_TYPES or mode in (MODE_NEVER, MODE_BYPASS):
                 continue
-            r = resolve(inp["link"])
-            if r is None:
-                inputs.pop(wname, None) if inp.get("widget") is None else None
+            if ntype in defs:
+                emit(g.child(node), depth + 1)
                 continue
-            if r[0] == "value":
-                inputs[wname] = r[1]
-            else:
-                inputs[wname] = [str(r[1]), r[2]]
-        entry = {"class_type": ntype, "inputs": inputs, "_meta": {"title": node.get("title") or ntype}}
-        if ntype in substitutions:
-            new = _apply_substitution(substitutions[ntype], entry, node, object_info, context)
-            if new is not None:
-                output_maps[str(nid)] = {int(k): int(v) for k, v in (new.pop("outputs", None) or {}).items()}
-                new.setdefault("_meta", {"title": f"{entry['_meta']['title']} (substituted)"})
-                entry = new
-        for generic in _as_list(substitutions.get("*")):
-            new = generic(copy.deepcopy(entry), node, context)
-            if new is not None:
-                new.setdefault("_meta", entry.get("_meta", {}))
-                new.pop("outputs", None)
-                entry = new
-        api[str(nid)] = entry
+            fid = g.flat_id(nid)
+            if ntype not in object_info:
+                raise WorkflowConversionError(f"node {fid}: type {ntype!r} is not installed in the server")
+            info = object_info[ntype]
+            inputs: dict[str, Any] = dict(_map_widget_values(node, info))
+            for (inner_id, wname), val in g.proxy.items():
+                if inner_id == str(nid):
+                    inputs[wname] = val
+            for inp in node.get("inputs") or []:
+                name = inp.get("name")
+                wname = (inp.get("widget") or {}).get("name", name)
+                if inp.get("link") is None:
+                    continue
+                r = g.resolve(inp["link"])
+                if r is None:
+                    continue  # dropped link: a widget keeps its own value
+                inputs[wname] = r[1] if r[0] == "value" else [r[1], r[2]]
+            entry = {"class_type": ntype, "inputs": inputs, "_meta": {"title": node.get("title") or ntype}}
+            if ntype in substitutions:
+                new = _apply_substitution(substitutions[ntype], entry, node, object_info, context)
+                if new is not None:
+                    output_maps[fid] = {int(k): int(v) for k, v in (new.pop("outputs", None) or {}).items()}
+                    new.setdefault("_meta", {"title": f"{entry['_meta']['title']} (substituted)"})
+                    entry = new
+            for generic in _as_list(substitutions.get("*")):
+                new = generic(copy.deepcopy(entry), node, context)
+                if new is not None:
+                    new.setdefault("_meta", entry.get("_meta", {}))
+                    new.pop("outputs", None)
+                    entry = new
+            api[fid] = entry
+
+    emit(top)
 
     # remap links into substituted nodes and drop links to nodes that were removed
     for entry in api.values():
