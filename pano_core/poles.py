@@ -24,8 +24,10 @@ face), as in DiT360.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -35,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import PanoInputError
-from .validate import check_bchw, check_erp
+from .validate import check_bchw, check_erp, check_finite
 
 __all__ = [
     "DEFAULT_FRACTION",
@@ -139,38 +141,33 @@ def pole_mask(
 
 
 def feather_mask(mask: torch.Tensor, feather: int) -> torch.Tensor:
-    """Blend weight from a mask (N, 1, S, S) in 0..1: the mask dilated by ``feather`` pixels
-    with a linear ramp.
+    """Blend weight from masks (N, 1, S, S) in 0..1: the mask plus a linear ramp around it.
 
-    ``w = max_k (1 - k / (feather + 1)) * dilate_k(mask)`` for ``k = 0..feather``, where
-    ``dilate_k`` is a (2k+1)² max filter (Chebyshev distance). So ``w`` equals the mask inside
-    it, falls linearly to 0 over ``feather`` pixels outside, and is exactly 0 further away.
-    A band wider than the room left around the mask is cut at the face border.
+    Outside the mask's support (``mask > 0``) the weight is ``1 - d / (feather + 1)`` where ``d`` is
+    the Euclidean distance in pixels to the nearest mask pixel, so it falls from
+    ``feather / (feather + 1)`` next to the mask to exactly 0 at ``feather + 1`` pixels and beyond.
+    Inside the support the mask's own values are kept (``max`` of both). A band wider than the room
+    left around the mask is cut at the face border. The distance is computed on the CPU (OpenCV);
+    the result is on the mask's device, not differentiable w.r.t. the mask.
     """
+    import cv2
+
     feather = check_feather(feather)
     w = mask.clamp(0, 1)
     if feather == 0:
         return w
-    # Work on the bounding box of the mask grown by ``feather`` (everything else stays 0).
-    nz = (w > 0).flatten(0, -3).any(0)
-    if not bool(nz.any()):
-        return w
-    rows = nz.any(1).nonzero().flatten()
-    cols = nz.any(0).nonzero().flatten()
-    h, wd = w.shape[-2:]
-    r0, r1 = max(int(rows[0]) - feather, 0), min(int(rows[-1]) + feather + 1, h)
-    c0, c1 = max(int(cols[0]) - feather, 0), min(int(cols[-1]) + feather + 1, wd)
-    sub = w[..., r0:r1, c0:c1]
-    out = sub
-    cur = sub
-    for k in range(1, feather + 1):
-        # a 3x3 max filter, separable (rows then columns)
-        cur = F.max_pool2d(cur, kernel_size=(1, 3), stride=1, padding=(0, 1))
-        cur = F.max_pool2d(cur, kernel_size=(3, 1), stride=1, padding=(1, 0))
-        out = torch.maximum(out, cur * (1.0 - k / (feather + 1.0)))
-    res = w.clone()
-    res[..., r0:r1, c0:c1] = out
-    return res
+    support = (w > 0).detach().cpu()
+    out = []
+    for k in range(support.shape[0]):
+        sup = support[k, 0].numpy()
+        if not sup.any():
+            out.append(torch.zeros(sup.shape, dtype=torch.float32))
+            continue
+        outside = np.ascontiguousarray((~sup).astype(np.uint8))
+        d = cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        out.append(torch.from_numpy(np.clip(1.0 - d / (feather + 1.0), 0.0, 1.0)))
+    ramp = torch.stack(out)[:, None].to(device=w.device, dtype=w.dtype)
+    return torch.maximum(w, ramp)
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,12 +186,15 @@ def extract_pole_faces(
     exactly like py360convert's ``e2c``) and masks (2B, 1, S, S), 1 on the central square to
     inpaint. ``face_size`` defaults to W // 4.
     """
-    from .geometry import e2c
-
     erp = check_erp(erp, "panorama")
     fraction = check_fraction(fraction)
+    return _extract(erp, fraction, pole_face_size(erp.shape[-1], face_size), mode)
+
+
+def _extract(erp: torch.Tensor, fraction: float, s: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from .geometry import e2c
+
     b, c, h, w = erp.shape
-    s = pole_face_size(w, face_size)
     cube = e2c(erp, face_size=s, mode=mode, layout="stack")
     faces = cube.reshape(b, 6, c, s, s)[:, _U : _D + 1].reshape(2 * b, c, s, s).contiguous()
     masks = pole_mask(s, fraction, device=erp.device, dtype=erp.dtype).expand(2 * b, 1, s, s).contiguous()
@@ -227,22 +227,123 @@ def _check_pole_masks(masks: torch.Tensor | None, n: int, s: int, name: str) -> 
     return masks.expand(n, 1, s, s)
 
 
+_BAND_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+_BAND_CACHE_MAX = 8
+
+
+@functools.lru_cache(maxsize=16)
+def _row_radius(h: int, w: int, s: int) -> torch.Tensor:
+    """Distance in face pixels from the U/D face centre of every ERP row's circle of latitude
+    (inf where the row does not reach the face), top rows measured on U, bottom rows on D."""
+    from .geometry import dirs_to_cube, erp_directions
+
+    # Each row is a circle of latitude around the face centre. Measure it in the column at
+    # longitude ~45 degrees (towards a face corner), where it stays on U/D the longest.
+    col = min(w - 1, int(round((45.0 / 360.0 + 0.5) * w - 0.5)))
+    d = erp_directions(h, w, dtype=torch.float64)[:, col]
+    face, j, i = dirs_to_cube(d, s)
+    c = (s - 1) / 2.0
+    r = torch.hypot(j - c, i - c)
+    top = torch.arange(h) < h // 2
+    on = torch.where(top, face == _U, face == _D)
+    return torch.where(on, r, torch.full_like(r, float("inf")))
+
+
+def _band_plan(h: int, w: int, s: int, n_top: int, n_bottom: int, mode: str, device, dtype):
+    """Sampling grid of the rows ``[0, n_top)`` and ``[h - n_bottom, h)`` of an h x w ERP from an
+    atlas (2 S, S) holding the U face above the D face; plus the row indices and a validity map
+    (pixels that look at U (top band) or D (bottom band)). Cached."""
+    from .geometry import dirs_to_cube, erp_directions
+
+    key = (h, w, s, n_top, n_bottom, mode, str(device), dtype)
+    hit = _BAND_CACHE.get(key)
+    if hit is not None:
+        return hit
+    rows = torch.cat([torch.arange(n_top), torch.arange(h - n_bottom, h)])
+    d = erp_directions(h, w, dtype=torch.float64)[rows]  # (R, W, 3)
+    face, j, i = dirs_to_cube(d, s)
+    want = torch.cat([torch.full((n_top,), _U), torch.full((n_bottom,), _D)])[:, None]
+    valid = face == want
+    j = j.clamp(0, s - 1)
+    i = i.clamp(0, s - 1) + (want - _U) * s  # D lies below U in the atlas
+    grid = torch.stack(((j + 0.5) * (2.0 / s) - 1.0, (i + 0.5) * (2.0 / (2 * s)) - 1.0), dim=-1)
+    plan = (rows.to(device), grid[None].to(device=device, dtype=dtype), valid[None, None].to(device))
+    if len(_BAND_CACHE) >= _BAND_CACHE_MAX:
+        _BAND_CACHE.pop(next(iter(_BAND_CACHE)))
+    _BAND_CACHE[key] = plan
+    return plan
+
+
+def _band_rows(h: int, w: int, s: int, wface: torch.Tensor) -> tuple[int, int]:
+    """How many top / bottom ERP rows can see a nonzero weight on the U / D faces."""
+    b = wface.shape[0] // 2
+    per = wface.reshape(b, 2, s, s).detach()
+    radius = _row_radius(h, w, s)
+    c = (s - 1) / 2.0
+    counts = []
+    for k, half in ((0, slice(0, h // 2)), (1, slice(h // 2, h))):
+        nz = (per[:, k] > 0).any(0)
+        if not bool(nz.any()):
+            counts.append(0)
+            continue
+        rr = nz.any(1).nonzero().flatten()
+        cc = nz.any(0).nonzero().flatten()
+        # farthest reach of the support from the face centre, plus the bilinear footprint
+        dy = max(abs(float(rr[0]) - c), abs(float(rr[-1]) - c)) + 1.5
+        dx = max(abs(float(cc[0]) - c), abs(float(cc[-1]) - c)) + 1.5
+        reach = (dx * dx + dy * dy) ** 0.5
+        sel = (radius[half] <= reach).nonzero().flatten()
+        if sel.numel() == 0:
+            counts.append(0)
+        elif k == 0:
+            counts.append(int(sel.max()) + 2)
+        else:
+            counts.append(h - (h // 2 + int(sel.min())) + 2)
+    return min(counts[0], h // 2), min(counts[1], h - h // 2)
+
+
+def _project_poles(h: int, w: int, atlas: torch.Tensor, wface: torch.Tensor, mode: str):
+    """Project U/D atlases (B, C, 2S, S) to the polar ERP bands.
+
+    Returns ``((n_top, n_bottom), values (B, C, n_top + n_bottom, W), valid)``: the first
+    ``n_top`` rows of values belong to the top of the ERP, the others to its last ``n_bottom``."""
+    s = atlas.shape[-1]
+    n_top, n_bottom = _band_rows(h, w, s, wface)
+    if n_top + n_bottom == 0:
+        return (0, 0), None, None
+    _, grid, valid = _band_plan(h, w, s, n_top, n_bottom, mode, atlas.device, atlas.dtype)
+    b = atlas.shape[0]
+    vals = F.grid_sample(atlas, grid.expand(b, -1, -1, -1), mode=mode, padding_mode="border", align_corners=False)
+    return (n_top, n_bottom), vals, valid
+
+
 def pole_weight_erp(
     erp_hw: tuple[int, int],
     masks: torch.Tensor,
     feather: int = DEFAULT_FEATHER,
     mode: str = "bilinear",
 ) -> torch.Tensor:
-    """Blend weight on the ERP grid (B, 1, H, W) for pole masks (2B, 1, S, S) (U, D per panorama)."""
-    from .geometry import c2e
-
+    """Blend weight on the ERP grid (B, 1, H, W) for pole masks (2B, 1, S, S) (U, D per panorama):
+    exactly the weight :func:`merge_pole_faces` uses (0 where the panorama stays bit-identical)."""
+    h, w = erp_hw
+    masks = masks.float() if not torch.is_floating_point(masks) else masks
     n, _, s, _ = masks.shape
     b = n // 2
     wface = feather_mask(masks, feather)
-    cube = masks.new_zeros(b, 6, 1, s, s)
-    cube[:, _U : _D + 1] = wface.reshape(b, 2, 1, s, s)
-    h, w = erp_hw
-    return c2e(cube.reshape(b * 6, 1, s, s), height=h, width=w, mode=mode, layout="stack").clamp(0, 1)
+    out = masks.new_zeros(b, 1, h, w)
+    if mode == "bicubic":
+        from .geometry import c2e
+
+        cube = masks.new_zeros(b, 6, 1, s, s)
+        cube[:, _U : _D + 1] = wface.reshape(b, 2, 1, s, s)
+        return c2e(cube.reshape(b * 6, 1, s, s), height=h, width=w, mode=mode, layout="stack").clamp(0, 1)
+    atlas = wface.reshape(b, 2, 1, s, s).transpose(1, 2).reshape(b, 1, 2 * s, s)
+    (n_top, n_bottom), vals, valid = _project_poles(h, w, atlas, wface, mode)
+    if vals is not None:
+        wt = (vals * valid).clamp(0, 1)
+        out[:, :, :n_top] = wt[:, :, :n_top]
+        out[:, :, h - n_bottom :] = wt[:, :, n_top:]
+    return out
 
 
 def merge_pole_faces(
@@ -257,15 +358,17 @@ def merge_pole_faces(
 
     ``erp`` (B, C, H, 2H); ``faces`` (2B, C, S, S) ordered ``U0, D0, U1, D1, ...`` as returned
     by :func:`extract_pole_faces`; ``masks`` (2B, 1, S, S) (or 2 or 1 masks shared by every
-    panorama; None: the central square of ``fraction``). The faces are projected back with
-    ``c2e`` and blended with the feathered mask weight (see :func:`feather_mask`). ERP pixels
-    whose weight is 0 are returned bit-identical.
+    panorama; None: the central square of ``fraction``). The faces are projected back onto the
+    polar bands of the ERP (the inverse of ``e2c``'s U/D faces; ``mode`` nearest or bilinear,
+    bicubic goes through ``c2e``) and blended with the feathered mask weight (see
+    :func:`feather_mask`, :func:`pole_weight_erp`). ERP pixels whose weight is 0 are returned
+    bit-identical. Differentiable w.r.t. ``erp`` and ``faces``.
     """
-    from .geometry import c2e
-
     erp = check_erp(erp, "panorama")
     faces = check_bchw(faces, "pole_faces")
     feather = check_feather(feather)
+    if mode not in ("nearest", "bilinear", "bicubic"):
+        raise PanoInputError(f"mode: expected nearest, bilinear or bicubic, got {mode!r}")
     b, c, h, w = erp.shape
     if faces.shape[-1] != faces.shape[-2]:
         raise PanoInputError(f"pole_faces: faces must be square; got {faces.shape[-1]}x{faces.shape[-2]} (W x H)")
@@ -280,17 +383,38 @@ def merge_pole_faces(
         masks = pole_mask(s, fraction, device=faces.device, dtype=faces.dtype).expand(2 * b, 1, s, s)
     else:
         masks = _check_pole_masks(masks, 2 * b, s, "pole_masks")
+    return _merge(erp, faces, masks, feather, mode)
+
+
+def _merge(erp: torch.Tensor, faces: torch.Tensor, masks: torch.Tensor, feather: int, mode: str) -> torch.Tensor:
+    """:func:`merge_pole_faces` without the input checks (faces (2B, C, S, S), masks (2B, 1, S, S))."""
+    b, c, h, w = erp.shape
+    s = faces.shape[-1]
     faces = faces.to(device=erp.device, dtype=erp.dtype)
     masks = masks.to(device=erp.device, dtype=erp.dtype)
     wface = feather_mask(masks, feather)
 
-    cube = erp.new_zeros(b, 6, c + 1, s, s)
-    cube[:, _U : _D + 1, :c] = faces.reshape(b, 2, c, s, s)
-    cube[:, _U : _D + 1, c:] = wface.reshape(b, 2, 1, s, s)
-    proj = c2e(cube.reshape(b * 6, c + 1, s, s), height=h, width=w, mode=mode, layout="stack").to(erp.dtype)
-    img, wt = proj[:, :c], proj[:, c:].clamp(0, 1)
-    blended = erp * (1 - wt) + img * wt
-    return torch.where(wt > 0, blended, erp)
+    if mode == "bicubic":
+        from .geometry import c2e
+
+        cube = erp.new_zeros(b, 6, c + 1, s, s)
+        cube[:, _U : _D + 1, :c] = faces.reshape(b, 2, c, s, s)
+        cube[:, _U : _D + 1, c:] = wface.reshape(b, 2, 1, s, s)
+        proj = c2e(cube.reshape(b * 6, c + 1, s, s), height=h, width=w, mode=mode, layout="stack").to(erp.dtype)
+        img, wt = proj[:, :c], proj[:, c:].clamp(0, 1)
+        return torch.where(wt > 0, torch.lerp(erp, img, wt), erp)
+
+    both = torch.cat([faces, wface], dim=1)  # (2B, C+1, S, S)
+    atlas = both.reshape(b, 2, c + 1, s, s).transpose(1, 2).reshape(b, c + 1, 2 * s, s)
+    (n_top, n_bottom), vals, valid = _project_poles(h, w, atlas, wface, mode)
+    out = erp.clone()
+    if vals is None:
+        return out
+    img, wt = vals[:, :c], (vals[:, c:] * valid).clamp(0, 1)
+    for src, dst in ((slice(0, n_top), slice(0, n_top)), (slice(n_top, n_top + n_bottom), slice(h - n_bottom, h))):
+        band, bw = erp[:, :, dst], wt[:, :, src]
+        out[:, :, dst] = torch.where(bw > 0, torch.lerp(band, img[:, :, src], bw), band)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,30 +463,40 @@ class OpenCVInpainter:
 
         images = check_bchw(images, "images")
         n, c, s1, s2 = images.shape
+        if isinstance(masks, torch.Tensor) and masks.ndim == 3:
+            masks = masks.unsqueeze(1)
         masks = _check_pole_masks(masks, n, s1, "masks") if s1 == s2 else masks
-        if masks.shape[-2:] != images.shape[-2:]:
-            raise PanoInputError(f"masks: expected the image size {s2}x{s1}, got {masks.shape[-1]}x{masks.shape[-2]}")
-        imgs = images.detach().float().cpu().clamp(0, 1)
-        holes = (masks.detach().float().cpu() > 0.5).to(torch.uint8).mul(255)
+        if not isinstance(masks, torch.Tensor) or masks.ndim != 4 or masks.shape[-2:] != images.shape[-2:]:
+            got = tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__
+            raise PanoInputError(f"masks: expected (N, 1, {s1}, {s2}) masks, got {got}")
+        imgs = images.detach().float().cpu()
+        holes = masks.detach().float().cpu()[:, 0] > 0.5
         out = imgs.clone()
+        margin = int(math.ceil(self.radius)) + 2  # pixels farther from the hole do not take part
         for i in range(n):
-            hole = np.ascontiguousarray(holes[i, 0].numpy())
-            if not hole.any():
+            hole_t = holes[i]
+            if not bool(hole_t.any()):
                 continue
+            rows = hole_t.any(1).nonzero().flatten()
+            cols = hole_t.any(0).nonzero().flatten()
+            r0, r1 = max(int(rows[0]) - margin, 0), min(int(rows[-1]) + margin + 1, s1)
+            c0, c1 = max(int(cols[0]) - margin, 0), min(int(cols[-1]) + margin + 1, s2)
+            crop = imgs[i, :, r0:r1, c0:c1].clamp(0, 1)
+            hole = np.ascontiguousarray(hole_t[r0:r1, c0:c1].numpy().astype(np.uint8) * 255)
             if c == 3:
-                arr = np.ascontiguousarray((imgs[i].permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8))
+                arr = np.ascontiguousarray((crop.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8))
                 res = cv2.inpaint(arr, hole, self.radius, self._flag)
                 filled = torch.from_numpy(res.astype(np.float32) / 255.0).permute(2, 0, 1)
             else:
                 # one channel at a time in 16 bit (OpenCV's float32 Telea path is unreliable)
                 chans = []
                 for ch in range(c):
-                    arr = np.ascontiguousarray((imgs[i, ch].numpy() * 65535.0 + 0.5).astype(np.uint16))
+                    arr = np.ascontiguousarray((crop[ch].numpy() * 65535.0 + 0.5).astype(np.uint16))
                     res = cv2.inpaint(arr, hole, self.radius, self._flag)
                     chans.append(torch.from_numpy(res.astype(np.float32) / 65535.0))
                 filled = torch.stack(chans)
-            sel = torch.from_numpy(hole > 0)
-            out[i] = torch.where(sel, filled.clamp(0, 1), imgs[i])
+            sel = hole_t[r0:r1, c0:c1]
+            out[i, :, r0:r1, c0:c1] = torch.where(sel, filled, imgs[i, :, r0:r1, c0:c1])
         return out.to(device=images.device, dtype=images.dtype)
 
 
@@ -610,10 +744,14 @@ def refine_poles(
     """
     erp = check_erp(erp, "panorama")
     feather = check_feather(feather)
+    fraction = check_fraction(fraction)
+    if mode not in ("nearest", "bilinear", "bicubic"):
+        raise PanoInputError(f"mode: expected nearest, bilinear or bicubic, got {mode!r}")
     inp = make_inpainter(inpainter)
-    faces, masks = extract_pole_faces(erp, fraction=fraction, face_size=face_size, mode=mode)
+    faces, masks = _extract(erp, fraction, pole_face_size(erp.shape[-1], face_size), mode)
     filled = inp(faces, masks)
     if not isinstance(filled, torch.Tensor) or tuple(filled.shape) != tuple(faces.shape):
         got = tuple(filled.shape) if isinstance(filled, torch.Tensor) else type(filled).__name__
         raise PanoInputError(f"inpainter: expected output of shape {tuple(faces.shape)}, got {got}")
-    return merge_pole_faces(erp, filled, masks, feather=feather, mode=mode)
+    check_finite(filled, "inpainter output")
+    return _merge(erp, filled, masks, feather, mode)

@@ -90,6 +90,33 @@ def test_merge_unchanged_faces_is_close_and_outside_is_bit_identical(snow):
     assert (out - snow).abs().mean().item() < 0.02
 
 
+@pytest.mark.parametrize("h,s,fraction,feather", [(64, 32, 0.5, 2), (128, 40, 1.0, 0), (256, 100, 0.3, 16)])
+def test_merge_matches_a_c2e_reference(h, s, fraction, feather):
+    """The polar-band projection equals c2e of a cube holding the faces (other faces unused)."""
+    from pano_core.geometry import c2e
+
+    torch.manual_seed(h)
+    erp = torch.rand(2, 3, h, 2 * h)
+    _, masks = poles.extract_pole_faces(erp, fraction=fraction, face_size=s)
+    faces = torch.rand(4, 3, s, s)
+    out = poles.merge_pole_faces(erp, faces, masks, feather=feather)
+    cube = torch.zeros(2, 6, 4, s, s)
+    cube[:, 4:6, :3] = faces.reshape(2, 2, 3, s, s)
+    cube[:, 4:6, 3:] = poles.feather_mask(masks, feather).reshape(2, 2, 1, s, s)
+    proj = c2e(cube.reshape(12, 4, s, s), height=h, width=2 * h)
+    wt = proj[:, 3:].clamp(0, 1)
+    ref = torch.where(wt > 0, erp * (1 - wt) + proj[:, :3] * wt, erp)
+    assert (out - ref).abs().max() < 1e-3
+    weight = poles.pole_weight_erp((h, 2 * h), masks, feather)
+    assert torch.equal(weight > 0, wt > 0)
+    assert (weight - wt).abs().max() < 1e-4
+    smooth = F.interpolate(torch.rand(4, 3, 4, 4), size=(s, s), mode="bilinear", align_corners=False)
+    bilinear = poles.merge_pole_faces(erp, smooth, masks, feather=feather)
+    bicubic = poles.merge_pole_faces(erp, smooth, masks, feather=feather, mode="bicubic")
+    keep = (poles.pole_weight_erp((h, 2 * h), masks, feather, mode="bicubic") == 0).expand_as(erp)
+    assert (bicubic - bilinear).abs().mean() < 0.01 and torch.equal(bicubic[keep], erp[keep])
+
+
 def test_refine_only_changes_pole_region_and_fixes_a_pole_artifact(snow):
     damaged = snow.clone()
     h = snow.shape[2]
@@ -169,6 +196,24 @@ def test_opencv_inpainter_fills_holes_from_context(method, channels):
     hole = masks.expand_as(img) > 0
     assert (out[hole] - img[hole]).abs().mean() < 0.08
     assert (out[hole] < 0.95).all()
+
+
+@pytest.mark.parametrize("method", ["telea", "ns"])
+def test_opencv_inpainter_matches_whole_image_inpainting(method):
+    import cv2
+
+    torch.manual_seed(1)
+    img = torch.rand(1, 3, 80, 96)
+    m = torch.zeros(1, 1, 80, 96)
+    m[..., 20:50, 30:70] = 1
+    out = poles.OpenCVInpainter(method, radius=5)(img, m)
+    arr = np.ascontiguousarray((img[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
+    flag = cv2.INPAINT_TELEA if method == "telea" else cv2.INPAINT_NS
+    ref = cv2.inpaint(arr, (m[0, 0].numpy() * 255).astype(np.uint8), 5, flag)
+    ref = torch.from_numpy(ref.astype(np.float32) / 255).permute(2, 0, 1)[None]
+    hole = m.expand_as(img) > 0
+    assert torch.equal(out[hole], ref[hole])
+    assert torch.equal(out[~hole], img[~hole])
 
 
 def test_opencv_methods_differ():
