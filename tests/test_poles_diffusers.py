@@ -187,3 +187,36 @@ def test_cli_with_diffusers(sd_inpaint_dir, tmp_path, erp):
     a, b = read_image(src), read_image(out)
     outside = _outside(a, 2)
     assert torch.equal(a[outside], b[outside]) and not torch.equal(a, b)
+
+
+def test_hub_id_selects_flux_fill_with_safe_options(monkeypatch):
+    """A hub id is passed to from_pretrained as is (no network here: the call is recorded)."""
+    import diffusers
+
+    calls = {}
+
+    class FakePipe:
+        def __init__(self):
+            self.moved = None
+
+        def to(self, device):
+            self.moved = device
+            return self
+
+        def set_progress_bar_config(self, **kw):
+            calls["progress"] = kw
+
+    def fake_from_pretrained(src, **kw):
+        calls["src"], calls["kw"] = src, kw
+        return FakePipe()
+
+    monkeypatch.setattr(diffusers.FluxFillPipeline, "from_pretrained", staticmethod(fake_from_pretrained))
+    inp = poles.make_inpainter("diffusers:black-forest-labs/FLUX.1-Fill-dev", dtype="bf16", device="cpu",
+                               prompt="sky", seed=5)
+    assert calls["src"] == "black-forest-labs/FLUX.1-Fill-dev"
+    assert calls["kw"]["use_safetensors"] is True
+    assert torch.bfloat16 in calls["kw"].values()
+    assert inp.pipe.moved == "cpu" and inp.seed == 5 and inp.prompt == "sky"
+    assert calls["progress"] == {"disable": True}
+    with pytest.raises(PanoInputError, match="folder not found"):
+        poles.make_inpainter("diffusers:./not/here")
