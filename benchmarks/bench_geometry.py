@@ -15,6 +15,7 @@ Times are the median of ``--repeat`` calls after one warm-up, in milliseconds.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -110,6 +111,7 @@ def main(argv=None) -> int:
           f"pytorch360convert {getattr(pytorch360convert, '__version__', '0.2.3')}, mode {args.mode}")
     for w in (int(v) for v in args.sizes.split(",")):
         bench_size(w, args, py360convert, pytorch360convert)
+        print("load average (1/5/15 min): {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     return 0
 
 
