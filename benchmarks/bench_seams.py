@@ -126,6 +126,10 @@ def bench_solvers(args, data: Path) -> None:
         faces = damage(e2c(erp, s))
         t_exact = timeit(lambda f=faces: blend_cube_faces(f, "exact"))
         t_gs = timeit(lambda f=faces: blend_cube_faces(f, "gauss-seidel", 200))
+        if args.no_loops:
+            t_sc = seamless_clone_per_face(faces[0].permute(1, 2, 0).numpy())
+            print(f"| {s}² | {t_exact:.3f} | {t_gs:.3f} | – | – | – | {t_sc:.3f} |")
+            continue
         t_sweep = timeit(lambda f=faces: blend_cube_faces(f, "gauss-seidel", 200, gs_impl="sweep"), repeat=1, warmup=0)
         # numpy reference on the same problem (the correction h, ring = target - source)
         from pano_core.seams.poisson import edge_targets
@@ -209,6 +213,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="512 faces only")
     ap.add_argument("--data", default="/work/shared/data/panoramas", help="folder of full-size *_erp.png")
+    ap.add_argument("--no-loops", action="store_true", help="skip the slow sweep/numpy loops")
     ap.add_argument("--only", choices=("solvers", "metrics", "wrap"), default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
