@@ -168,6 +168,9 @@ class SamplePlan:
         b = self.grid.numel() * self.grid.element_size()
         if self.patch is not None:
             b += sum(t.numel() * t.element_size() for t in self.patch)
+        extra = getattr(self, "mask", None)  # p2e keeps its coverage mask on the plan
+        if isinstance(extra, torch.Tensor):
+            b += extra.numel() * extra.element_size()
         return b
 
     def __call__(self, src: torch.Tensor) -> torch.Tensor:
