@@ -15,7 +15,7 @@ def check_bchw(x: object, name: str, channels: tuple[int, ...] | None = (1, 2, 3
         raise PanoInputError(f"{name}: expected 4 dimensions (B, C, H, W), got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise PanoInputError(f"{name}: the batch is empty (shape {tuple(x.shape)})")
-    if x.shape[2] == 0 or x.shape[3] == 0:
+    if x.shape[1] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
         raise PanoInputError(f"{name}: the image is empty (shape {tuple(x.shape)})")
     if channels is not None and x.shape[1] not in channels:
         raise PanoInputError(
@@ -28,7 +28,14 @@ def check_bchw(x: object, name: str, channels: tuple[int, ...] | None = (1, 2, 3
 
 
 def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
-    """Raise if ``x`` holds NaN or infinity."""
+    """Raise if ``x`` holds NaN or infinity.
+
+    Fast path: NaN/inf propagate into a single sum, so ``isfinite(x).all()`` (which costs more
+    than a whole e2c on a large panorama) runs only when the sum is not finite (then it finds
+    out whether there really is a NaN/inf or the sum merely overflowed).
+    """
+    if x.numel() == 0 or not torch.is_floating_point(x) or bool(torch.isfinite(x.sum())):
+        return x
     if not bool(torch.isfinite(x).all()):
         n_nan = int(torch.isnan(x).sum())
         n_inf = int(torch.isinf(x).sum())
