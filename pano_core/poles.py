@@ -678,9 +678,18 @@ class DiffusersInpainter:
         return {k: v for k, v in kw.items() if k in params or k in self.extra_call_kwargs}
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        images = check_bchw(images, "images", channels=(3,))
-        n, _, h, w = images.shape
+        images = check_bchw(images, "images")
+        n, c, h, w = images.shape
+        if isinstance(masks, torch.Tensor) and masks.ndim == 3:
+            masks = masks.unsqueeze(1)
         masks = _check_pole_masks(masks, n, h, "masks") if h == w else masks
+        if c != 3:
+            # the pipelines work on RGB: grey is expanded (and averaged back), extra channels
+            # (alpha) are kept as they are
+            rgb = images[:, :1].expand(-1, 3, -1, -1) if c in (1, 2) else images[:, :3]
+            out = self(rgb, masks)
+            head = out.mean(dim=1, keepdim=True) if c in (1, 2) else out
+            return torch.cat([head, images[:, head.shape[1] :]], dim=1)
         size = int(self.size) if self.size else max(16, (max(h, w) // 16) * 16)
         x = images.detach().float().cpu().clamp(0, 1)
         m = (masks.detach().float().cpu() > 0.5).float()

@@ -96,6 +96,17 @@ def test_sd_inpaint_pipeline_from_folder(sd_inpaint_dir, erp):
     assert not torch.equal(out, poles.refine_poles(erp, inp, feather=2))
 
 
+def test_grey_and_rgba_inputs(sd_inpaint_dir):
+    inp = poles.DiffusersInpainter.from_pretrained(sd_inpaint_dir, dtype="fp32", device="cpu", num_inference_steps=1)
+    m = poles.pole_mask(32)
+    rgba = torch.rand(2, 4, 32, 32)
+    out = inp(rgba, m)
+    assert out.shape == rgba.shape and torch.equal(out[:, 3], rgba[:, 3])
+    assert not torch.equal(out[:, :3], rgba[:, :3])
+    grey = torch.rand(2, 1, 32, 32)
+    assert inp(grey, m).shape == grey.shape
+
+
 def test_inpainter_resizes_faces_to_its_working_size(sd_inpaint_dir):
     inp = poles.DiffusersInpainter.from_pretrained(
         sd_inpaint_dir, dtype="fp32", device="cpu", num_inference_steps=1, size=48)
