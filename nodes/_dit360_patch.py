@@ -40,8 +40,9 @@ RESYNC_MODES = ("none", "per step")
 log = logging.getLogger("pano360")
 
 
-def flux_model_or_error(model) -> torch.nn.Module:
-    """Return the Flux diffusion model of a ComfyUI MODEL or raise a PanoInputError naming its type."""
+def flux_model_or_error(model, user: str = "the DiT360 panorama patch") -> torch.nn.Module:
+    """Return the Flux diffusion model of a ComfyUI MODEL or raise a PanoInputError naming its type
+    (``user``: what needs the Flux model, for the message)."""
     import comfy.ldm.flux.model
 
     base = getattr(model, "model", None)
@@ -50,7 +51,7 @@ def flux_model_or_error(model) -> torch.nn.Module:
         kind = type(base).__name__ if base is not None else type(model).__name__
         inner = type(dm).__name__ if dm is not None else "none"
         raise PanoInputError(
-            f"model: the DiT360 panorama patch needs a Flux model (FLUX.1-dev/schnell/Fill/Kontext); "
+            f"model: {user} needs a Flux model (FLUX.1-dev/schnell/Fill/Kontext); "
             f"got a {kind} model (diffusion model {inner})"
         )
     if getattr(dm, "patch_size", 2) != 2:

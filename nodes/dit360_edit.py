@@ -27,6 +27,7 @@ from ..pano_core.dit360.editing import place_view
 from ..pano_core.errors import PanoInputError
 from ..pano_core.seams import circular
 from ._common import bchw_to_image, bchw_to_mask, image_to_bchw, mask_to_bchw
+from ._dit360_patch import flux_model_or_error
 
 CATEGORY = "Pano360/DiT360"
 INV_KEY = "pano360_inversion"
@@ -34,14 +35,7 @@ _F = "FLOAT"
 
 
 def _flux(model):
-    import comfy.ldm.flux.model
-
-    dm = getattr(getattr(model, "model", None), "diffusion_model", None)
-    if not isinstance(dm, comfy.ldm.flux.model.Flux):
-        raise PanoInputError(
-            f"model: DiT360 editing needs a Flux model (FLUX.1-dev + DiT360 LoRA); got {type(dm).__name__}"
-        )
-    return dm
+    return flux_model_or_error(model, "DiT360 editing")
 
 
 def _guided(cond, guidance: float):

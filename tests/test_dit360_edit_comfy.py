@@ -188,6 +188,24 @@ def test_bad_inputs(pack, errors, model, conds, latent, mask):
         _edit(pack, model, conds, latent, mask, steps=1)
 
 
+def test_non_flux_model_is_rejected(pack, errors, conds, latent, mask):
+    import comfy.model_patcher
+
+    class SD15Like(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.diffusion_model = torch.nn.Linear(2, 2)
+
+    fake = comfy.model_patcher.ModelPatcher(SD15Like(), load_device=torch.device("cpu"),
+                                            offload_device=torch.device("cpu"))
+    with pytest.raises(errors.PanoInputError, match="model: DiT360 editing needs a Flux model.*SD15Like.*Linear"):
+        _invert(pack, fake, conds, latent, steps=1)
+    fake_inv = {"samples": latent["samples"], pack.INV_KEY: {"source": latent["samples"], "seed": 0,
+                                                             "gamma": 0.5, "steps": 1}}
+    with pytest.raises(errors.PanoInputError, match="model: DiT360 editing needs a Flux model"):
+        _edit(pack, fake, conds, fake_inv, mask, steps=1)
+
+
 def test_place_view_node(pack):
     geo = importlib.import_module(f"{PACK_NAME}.pano_core.geometry")
     photo = torch.rand(1, 40, 40, 3)

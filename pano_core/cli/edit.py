@@ -9,51 +9,13 @@ unless ``--force``. Bad input exits with code 2 and a message, before any model 
 
 from __future__ import annotations
 
-import argparse
-import math
 import sys
 import time
-from pathlib import Path
 
 from ..errors import PanoInputError
-from ..io import IMAGE_SUFFIXES, check_writable, read_image, write_image
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def _nonneg(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return v
-
-
-def _finite(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return v
-
-
-def _fraction(text: str) -> float:
-    v = _finite(text)
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return v
+from ..io import check_writable, read_image, write_image
+from . import _dit360
+from ._args import check_image_output, finite_float, fraction, nonneg_int, positive_int
 
 
 def _load_inputs(args):
@@ -86,34 +48,15 @@ def _load_inputs(args):
 def cmd_edit(args) -> int:
     if not args.prompt or not args.prompt.strip():
         raise PanoInputError("--prompt: expected a non-empty text")
-    out = Path(args.output)
-    if out.suffix.lower() not in IMAGE_SUFFIXES:
-        raise PanoInputError(f"-o/--output: unsupported file type {out.suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}")
-    if out.exists() and not args.force:
-        raise PanoInputError(f"output: {out} already exists; pass --force to overwrite it")
+    out = check_image_output(args.output, args.force)
     image, mask = _load_inputs(args)
-    max_pad = (image.shape[-1] // 16) // 4
-    if args.pad > max_pad:
-        raise PanoInputError(f"--pad: at most a quarter of the token width ({image.shape[-1] // 16} tokens -> {max_pad}); got {args.pad}")
+    _dit360.check_pad(args.pad, image.shape[-1])
 
     from ..dit360 import editing
-    from ..dit360.pipeline import PANORAMA_PREFIX, DiT360Pipeline, add_prompt_prefix
+    from ..dit360.pipeline import PANORAMA_PREFIX, add_prompt_prefix
 
-    lora = None if args.no_lora else args.lora
     t0 = time.time()
-    pipe = DiT360Pipeline.from_pretrained(
-        args.model,
-        device=args.device,
-        dtype=None if args.dtype == "auto" else args.dtype,
-        offload=args.offload,
-        vae_tiling=args.vae_tiling,
-        lora=lora,
-        lora_weight_name=args.lora_weight_name,
-        lora_scale=args.lora_scale,
-        local_files_only=True if args.local_files_only else None,
-    )
-    if args.quiet:
-        pipe.flux.set_progress_bar_config(disable=True)
+    pipe = _dit360.load_pipeline(args)
     prefix = PANORAMA_PREFIX if args.prefix else None
     prompt = add_prompt_prefix(args.prompt, prefix)[0]
     source_prompt = add_prompt_prefix(args.source_prompt, prefix)[0] if args.source_prompt else (prefix or "")
@@ -144,8 +87,6 @@ def cmd_edit(args) -> int:
 
 
 def register(subparsers) -> None:
-    from ..dit360.loading import DEFAULT_LORA, DEFAULT_MODEL
-
     p = subparsers.add_parser(
         "edit",
         help="inpaint/outpaint a panorama with DiT360 (RF-inversion + masked feature replacement)",
@@ -163,35 +104,20 @@ def register(subparsers) -> None:
     p.add_argument("--prompt", required=True, help="what the white region should show")
     p.add_argument("--source-prompt", default="", help="description of the input panorama (default empty)")
     p.add_argument("-o", "--output", required=True, help="output image (.png or .jpg); never overwritten without --force")
-    p.add_argument("--steps", type=_positive, default=28, help="inversion and sampling steps (default 28)")
-    p.add_argument("--guidance", type=_finite, default=2.8, help="FLUX.1-dev distilled guidance (default 2.8)")
-    p.add_argument("--seed", type=_nonneg, default=0, help="seed of the inversion noise (default 0); same seed -> same result")
-    p.add_argument("--gamma", type=_fraction, default=0.5, help="inversion controller strength (default 0.5)")
-    p.add_argument("--eta", type=_fraction, default=0.9, help="source-branch controller strength (default 0.9)")
-    p.add_argument("--eta-start", type=_fraction, default=0.0, help="first step fraction with eta (default 0)")
-    p.add_argument("--eta-stop", type=_fraction, default=1.0, help="step fraction where eta stops (default 1 = all)")
-    p.add_argument("--tau", type=_fraction, default=0.5, help="feature replacement while sigma > tau (default 0.5)")
-    p.add_argument("--blend-until", type=_fraction, default=None,
+    p.add_argument("--steps", type=positive_int, default=28, help="inversion and sampling steps (default 28)")
+    p.add_argument("--guidance", type=finite_float, default=2.8, help="FLUX.1-dev distilled guidance (default 2.8)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the inversion noise (default 0); same seed -> same result")
+    p.add_argument("--gamma", type=fraction, default=0.5, help="inversion controller strength (default 0.5)")
+    p.add_argument("--eta", type=fraction, default=0.9, help="source-branch controller strength (default 0.9)")
+    p.add_argument("--eta-start", type=fraction, default=0.0, help="first step fraction with eta (default 0)")
+    p.add_argument("--eta-stop", type=fraction, default=1.0, help="step fraction where eta stops (default 1 = all)")
+    p.add_argument("--tau", type=fraction, default=0.5, help="feature replacement while sigma > tau (default 0.5)")
+    p.add_argument("--blend-until", type=fraction, default=None,
                    help="blend latents by the mask while sigma > this (default: tau; 0 = every step)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"FLUX.1 diffusers folder or hub id (default {DEFAULT_MODEL})")
-    p.add_argument("--lora", default=DEFAULT_LORA, help=f"LoRA file, folder or hub id (default {DEFAULT_LORA})")
-    p.add_argument("--lora-weight-name", default=None, help="file name inside a LoRA folder/repo (default adapter_model.safetensors)")
-    p.add_argument("--lora-scale", type=_finite, default=1.0, help="LoRA strength (default 1.0)")
-    p.add_argument("--no-lora", action="store_true", help="plain FLUX.1 without a LoRA")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
-                   help="weights dtype (default auto: bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--offload", choices=("none", "model", "sequential"), default="none",
-                   help="CPU offload: model (whole models) or sequential (layer by layer, slowest)")
-    p.add_argument("--vae-tiling", action="store_true", help="decode in tiles (less memory for large panoramas)")
-    p.add_argument("--pad", type=_nonneg, default=1, help="circular padding in token columns per side (default 1 = DiT360)")
+    _dit360.add_model_args(p)
+    _dit360.add_pad_arg(p)
     p.add_argument("--circular-decode", action="store_true", help="VAE-decode with wrapped latent columns")
-    p.add_argument("--prefix", action=argparse.BooleanOptionalAction, default=True,
-                   help='prefix prompts with "This is a panorama." as DiT360 does (default on)')
-    p.add_argument("--bits", type=int, choices=(8, 16), default=8, help="PNG bit depth (default 8)")
-    p.add_argument("--local-files-only", action="store_true", help="never contact the hub (cached/local files only)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _dit360.add_output_args(p)
     p.set_defaults(func=cmd_edit)
 
 

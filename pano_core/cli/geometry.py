@@ -7,42 +7,14 @@ outputs are never overwritten unless ``--force``. Bad input exits with code 2 an
 from __future__ import annotations
 
 import argparse
-import math
-import re
 from pathlib import Path
 
 from ..errors import PanoInputError
 from ..io import check_writable, image_bits, read_image, write_image
+from ._args import add_force, angle, positive_int, size_wh
 
 MODES = ("nearest", "bilinear", "bicubic")
 FORMATS = ("dict", "list", "horizon", "dice", "stack")
-
-
-def _size(text: str) -> tuple[int, int]:
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 640x480, got {text!r}")
-    return int(m.group(1)), int(m.group(2))
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def _angle(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an angle in degrees, got {text!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a finite angle in degrees, got {text!r}")
-    return v
 
 
 def _read_erp(path: str):
@@ -56,7 +28,7 @@ def _read_erp(path: str):
 def _common(p: argparse.ArgumentParser, mode: bool = True) -> None:
     if mode:
         p.add_argument("--mode", choices=MODES, default="bilinear", help="interpolation (default bilinear)")
-    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    add_force(p, "overwrite existing output files")
 
 
 def cmd_e2c(args) -> int:
@@ -144,7 +116,7 @@ def register(sub) -> None:
         "dice: one 4S x 3S cross; stack: one S x 6S image, faces F R B L U D from top to bottom.",
     )
     p.add_argument("input", help="ERP image (PNG/JPEG, 8/16-bit)")
-    p.add_argument("--face-size", type=_positive, default=None, help="face size in pixels (default width/4)")
+    p.add_argument("--face-size", type=positive_int, default=None, help="face size in pixels (default width/4)")
     p.add_argument("--format", choices=FORMATS, default="dice", help="output layout (default dice)")
     p.add_argument("-o", "--output", required=True, help="output image, or folder for dict/list")
     _common(p)
@@ -158,7 +130,7 @@ def register(sub) -> None:
     )
     p.add_argument("input", help="folder with F.png ... D.png, or a layout image")
     p.add_argument("--format", choices=FORMATS, default=None, help="layout of IN (default: guess)")
-    p.add_argument("--width", type=_positive, default=None, help="output width (default 4 x face size)")
+    p.add_argument("--width", type=positive_int, default=None, help="output width (default 4 x face size)")
     p.add_argument("-o", "--output", required=True, help="output ERP image")
     _common(p)
     p.set_defaults(func=cmd_c2e)
@@ -166,10 +138,10 @@ def register(sub) -> None:
     p = sub.add_parser("e2p", help="equirectangular panorama -> perspective view")
     p.add_argument("input", help="ERP image")
     p.add_argument("--fov", type=float, default=90.0, help="horizontal field of view, degrees (default 90)")
-    p.add_argument("--yaw", type=_angle, default=0.0, help="degrees, positive turns right")
-    p.add_argument("--pitch", type=_angle, default=0.0, help="degrees, positive looks up")
-    p.add_argument("--roll", type=_angle, default=0.0, help="degrees about the viewing axis")
-    p.add_argument("--size", type=_size, default=(512, 512), help="output WIDTHxHEIGHT (default 512x512)")
+    p.add_argument("--yaw", type=angle, default=0.0, help="degrees, positive turns right")
+    p.add_argument("--pitch", type=angle, default=0.0, help="degrees, positive looks up")
+    p.add_argument("--roll", type=angle, default=0.0, help="degrees about the viewing axis")
+    p.add_argument("--size", type=size_wh, default=(512, 512), help="output WIDTHxHEIGHT (default 512x512)")
     p.add_argument("-o", "--output", required=True)
     _common(p)
     p.set_defaults(func=cmd_e2p)
@@ -177,10 +149,10 @@ def register(sub) -> None:
     p = sub.add_parser("p2e", help="perspective view -> equirectangular panorama (+ coverage mask)")
     p.add_argument("input", help="perspective image")
     p.add_argument("--fov", type=float, default=90.0, help="horizontal field of view of IN, degrees")
-    p.add_argument("--yaw", type=_angle, default=0.0)
-    p.add_argument("--pitch", type=_angle, default=0.0)
-    p.add_argument("--roll", type=_angle, default=0.0)
-    p.add_argument("--width", type=_positive, default=None, help="output ERP width (default: about the input's resolution)")
+    p.add_argument("--yaw", type=angle, default=0.0)
+    p.add_argument("--pitch", type=angle, default=0.0)
+    p.add_argument("--roll", type=angle, default=0.0)
+    p.add_argument("--width", type=positive_int, default=None, help="output ERP width (default: about the input's resolution)")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--mask-out", default=None, help="also write the coverage mask (white = covered)")
     _common(p)
@@ -188,9 +160,9 @@ def register(sub) -> None:
 
     p = sub.add_parser("rotate", help="rotate an equirectangular panorama (yaw/pitch/roll)")
     p.add_argument("input", help="ERP image")
-    p.add_argument("--yaw", type=_angle, default=0.0)
-    p.add_argument("--pitch", type=_angle, default=0.0)
-    p.add_argument("--roll", type=_angle, default=0.0)
+    p.add_argument("--yaw", type=angle, default=0.0)
+    p.add_argument("--pitch", type=angle, default=0.0)
+    p.add_argument("--roll", type=angle, default=0.0)
     p.add_argument("--exact", action="store_true", help="yaw only, by whole pixels without resampling")
     p.add_argument("-o", "--output", required=True)
     _common(p)

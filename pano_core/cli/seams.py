@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import PanoInputError
+from ._args import add_force, check_not_input
 
 IN_FORMATS = ("auto", "erp", "horizon", "dice", "stack", "dict")
 
@@ -36,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--keep", default=None, help="faces to keep unchanged, e.g. F or F,U (their edges become the boundary)")
     p.add_argument("--face-size", type=int, default=0, help="face size for an ERP input (0: width / 4)")
     p.add_argument("--bits", type=int, choices=(8, 16), default=None, help="output bit depth (default: input's)")
-    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    add_force(p, "overwrite existing output files")
     p.set_defaults(func=run_blend)
 
     w = subparsers.add_parser(
@@ -52,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     w.add_argument("--method", choices=("poisson", "feather"), default="poisson")
     w.add_argument("--band", type=int, default=32, help="columns changed on each side of the wrap (32)")
     w.add_argument("--bits", type=int, choices=(8, 16), default=None, help="output bit depth (default: input's)")
-    w.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+    add_force(w, "overwrite the output if it exists")
     w.set_defaults(func=run_wrap)
 
     m = subparsers.add_parser(
@@ -103,19 +104,12 @@ def _read_any(path: str, fmt: str):
     return layout, faces, bits
 
 
-def _check_output(args) -> Path:
-    out = Path(args.output)
-    if Path(args.input).resolve() == out.resolve() and not args.force:
-        raise PanoInputError(f"output: {out} is the input; pass --force to overwrite it")
-    return out
-
-
 def run_blend(args: argparse.Namespace) -> int:
     from ..geometry import c2e, e2c, write_cubemap
     from ..io import check_writable, write_image
     from ..seams.poisson import blend_cube_faces
 
-    out = _check_output(args)
+    out = check_not_input(args.input, args.output, args.force)
     if args.iterations < 0:
         raise PanoInputError(f"--iterations: expected an integer >= 0, got {args.iterations}")
     out_fmt = args.out_format
@@ -149,7 +143,7 @@ def run_wrap(args: argparse.Namespace) -> int:
     from ..io import check_writable, image_bits, read_image, write_image
     from ..seams.wrap import blend_erp_wrap
 
-    out = _check_output(args)
+    out = check_not_input(args.input, args.output, args.force)
     check_writable(out, args.force)
     erp = read_image(args.input, "input")
     res = blend_erp_wrap(erp, band=args.band, method=args.method).clamp(0, 1)

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import PanoInputError
 from ..io import check_writable
 from ..xmp import build_xmp, embed_xmp, gpano_for_image, image_size, read_gpano
+from ._args import add_force, angle
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -71,9 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("input", metavar="IN", help="PNG or JPEG file")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file (same format as IN)")
-    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    add_force(p, "overwrite OUT if it exists")
     p.add_argument(
-        "--heading", type=float, default=None, help="PoseHeadingDegrees (compass heading of the centre)"
+        "--heading", type=angle, default=None, help="PoseHeadingDegrees (compass heading of the centre)"
     )
     p.add_argument(
         "--full-width", type=int, default=None, help="width of the full panorama when IN is only a crop of it"
