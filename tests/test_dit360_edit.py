@@ -195,6 +195,50 @@ def test_feature_replacement_pulls_edit_branch_to_source(pipe):
     assert torch.equal(v_on[0], v_off[0])  # the source branch is untouched
 
 
+def test_velocity_is_one_padded_transformer_call(pipe):
+    """The editing velocity (built on DiT360Pipeline's pieces) is exactly one transformer call on
+    the packed, circularly padded tokens with wrapped ids, timestep sigma and the guidance,
+    cropped and unpacked: checked against a direct diffusers call assembled here by hand."""
+    from pano_core.seams import circular
+
+    lat = torch.randn(2, 16, 8, 16, generator=torch.Generator().manual_seed(4))
+    vel = editing._FluxVelocity(pipe, lat.shape, padding=2, guidance=3.25)
+    pe, pooled, txt = vel.encode("a snowy street")
+    got = vel(lat, 0.6180339, pe, pooled, txt)
+
+    h, w, p = 4, 8, 2
+    tok = lat.view(2, 16, h, 2, w, 2).permute(0, 2, 4, 1, 3, 5).reshape(2, h * w, 64)
+    ids = torch.zeros(h, w, 3)
+    ids[..., 1] = torch.arange(h)[:, None]
+    ids[..., 2] = torch.arange(w)[None, :]
+    ids = ids.reshape(h * w, 3)
+    padded_ids = circular.pad_ids(ids, h, w, p, mode="wrapped")
+    assert torch.equal(padded_ids.view(h, w + 2 * p, 3)[:, :p], ids.view(h, w, 3)[:, w - p:])
+    with torch.no_grad():
+        out = pipe.transformer(
+            hidden_states=circular.pad_tokens(tok, h, w, p),
+            timestep=torch.full((2,), 0.6180339),
+            guidance=torch.full((2,), 3.25),
+            pooled_projections=pooled.expand(2, -1),
+            encoder_hidden_states=pe.expand(2, -1, -1),
+            txt_ids=txt,
+            img_ids=padded_ids,
+            return_dict=False,
+        )[0]
+    out = circular.crop_tokens(out, h, w, p)
+    ref = out.view(2, h, w, 16, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(2, 16, 8, 16)
+    assert torch.equal(got, ref)
+    # a plain FluxPipeline is wrapped in a DiT360Pipeline; a DiT360Pipeline is used as it is
+    from pano_core.dit360.pipeline import DiT360Pipeline
+
+    d = DiT360Pipeline(pipe)
+    assert isinstance(editing.dit360_pipeline(pipe), DiT360Pipeline)
+    assert editing.dit360_pipeline(pipe).flux is pipe
+    assert editing.dit360_pipeline(d) is d
+    with pytest.raises(PanoInputError, match="padding"):
+        editing._FluxVelocity(pipe, lat.shape, padding=3, guidance=1.0)
+
+
 def test_mask_of_wrong_size_is_a_clear_error(pipe, image):
     with pytest.raises(PanoInputError, match="mask: size 128x32"):
         editing.inpaint(pipe, image, torch.zeros(1, 1, 32, 128), prompt="x", steps=1, progress=False)

@@ -1,9 +1,10 @@
 """DiT360 panorama editing with diffusers: inversion, inpainting, outpainting, view-to-panorama.
 
-Works on a diffusers Flux pipeline (``FluxPipeline`` with FLUX.1-dev + the DiT360 LoRA, or the
-DiT360 pipeline of :mod:`pano_core.dit360.pipeline`, or anything exposing ``transformer``,
-``vae``, ``scheduler`` and ``encode_prompt`` like ``FluxPipeline``; an object wrapping one in
-``.pipe`` works too).
+Works on a diffusers ``FluxPipeline`` (FLUX.1-dev + the DiT360 LoRA) or the DiT360 pipeline of
+:mod:`pano_core.dit360.pipeline` (an object wrapping either in ``.pipe`` works too). The model
+calls reuse :class:`~pano_core.dit360.pipeline.DiT360Pipeline`'s pieces (packing, circular
+padding, wrapped ids, guidance, one transformer call); a plain ``FluxPipeline`` is wrapped in one
+(:func:`dit360_pipeline`, no copy).
 
 Mask convention: ``1`` (white) = generate anew, ``0`` (black) = keep.
 
@@ -42,6 +43,7 @@ from .rf_inversion import InversionResult, edit_latent, invert_latent, seeded_no
 __all__ = [
     "EditSettings",
     "flux_components",
+    "dit360_pipeline",
     "encode_image",
     "decode_latent",
     "flux_sigmas",
@@ -78,28 +80,32 @@ def flux_components(pipe):
     )
 
 
+def dit360_pipeline(pipe):
+    """``pipe`` as a :class:`~pano_core.dit360.pipeline.DiT360Pipeline`: itself (or the one
+    inside ``pipe.pipe`` / ``pipe.pipeline``), or a new one wrapping the diffusers
+    ``FluxPipeline`` inside it (no copy: same components)."""
+    from .pipeline import DiT360Pipeline
+
+    fp = flux_components(pipe)
+    return fp if isinstance(fp, DiT360Pipeline) else DiT360Pipeline(fp)
+
+
+def _latent_grid(d360, latent_hw: tuple[int, int], padding: int):
+    """The wrapped-id :class:`~pano_core.dit360.pipeline.TokenGrid` of a latent ``latent_hw``."""
+    from .pipeline import TokenGrid
+
+    lh, lw = int(latent_hw[0]), int(latent_hw[1])
+    f = d360.vae_scale_factor
+    h, w = lh // 2, lw // 2
+    p = circular.check_padding(w, int(padding))
+    return TokenGrid(height=lh * f, width=lw * f, latent_h=lh, latent_w=lw, h=h, w=w, p=p, id_mode="wrapped")
+
+
 def _device(fp) -> torch.device:
     dev = getattr(fp, "_execution_device", None)
     if dev is None:
         dev = next(fp.transformer.parameters()).device
     return torch.device(dev)
-
-
-def _pack(x: torch.Tensor) -> torch.Tensor:
-    b, c, h, w = x.shape
-    return x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
-
-
-def _unpack(t: torch.Tensor, c: int, h: int, w: int) -> torch.Tensor:
-    b = t.shape[0]
-    return t.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
-
-
-def _image_ids(h_tok: int, w_tok: int, device) -> torch.Tensor:
-    ids = torch.zeros(h_tok, w_tok, 3, device=device)
-    ids[..., 1] = torch.arange(h_tok, device=device)[:, None]
-    ids[..., 2] = torch.arange(w_tok, device=device)[None, :]
-    return ids.reshape(h_tok * w_tok, 3)
 
 
 def _check_image(image: torch.Tensor, name: str = "image") -> torch.Tensor:
@@ -150,67 +156,56 @@ def flux_sigmas(pipe, steps: int, latent_hw: tuple[int, int], padding: int = 1) 
     with ``mu`` computed from the *padded* token count (as DiT360 does)."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise PanoInputError(f"steps: expected an integer >= 1, got {steps!r}")
+    from .pipeline import schedule_mu
+
     fp = flux_components(pipe)
     h_tok, w_tok = latent_hw[0] // 2, latent_hw[1] // 2
     sched = copy.deepcopy(fp.scheduler)
-    cfg = sched.config
-    mu = circular.flux_mu(
-        circular.padded_token_count(h_tok, w_tok, padding),
-        cfg.get("base_image_seq_len", 256),
-        cfg.get("max_image_seq_len", 4096),
-        cfg.get("base_shift", 0.5),
-        cfg.get("max_shift", 1.15),
-    )
+    mu = schedule_mu(sched.config, circular.padded_token_count(h_tok, w_tok, padding))
     sched.set_timesteps(sigmas=np.linspace(1.0, 1.0 / steps, steps), mu=mu, device="cpu")
     return sched.sigmas.detach().float().cpu()
 
 
 class _FluxVelocity:
-    """Velocity functions of a diffusers Flux transformer on unpadded latents (B, C, h, w).
+    """Velocity function of the Flux transformer on unpadded latents (B, C, h, w) at a sigma.
 
-    Each call packs the latent into tokens, pads them circularly (``padding`` token columns per
-    side, wrapped ids), runs the transformer with the given text embeddings and guidance, crops
-    and unpacks the output.
+    Built from :class:`~pano_core.dit360.pipeline.DiT360Pipeline`'s pieces (a plain diffusers
+    ``FluxPipeline`` is wrapped in one): each call packs the latent into tokens
+    (:meth:`~DiT360Pipeline.pack`), pads them circularly (``padding`` token columns per side,
+    wrapped ids: :meth:`~DiT360Pipeline.pad_tokens`, :meth:`~DiT360Pipeline.image_ids`), runs
+    :meth:`~DiT360Pipeline.transformer_call` with the text embeddings and the guidance
+    (:meth:`~DiT360Pipeline.guidance_tensor`), crops and unpacks the output.
     """
 
     def __init__(self, pipe, latent_shape, padding: int, guidance: float, max_sequence_length: int = 512):
-        self.fp = flux_components(pipe)
-        self.tr = self.fp.transformer
-        self.device = _device(self.fp)
+        self.pipe = dit360_pipeline(pipe)
+        self.tr = self.pipe.transformer
+        self.device = self.pipe.device
         self.dtype = self.tr.dtype
-        _, self.c, self.h, self.w = latent_shape
-        self.h_tok, self.w_tok = self.h // 2, self.w // 2
-        self.p = circular.check_padding(self.w_tok, int(padding))
-        ids = _image_ids(self.h_tok, self.w_tok, self.device)
-        self.img_ids = circular.pad_ids(ids, self.h_tok, self.w_tok, self.p, mode="wrapped")
+        self.grid = _latent_grid(self.pipe, latent_shape[-2:], padding)
+        self.h_tok, self.w_tok, self.p = self.grid.h, self.grid.w, self.grid.p
+        self.img_ids = self.pipe.image_ids(self.grid, dtype=torch.float32)
         self.guidance = float(guidance)
         self.max_sequence_length = max_sequence_length
-        self.use_guidance = bool(getattr(self.tr.config, "guidance_embeds", False))
 
     def encode(self, prompt: str):
-        pe, pooled, txt_ids = self.fp.encode_prompt(
-            prompt=prompt, prompt_2=None, device=self.device, num_images_per_prompt=1,
-            max_sequence_length=self.max_sequence_length,
-        )
-        return pe, pooled, txt_ids
+        """``(prompt_embeds, pooled, text_ids)`` of one prompt (no panorama prefix added here)."""
+        return self.pipe.encode_prompt(prompt, 1, prompt_prefix=None, max_sequence_length=self.max_sequence_length)
 
     def __call__(self, x: torch.Tensor, sigma: float, pe, pooled, txt_ids) -> torch.Tensor:
+        from .pipeline import PromptEmbeds
+
         b = x.shape[0]
-        tok = circular.pad_tokens(_pack(x.to(self.device)), self.h_tok, self.w_tok, self.p)
-        t = torch.full((b,), float(sigma), device=self.device, dtype=self.dtype)
-        g = torch.full((b,), self.guidance, device=self.device, dtype=torch.float32) if self.use_guidance else None
-        out = self.tr(
-            hidden_states=tok.to(self.dtype),
-            timestep=t,
-            guidance=g,
-            pooled_projections=pooled.expand(b, -1) if pooled.shape[0] == 1 else pooled,
-            encoder_hidden_states=pe.expand(b, -1, -1) if pe.shape[0] == 1 else pe,
-            txt_ids=txt_ids,
-            img_ids=self.img_ids,
-            return_dict=False,
-        )[0]
-        out = circular.crop_tokens(out, self.h_tok, self.w_tok, self.p)
-        return _unpack(out.float(), self.c, self.h, self.w)
+        d = self.pipe
+        tok = d.pad_tokens(d.pack(x.to(self.device)), self.grid).to(self.dtype)
+        embeds = PromptEmbeds(
+            prompt_embeds=pe.expand(b, -1, -1) if pe.shape[0] == 1 else pe,
+            pooled=pooled.expand(b, -1) if pooled.shape[0] == 1 else pooled,
+            text_ids=txt_ids,
+        )
+        t = torch.tensor(float(sigma), device=self.device)
+        out = d.transformer_call(tok, t, embeds, d.guidance_tensor(self.guidance, b), self.img_ids, time_scale=1.0)
+        return d.unpack(d.crop_tokens(out, self.grid).float(), self.grid)
 
 
 def _progress(pipe, total: int, enabled: bool, desc: str):

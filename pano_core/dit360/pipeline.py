@@ -496,20 +496,24 @@ class DiT360Pipeline:
         img_ids: torch.Tensor,
         joint_attention_kwargs: dict | None = None,
         cache_name: str = "cond",
+        time_scale: float = 1000.0,
     ) -> torch.Tensor:
         """One transformer call on (padded) tokens at scheduler time ``t`` (0..1000).
 
         ``tokens`` (B, L, 64) with ``img_ids`` (L, 3) of the same (padded) grid; returns the
-        velocity prediction (B, L, 64). Nothing is cropped here.
+        velocity prediction (B, L, 64). Nothing is cropped here. The transformer gets
+        ``t / time_scale``; ``time_scale=1`` passes a sigma (0..1) through unchanged.
         """
         b = tokens.shape[0]
         t = torch.as_tensor(t, device=tokens.device)
         timestep = t.expand(b).to(tokens.dtype)
+        if time_scale != 1.0:
+            timestep = timestep / time_scale
         ctx = self.transformer.cache_context(cache_name) if hasattr(self.transformer, "cache_context") else _null()
         with ctx:
             return self.transformer(
                 hidden_states=tokens,
-                timestep=timestep / 1000,
+                timestep=timestep,
                 guidance=guidance,
                 pooled_projections=embeds.pooled,
                 encoder_hidden_states=embeds.prompt_embeds,
