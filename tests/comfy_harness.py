@@ -576,7 +576,7 @@ class ComfyServer:
 VIRTUAL_NODE_TYPES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode", "Comfy.Note", "Comfy.MarkdownNote"}
 MODE_ALWAYS, MODE_NEVER, MODE_BYPASS = 0, 2, 4
 _WIDGET_SCALARS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-_UPLOAD_OPTS = ("image_upload", "video_upload", "audio_upload", "upload")
+_UPLOAD_OPTS = ("image_upload", "video_upload", "animated_image_upload", "audio_upload", "upload")
 
 
 class WorkflowConversionError(ValueError):
@@ -616,16 +616,27 @@ def _has_control_after_generate(name: str, typ: Any, opts: dict) -> bool:
 
 
 def _widget_names(info: dict) -> list[tuple[str, str | None]]:
-    """Widget slots in widgets_values order: (input name, None) or (input name, 'extra')."""
+    """Widget slots in widgets_values order: (input name, None) or (input name, 'extra').
+
+    Like the frontend: a control_after_generate widget follows its INT; the upload button of
+    the first *required* input with an upload option (image/video/audio_upload) is an extra
+    ``upload`` input the frontend adds to ``required`` (Comfy.UploadImage / Comfy.UploadAudio)
+    and, not being in ``input_order``, orders after every other input. So LoadImage saves
+    ``[image, "image"]`` and LoadImageMask ``[image, channel, "image"]``.
+    """
     slots: list[tuple[str, str | None]] = []
+    required = set((info.get("input") or {}).get("required") or {})
+    upload: str | None = None
     for name, typ, opts in _input_defs(info):
         if not _is_widget(typ, opts):
             continue
         slots.append((name, None))
         if _has_control_after_generate(name, typ, opts):
             slots.append((name, "control_after_generate"))
-        if any(opts.get(k) for k in _UPLOAD_OPTS):
-            slots.append((name, "upload"))
+        if upload is None and name in required and any(opts.get(k) for k in _UPLOAD_OPTS):
+            upload = name
+    if upload is not None:
+        slots.append((upload, "upload"))
     return slots
 
 
@@ -650,8 +661,6 @@ def _map_widget_values(node: dict, info: dict) -> dict[str, Any]:
             name, kind = slot
             if kind == "control_after_generate" and not (isinstance(wv[i], str) and wv[i] in (
                     "fixed", "increment", "decrement", "randomize")):
-                continue
-            if kind == "upload" and len(wv) - i < sum(1 for s in slots[slots.index(slot):] if s[1] is None) + 1:
                 continue
             pairs.append((slot, wv[i]))
             i += 1

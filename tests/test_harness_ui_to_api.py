@@ -119,3 +119,23 @@ def test_substitution_output_remap(comfy, ui):
     assert api["5"]["inputs"]["model"] == ["30", 0]
     assert api["6"]["inputs"]["clip"] == ["30", 1]
     assert api["10"]["inputs"]["vae"] == ["30", 2]
+
+
+def _single_node_workflow(node_type: str, widgets_values: list) -> dict:
+    return {"last_node_id": 1, "last_link_id": 0, "links": [], "version": 0.4,
+            "nodes": [{"id": 1, "type": node_type, "mode": 0, "inputs": [], "outputs": [],
+                       "properties": {"Node name for S&R": node_type}, "widgets_values": widgets_values}]}
+
+
+def test_upload_button_value_is_last_like_the_frontend(comfy):
+    """The frontend adds the upload button as an extra required input after all others
+    (Comfy.UploadImage; not in input_order), so LoadImageMask saves [image, channel, "image"]."""
+    info = comfy.object_info()
+    api = ch.ui_to_api(_single_node_workflow("LoadImageMask", ["m.png", "green", "image"]), info)
+    assert api["1"]["inputs"] == {"image": "m.png", "channel": "green"}
+    api = ch.ui_to_api(_single_node_workflow("LoadImage", ["p.png", "image"]), info)
+    assert api["1"]["inputs"] == {"image": "p.png"}
+    # workflows saved without the button value still map in order
+    api = ch.ui_to_api(_single_node_workflow("LoadImageMask", ["m.png", "blue"]), info)
+    assert api["1"]["inputs"] == {"image": "m.png", "channel": "blue"}
+    assert ch._widget_names(info["LoadImageMask"]) == [("image", None), ("channel", None), ("image", "upload")]
