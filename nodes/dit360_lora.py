@@ -1,0 +1,101 @@
+"""A LoRA loader that says how much of the LoRA matched the model (instead of only logging).
+
+ComfyUI's ``LoraLoaderModelOnly`` logs ``lora key not loaded`` for keys that do not match the
+model and carries on, so a LoRA for another model silently does nothing. This node loads the
+same way (``comfy.utils.load_torch_file`` -> ``comfy.lora_convert.convert_lora`` ->
+``comfy.lora.load_lora`` with ``model_lora_keys_unet`` -> ``clone`` + ``add_patches``), counts
+the LoRA modules that matched (:mod:`pano_core.dit360.lora_keys`) and raises a clear error (or
+warns) when some did not. Weights are read from ``.safetensors`` files only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import comfy.lora
+import comfy.lora_convert
+import comfy.utils
+import folder_paths
+
+from ..pano_core.dit360.lora_keys import match_lora_modules
+from ..pano_core.errors import PanoInputError
+
+CATEGORY = "Pano360/DiT360"
+ON_MISMATCH = ("error", "warn")
+
+log = logging.getLogger("pano360")
+
+
+class Pano360DiT360LoraLoader:
+    """LoraLoaderModelOnly with a check: errors (or warns) when LoRA modules do not match the model."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL",),
+                "lora_name": (folder_paths.get_filename_list("loras"), {
+                    "tooltip": "LoRA in models/loras (.safetensors only), e.g. DiT360's panorama LoRA."}),
+                "strength_model": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}),
+                "on_mismatch": (list(ON_MISMATCH), {"default": "error", "tooltip":
+                    "error: stop with a message saying how many LoRA modules matched the model when not all "
+                    "do; warn: log that message and apply the modules that matched."}),
+            }
+        }
+
+    RETURN_TYPES = ("MODEL", "STRING")
+    RETURN_NAMES = ("model", "summary")
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+    DESCRIPTION = (
+        "Loads a LoRA onto the diffusion model exactly like LoraLoaderModelOnly, but counts how many of the "
+        "LoRA's modules match the model and stops with a clear error (or warns) when some do not, instead of "
+        "silently ignoring them. Reads .safetensors files only."
+    )
+
+    def __init__(self):
+        self._cache: tuple[tuple[str, float, int], dict] | None = None
+
+    def _read(self, path: str, lora_name: str) -> dict:
+        if not path.lower().endswith(".safetensors"):
+            raise PanoInputError(
+                f"lora_name: {lora_name} is not a .safetensors file; this loader reads weights only from "
+                "safetensors (.ckpt/.pt/.bin files are pickles that can run code): convert it first"
+            )
+        st = os.stat(path)
+        stamp = (path, st.st_mtime, st.st_size)
+        if self._cache is not None and self._cache[0] == stamp:
+            return self._cache[1]
+        sd = comfy.utils.load_torch_file(path, safe_load=True)
+        self._cache = (stamp, sd)
+        return sd
+
+    def load(self, model, lora_name, strength_model, on_mismatch="error"):
+        if on_mismatch not in ON_MISMATCH:
+            raise PanoInputError(f"on_mismatch: expected one of {', '.join(ON_MISMATCH)}, got {on_mismatch!r}")
+        path = folder_paths.get_full_path("loras", lora_name)
+        if path is None:
+            raise PanoInputError(f"lora_name: {lora_name} not found in the loras folder(s)")
+        lora = comfy.lora_convert.convert_lora(self._read(path, lora_name))
+        key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+        loaded = comfy.lora.load_lora(lora, key_map, log_missing=False)
+        report = match_lora_modules(lora.keys(), key_map, loaded.keys(), source=lora_name)
+        summary = report.summary()
+        if not report.complete:
+            message = report.mismatch_message("lora_name")
+            if on_mismatch == "error":
+                raise PanoInputError(message)
+            log.warning("Pano360 LoRA loader: %s", message)
+            summary = message
+        else:
+            log.info("Pano360 LoRA loader: %s", summary)
+        if strength_model == 0:
+            return (model, summary)
+        out = model.clone()
+        out.add_patches(loaded, strength_model)
+        return (out, summary)
+
+
+NODE_CLASS_MAPPINGS = {"Pano360DiT360LoraLoader": Pano360DiT360LoraLoader}
+NODE_DISPLAY_NAME_MAPPINGS = {"Pano360DiT360LoraLoader": "DiT360 LoRA Loader (checked)"}
