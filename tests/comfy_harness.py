@@ -1074,6 +1074,7 @@ DEFAULT_SUBSTITUTIONS: dict[str, Any] = {
     "LoadImageMask": sub_load_image,
     "LoraLoaderModelOnly": sub_lora_loader,
     "LoraLoader": sub_lora_loader,
+    "Pano360DiT360LoraLoader": sub_lora_loader,
     "ImagePadForOutpaint": sub_small_pads,
     # Kontext's preferred resolutions are ~1 MP: scale to 128 px instead
     "FluxKontextImageScale": {"class_type": "ImageScaleToMaxDimension",

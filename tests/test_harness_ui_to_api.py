@@ -93,6 +93,21 @@ def test_default_substitutions(comfy, ui):
     assert (comfy.input_dir / api["16"]["inputs"]["image"]).is_file()
 
 
+def test_checked_lora_loader_gets_a_tiny_lora(comfy, ui):
+    """Pano360DiT360LoraLoader in a workflow: the harness writes the tiny LoRA under its name."""
+    ui2 = copy.deepcopy(ui)
+    for n in ui2["nodes"]:
+        if n["id"] == 5:
+            n["type"] = "Pano360DiT360LoraLoader"
+            n["outputs"] = n["outputs"] + [{"name": "summary", "type": "STRING", "links": None}]
+            n["widgets_values"] = ["pano360_checked_ui.safetensors", 0.5, "error"]
+    api = ch.ui_to_api(ui2, comfy.object_info(), ch.DEFAULT_SUBSTITUTIONS, context={"server": comfy})
+    assert api["5"]["class_type"] == "Pano360DiT360LoraLoader"
+    assert api["5"]["inputs"] == {"model": ["1", 0], "lora_name": "pano360_checked_ui.safetensors",
+                                  "strength_model": 0.5, "on_mismatch": "error"}
+    assert (comfy.models_dir / "loras" / "pano360_checked_ui.safetensors").is_file()
+
+
 def test_substitution_output_remap(comfy, ui):
     """A CheckpointLoaderSimple substituted by the tiny checkpoint keeps MODEL/CLIP/VAE wiring."""
     ui2 = copy.deepcopy(ui)
