@@ -8,6 +8,7 @@ from ..errors import PanoInputError
 from ._checks import check_bchw, check_erp, check_faces
 from .directions import FACE_NAMES, dirs_to_cube, dirs_to_lonlat, erp_directions, face_points
 from .fastgrid import build_c2e_plan, build_e2c_plan
+from .remap import build_c2e_remap, build_e2c_remap, cube_stride_for, fast_path_ok, fits, work_dtype
 from .sampling import (
     build_cube_plan,
     build_erp_plan,
@@ -40,7 +41,11 @@ def faces_to_layout(stack: torch.Tensor, layout: str = "stack"):
     ``horizon``: (B, C, S, 6 S) faces side by side; ``dice``: (B, C, 3 S, 4 S) cross (empty = 0).
     """
     _check_layout(layout)
-    stack = check_faces(stack, "faces", channels=None)
+    return _layout(check_faces(stack, "faces", channels=None), layout)
+
+
+def _layout(stack: torch.Tensor, layout: str):
+    """:func:`faces_to_layout` without the input checks (for results of :func:`e2c`)."""
     bn, c, s, _ = stack.shape
     b = bn // 6
     v = stack.view(b, 6, c, s, s)
@@ -132,10 +137,14 @@ def e2c(erp: torch.Tensor, face_size: int | None = None, mode: str = "bilinear",
     s = w // 4 if face_size is None else face_size
     if not isinstance(s, int) or isinstance(s, bool) or s < 1:
         raise PanoInputError(f"face_size: expected a positive integer, got {face_size!r}")
+    if fast_path_ok(erp) and fits(h, w, s):  # cv2.remap on the CPU (no gradient needed)
+        wd = work_dtype(erp.dtype)
+        plan = cached_plan(("e2c", h, w, s, mode, "cv2", wd), lambda: build_e2c_remap(h, w, s, mode, wd))
+        return _layout(plan(erp), layout)
     dt = sampling_dtype(erp.dtype, erp.device)
     plan = _e2c_plan(h, w, s, mode, erp.device, dt)
     faces = plan(erp)  # (B*6, C, S, S)
-    return faces_to_layout(faces, layout)
+    return _layout(faces, layout)
 
 
 def _c2e_plan(s: int, h: int, w: int, mode: str, device: torch.device, dtype: torch.dtype):
@@ -165,6 +174,12 @@ def c2e(cube, height: int | None = None, width: int | None = None, mode: str = "
             raise PanoInputError(f"{nm}: expected a positive integer, got {v!r}")
     if width != 2 * height:
         raise PanoInputError(f"width/height: an equirectangular output must be 2:1, got {width}x{height}")
+    if fast_path_ok(faces) and fits(height, width):  # cv2.remap on the CPU (no gradient needed)
+        stride = cube_stride_for(s, faces.shape[1])
+        if stride is not None:
+            wd = work_dtype(faces.dtype)
+            key = ("c2e", s, height, width, mode, "cv2", stride, wd)
+            return cached_plan(key, lambda: build_c2e_remap(s, height, width, mode, wd, stride))(faces)
     dt = sampling_dtype(faces.dtype, faces.device)
     plan = _c2e_plan(s, height, width, mode, faces.device, dt)
     return plan(faces_to_atlas(faces.to(dt))).to(faces.dtype)

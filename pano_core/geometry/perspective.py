@@ -16,6 +16,7 @@ from .directions import (
     perspective_directions,
     rotation_matrix,
 )
+from .remap import build_erp_remap, build_flat_remap, fast_path_ok, fits, work_dtype
 from .sampling import (
     build_erp_plan,
     build_flat_plan,
@@ -77,6 +78,16 @@ def e2p(
     h, w = _hw(out_hw, "out_hw")
     _fov_pair(fov_deg, h, w)
     _, _, eh, ew = erp.shape
+    if fast_path_ok(erp) and fits(eh, ew, h, w):  # cv2.remap on the CPU (no gradient needed)
+        wd = work_dtype(erp.dtype)
+
+        def build_cv():
+            d = perspective_directions(fov_deg, yaw, pitch, roll, h, w, dtype=torch.float64)
+            lon, lat = dirs_to_lonlat(d)
+            return build_erp_remap(lon[None].numpy(), lat[None].numpy(), eh, ew, mode, wd)
+
+        key = ("e2p", eh, ew, _fov_key(fov_deg), yaw, pitch, roll, h, w, mode, "cv2", wd)
+        return cached_plan(key, build_cv)(erp)
     dt = sampling_dtype(erp.dtype, erp.device)
     chunks = default_row_chunks()
 
@@ -112,12 +123,14 @@ def p2e(
         raise PanoInputError(f"erp_hw: an equirectangular output must be 2:1 (width = 2 x height), got {ew}x{eh}")
     b, c, h, w = img.shape
     hf, vf = _fov_pair(fov_deg, h, w)
-    dt = sampling_dtype(img.dtype, img.device)
-    chunks = default_row_chunks()
+    fast = fast_path_ok(img) and fits(h, w, eh, ew)
+    dt = work_dtype(img.dtype) if fast else sampling_dtype(img.dtype, img.device)
+    dev = torch.device("cpu") if fast else img.device
+    chunks = 1 if fast else default_row_chunks()
 
     def build():
-        d = erp_directions(eh, ew, device=img.device, dtype=torch.float64)
-        r = rotation_matrix(yaw, pitch, roll, device=img.device, dtype=torch.float64)
+        d = erp_directions(eh, ew, device=dev, dtype=torch.float64)
+        r = rotation_matrix(yaw, pitch, roll, device=dev, dtype=torch.float64)
         p = d @ r  # camera frame (row vectors: p = R^T d)
         z = p[..., 2]
         front = z > 1e-9
@@ -129,11 +142,13 @@ def p2e(
         inside = front & (col >= -0.5) & (col <= w - 0.5) & (row >= -0.5) & (row <= h - 0.5)
         col = torch.where(inside, col, torch.zeros_like(col)).clamp(0, w - 1)
         row = torch.where(inside, row, torch.zeros_like(row)).clamp(0, h - 1)
+        if fast:
+            return build_flat_remap(col[None].numpy(), row[None].numpy(), h, w, mode, dt, inside.to(dt)[None, None])
         plan = build_flat_plan(col[None], row[None], h, w, mode, dt, chunks)
         plan.mask = inside.to(dt)[None, None]
         return plan
 
-    key = ("p2e", h, w, _fov_key(fov_deg), yaw, pitch, roll, eh, ew, mode, img.device, dt, chunks)
+    key = ("p2e", h, w, _fov_key(fov_deg), yaw, pitch, roll, eh, ew, mode, "cv2" if fast else img.device, dt, chunks)
     plan = cached_plan(key, build)
     out = plan(img)
     mask = plan.mask.to(img.dtype)

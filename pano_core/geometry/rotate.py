@@ -10,6 +10,7 @@ from ..errors import PanoInputError
 from ._checks import check_erp
 from .directions import dirs_to_lonlat, erp_directions, rotation_matrix
 from .perspective import _angles
+from .remap import build_erp_remap, fast_path_ok, fits, work_dtype
 from .sampling import build_erp_plan, cached_plan, check_mode, default_row_chunks, sampling_dtype
 
 
@@ -24,6 +25,15 @@ def rotate_erp(erp: torch.Tensor, yaw: float = 0.0, pitch: float = 0.0, roll: fl
     erp = check_erp(erp, "panorama", channels=None)
     yaw, pitch, roll = _angles(yaw, pitch, roll)
     _, _, h, w = erp.shape
+    if fast_path_ok(erp) and fits(h, w):  # cv2.remap on the CPU (no gradient needed)
+        wd = work_dtype(erp.dtype)
+
+        def build_cv():
+            d = erp_directions(h, w, dtype=torch.float64)
+            lon, lat = dirs_to_lonlat(d @ rotation_matrix(yaw, pitch, roll, dtype=torch.float64).T)
+            return build_erp_remap(lon[None].numpy(), lat[None].numpy(), h, w, mode, wd)
+
+        return cached_plan(("rotate", h, w, yaw, pitch, roll, mode, "cv2", wd), build_cv)(erp)
     dt = sampling_dtype(erp.dtype, erp.device)
     chunks = default_row_chunks()
 
