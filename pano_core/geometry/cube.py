@@ -137,7 +137,7 @@ def e2c(erp: torch.Tensor, face_size: int | None = None, mode: str = "bilinear",
     s = w // 4 if face_size is None else face_size
     if not isinstance(s, int) or isinstance(s, bool) or s < 1:
         raise PanoInputError(f"face_size: expected a positive integer, got {face_size!r}")
-    if fast_path_ok(erp) and fits(h, w, s):  # cv2.remap on the CPU (no gradient needed)
+    if fast_path_ok(erp, mode) and fits(h, w, s):  # cv2.remap on the CPU (no gradient needed)
         wd = work_dtype(erp.dtype)
         plan = cached_plan(("e2c", h, w, s, mode, "cv2", wd), lambda: build_e2c_remap(h, w, s, mode, wd))
         return _layout(plan(erp), layout)
@@ -174,7 +174,7 @@ def c2e(cube, height: int | None = None, width: int | None = None, mode: str = "
             raise PanoInputError(f"{nm}: expected a positive integer, got {v!r}")
     if width != 2 * height:
         raise PanoInputError(f"width/height: an equirectangular output must be 2:1, got {width}x{height}")
-    if fast_path_ok(faces) and fits(height, width):  # cv2.remap on the CPU (no gradient needed)
+    if fast_path_ok(faces, mode) and fits(height, width):  # cv2.remap on the CPU (no gradient needed)
         stride = cube_stride_for(s, faces.shape[1])
         if stride is not None:
             wd = work_dtype(faces.dtype)

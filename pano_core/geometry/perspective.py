@@ -78,7 +78,7 @@ def e2p(
     h, w = _hw(out_hw, "out_hw")
     _fov_pair(fov_deg, h, w)
     _, _, eh, ew = erp.shape
-    if fast_path_ok(erp) and fits(eh, ew, h, w):  # cv2.remap on the CPU (no gradient needed)
+    if fast_path_ok(erp, mode) and fits(eh, ew, h, w):  # cv2.remap on the CPU (no gradient needed)
         wd = work_dtype(erp.dtype)
 
         def build_cv():
@@ -123,7 +123,7 @@ def p2e(
         raise PanoInputError(f"erp_hw: an equirectangular output must be 2:1 (width = 2 x height), got {ew}x{eh}")
     b, c, h, w = img.shape
     hf, vf = _fov_pair(fov_deg, h, w)
-    fast = fast_path_ok(img) and fits(h, w, eh, ew)
+    fast = fast_path_ok(img, mode) and fits(h, w, eh, ew)
     dt = work_dtype(img.dtype) if fast else sampling_dtype(img.dtype, img.device)
     dev = torch.device("cpu") if fast else img.device
     chunks = 1 if fast else default_row_chunks()

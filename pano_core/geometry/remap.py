@@ -42,14 +42,42 @@ _FAST_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, tor
 _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.uint8: np.uint8}
 
 
-def fast_path_ok(x: torch.Tensor) -> bool:
-    """True when ``x`` can be sampled by cv2: a CPU tensor of a supported dtype not needing grad."""
+def fast_path_ok(x: torch.Tensor, mode: str = "bilinear") -> bool:
+    """True when ``x`` can be sampled by cv2: a CPU tensor of a supported dtype that needs no
+    gradient, and an OpenCV whose border handling is right for this mode and dtype."""
     return (
         cv2 is not None
         and x.device.type == "cpu"
         and x.dtype in _FAST_DTYPES
         and not (x.requires_grad and torch.is_grad_enabled())
+        and borders_ok(mode, work_dtype(x.dtype))
     )
+
+
+@functools.cache
+def borders_ok(mode: str, dtype: torch.dtype) -> bool:
+    """Whether cv2.remap wraps/replicates correctly for this mode and dtype (probed once).
+
+    OpenCV 5.0.0 gets bicubic float64 footprints that cross the image border wrong for every
+    border mode; such inputs take the torch path.
+    """
+    if cv2 is None:
+        return False
+    rng = np.random.default_rng(0)
+    npdt = _NP_DTYPES[dtype]
+    src = rng.random((12, 16))
+    src = (src * 255).astype(npdt) if npdt == np.uint8 else src.astype(npdt)
+    # positions on a 1/32 grid plus a little: no rounding ties, footprints across every border
+    xs = (np.rint(rng.uniform(-1.5, 16.5, (6, 40)) * 32) / 32 + 1 / 256).astype(np.float32)
+    ys = (np.rint(rng.uniform(-1.5, 12.5, (6, 40)) * 32) / 32 + 1 / 256).astype(np.float32)
+    interp = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}[mode]
+    for border, pad in ((cv2.BORDER_WRAP, "wrap"), (cv2.BORDER_REPLICATE, "edge")):
+        got = cv2.remap(src, xs, ys, interp, borderMode=border).astype(np.float64)
+        big = np.pad(src, 4, mode=pad)
+        ref = cv2.remap(big, xs + 4, ys + 4, interp, borderMode=cv2.BORDER_REPLICATE).astype(np.float64)
+        if not np.allclose(got, ref, atol=1e-6 if npdt != np.uint8 else 0.5):
+            return False
+    return True
 
 
 def work_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -25,7 +25,7 @@ def rotate_erp(erp: torch.Tensor, yaw: float = 0.0, pitch: float = 0.0, roll: fl
     erp = check_erp(erp, "panorama", channels=None)
     yaw, pitch, roll = _angles(yaw, pitch, roll)
     _, _, h, w = erp.shape
-    if fast_path_ok(erp) and fits(h, w):  # cv2.remap on the CPU (no gradient needed)
+    if fast_path_ok(erp, mode) and fits(h, w):  # cv2.remap on the CPU (no gradient needed)
         wd = work_dtype(erp.dtype)
 
         def build_cv():
