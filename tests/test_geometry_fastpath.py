@@ -206,7 +206,7 @@ def test_c2e_without_in_place_stacking_and_batches(calls):
     torch.manual_seed(2)
     faces = e2c(torch.rand(2, 3, 32, 64), 16)
     for mode in MODES:
-        ref = _torch_path(lambda t: c2e(t, mode=mode), faces)
+        ref = _torch_path(lambda t, m=mode: c2e(t, mode=m), faces)
         in_place = rm.build_c2e_remap(16, 32, 64, mode, torch.float32, 3)
         copied = rm.build_c2e_remap(16, 32, 64, mode, torch.float32, 1)
         a, b = in_place(faces), copied(faces)
