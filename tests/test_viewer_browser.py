@@ -125,8 +125,10 @@ class Page:
             timeout=90_000,
         )
         self.page.evaluate(
-            """() => { window.__p360 = {executed: []};
-               window.comfyAPI.api.api.addEventListener('executed', e => window.__p360.executed.push(e.detail)); }"""
+            """() => { window.__p360 = {executed: [], errors: []};
+               const api = window.comfyAPI.api.api;
+               api.addEventListener('executed', e => window.__p360.executed.push(e.detail));
+               api.addEventListener('execution_error', e => window.__p360.errors.push(e.detail)); }"""
         )
 
     def close(self):
@@ -159,17 +161,24 @@ class Page:
             [image, viewer_id],
         )
 
-    def queue_and_wait(self, node_ids=(VIEWER_ID,), timeout=120) -> list[dict]:
-        """Queue the graph from the UI (app.queuePrompt) and wait for the 'executed' events of node_ids."""
-        n0 = self.page.evaluate("() => window.__p360.executed.length")
+    def queue_and_wait(self, node_ids=(VIEWER_ID,), timeout=300) -> list[dict]:
+        """Queue the graph from the UI (app.queuePrompt) and wait for the 'executed' events of node_ids.
+
+        An execution error of the queued prompt fails at once with its message (instead of a
+        time-out); the time-out is generous because CI runs on 2 busy cores.
+        """
+        n0, e0 = self.page.evaluate("() => [window.__p360.executed.length, window.__p360.errors.length]")
         self.page.evaluate("async () => { await app.queuePrompt(0, 1); }")
         want = [str(i) for i in node_ids]
         self.page.wait_for_function(
-            """([n0, want]) => { const got = window.__p360.executed.slice(n0).map(d => String(d.node ?? d.display_node));
+            """([n0, e0, want]) => { if (window.__p360.errors.length > e0) return true;
+                                 const got = window.__p360.executed.slice(n0).map(d => String(d.node ?? d.display_node));
                                  return want.every(w => got.includes(w)); }""",
-            arg=[n0, want],
+            arg=[n0, e0, want],
             timeout=timeout * 1000,
         )
+        errors = self.page.evaluate("(e0) => window.__p360.errors.slice(e0)", e0)
+        assert not errors, f"the queued prompt failed: {errors}\n{self.comfy.log_tail(40)}"
         return self.page.evaluate("(n0) => window.__p360.executed.slice(n0)", n0)
 
     def wait_ready(self, viewer_id=VIEWER_ID, since: float = 0, timeout=60):
