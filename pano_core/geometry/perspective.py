@@ -16,7 +16,13 @@ from .directions import (
     perspective_directions,
     rotation_matrix,
 )
-from .remap import build_erp_remap, build_flat_remap, fast_path_ok, fits, work_dtype
+from .remap import (
+    build_e2p_remap,
+    build_p2e_remap,
+    fast_path_ok,
+    fits,
+    work_dtype,
+)
 from .sampling import (
     build_erp_plan,
     build_flat_plan,
@@ -82,9 +88,10 @@ def e2p(
         wd = work_dtype(erp.dtype)
 
         def build_cv():
-            d = perspective_directions(fov_deg, yaw, pitch, roll, h, w, dtype=torch.float64)
-            lon, lat = dirs_to_lonlat(d)
-            return build_erp_remap(lon[None].numpy(), lat[None].numpy(), eh, ew, mode, wd)
+            hf, vf = _fov_pair(fov_deg, h, w)
+            xm, ym = math.tan(math.radians(hf) / 2), math.tan(math.radians(vf) / 2)
+            r = rotation_matrix(yaw, pitch, roll, dtype=torch.float64).numpy()
+            return build_e2p_remap(xm, ym, h, w, eh, ew, r, mode, wd)
 
         key = ("e2p", eh, ew, _fov_key(fov_deg), yaw, pitch, roll, h, w, mode, "cv2", wd)
         return cached_plan(key, build_cv)(erp)
@@ -129,6 +136,10 @@ def p2e(
     chunks = 1 if fast else default_row_chunks()
 
     def build():
+        if fast:
+            xm, ym = math.tan(math.radians(hf) / 2), math.tan(math.radians(vf) / 2)
+            r = rotation_matrix(yaw, pitch, roll, dtype=torch.float64).numpy()
+            return build_p2e_remap(xm, ym, h, w, eh, ew, r, mode, dt)
         d = erp_directions(eh, ew, device=dev, dtype=torch.float64)
         r = rotation_matrix(yaw, pitch, roll, device=dev, dtype=torch.float64)
         p = d @ r  # camera frame (row vectors: p = R^T d)
@@ -142,8 +153,6 @@ def p2e(
         inside = front & (col >= -0.5) & (col <= w - 0.5) & (row >= -0.5) & (row <= h - 0.5)
         col = torch.where(inside, col, torch.zeros_like(col)).clamp(0, w - 1)
         row = torch.where(inside, row, torch.zeros_like(row)).clamp(0, h - 1)
-        if fast:
-            return build_flat_remap(col[None].numpy(), row[None].numpy(), h, w, mode, dt, inside.to(dt)[None, None])
         plan = build_flat_plan(col[None], row[None], h, w, mode, dt, chunks)
         plan.mask = inside.to(dt)[None, None]
         return plan

@@ -304,21 +304,6 @@ def erp_xy(lon_deg: torch.Tensor | np.ndarray, lat_deg, h: int, w: int):
     return x, y
 
 
-def build_erp_remap(lon_deg, lat_deg, h: int, w: int, mode: str, dtype: torch.dtype) -> RemapPlan:
-    """Plan sampling an h x w ERP at directions lon/lat (N, ho, wo) in degrees (float64)."""
-    x, y = erp_xy(lon_deg, lat_deg, h, w)
-    xm, ym = snap(x, mode, dtype), snap(y, mode, dtype)
-    patch = erp_patch(xm, ym, h, w, mode, dtype)
-    return RemapPlan(list(xm), list(ym), (h, w), mode, "wrap", patch)
-
-
-def build_flat_remap(col, row, h: int, w: int, mode: str, dtype: torch.dtype, mask=None) -> RemapPlan:
-    """Plan sampling a flat h x w image (border clamp) at pixel coordinates col/row (N, ho, wo)."""
-    xm = snap(np.asarray(col, dtype=np.float64), mode, dtype)
-    ym = snap(np.asarray(row, dtype=np.float64), mode, dtype)
-    return RemapPlan(list(xm), list(ym), (h, w), mode, "replicate", None, mask=mask)
-
-
 def build_e2c_remap(h: int, w: int, s: int, mode: str, dtype: torch.dtype) -> RemapPlan:
     """Plan for e2c: ERP (h, w) -> faces F R B L U D (6, s, s), analytic float32 maps.
 
@@ -506,3 +491,129 @@ def _c2e_bicubic_patch(xm: np.ndarray, ym: np.ndarray, s: int, stride: int, dtyp
         idx.append((f2.numpy() * fs + i2) * s + j2)
     w = xm.shape[1]
     return np.zeros_like(r), r * w + c, np.stack(idx), np.stack(ws)
+
+
+# ---------------------------------------------------------------------------------------------
+# Views and rotations: rank-structured float64 numpy (no (H, W, 3) direction tensors)
+# ---------------------------------------------------------------------------------------------
+
+
+def _erp_trig(h: int, w: int):
+    lon = ((np.arange(w, dtype=np.float64) + 0.5) / w - 0.5) * (2 * math.pi)
+    lat = (0.5 - (np.arange(h, dtype=np.float64) + 0.5) / h) * math.pi
+    return np.sin(lon), np.cos(lon), np.sin(lat), np.cos(lat)
+
+
+def _rank2(cl: np.ndarray, col: np.ndarray, sl: np.ndarray, k: float) -> np.ndarray:
+    """(h, w) array cl_r * col_c + k * sl_r (one outer product, one broadcast add)."""
+    out = np.multiply.outer(cl, col)
+    out += (k * sl)[:, None]
+    return out
+
+
+def _lonlat_xy(dx: np.ndarray, dy: np.ndarray, dz: np.ndarray, h: int, w: int):
+    """ERP pixel coordinates of (not necessarily unit) directions, like dirs_to_lonlat + erp_xy
+    (x in [-0.5, w - 0.5)). Overwrites dx and dz."""
+    x = np.arctan2(dx, dz)
+    x *= w / (2 * math.pi)
+    x += 0.5 * w - 0.5
+    x[x >= w - 0.5] -= w  # atan2 = +pi exactly: the same column as -pi
+    np.multiply(dx, dx, out=dx)
+    np.multiply(dz, dz, out=dz)
+    dx += dz
+    np.sqrt(dx, out=dx)
+    y = np.arctan2(dy, dx)
+    y *= -h / math.pi
+    y += 0.5 * h - 0.5
+    return x, y
+
+
+def _blocks(h: int, w: int, target: int = 1 << 16):
+    """Row blocks of about ``target`` pixels: float64 temporaries stay in the cache (and are
+    not page-faulted in afresh for every full-size intermediate)."""
+    step = max(1, target // max(w, 1))
+    for r0 in range(0, h, step):
+        yield r0, min(h, r0 + step)
+
+
+def _erp_maps_by_rows(ho: int, wo: int, rows_fn, mode: str, dtype: torch.dtype):
+    """float32 maps (1, ho, wo) filled block by block from ``rows_fn(r0, r1) -> (x, y)`` float64."""
+    xm = np.empty((1, ho, wo), np.float32)
+    ym = np.empty((1, ho, wo), np.float32)
+    for r0, r1 in _blocks(ho, wo):
+        x, y = rows_fn(r0, r1)
+        xm[0, r0:r1] = snap(x, mode, dtype)
+        ym[0, r0:r1] = snap(y, mode, dtype)
+    return xm, ym
+
+
+def _erp_plan_from_maps(xm, ym, h: int, w: int, mode: str, dtype: torch.dtype) -> RemapPlan:
+    return RemapPlan(list(xm), list(ym), (h, w), mode, "wrap", erp_patch(xm, ym, h, w, mode, dtype))
+
+
+def build_rotate_remap(h: int, w: int, r: np.ndarray, mode: str, dtype: torch.dtype) -> RemapPlan:
+    """Plan for rotate_erp: ``out(d) = in(R d)`` (float64 math in row blocks, float32 maps)."""
+    slon, clon, slat, clat = _erp_trig(h, w)
+    cols = [r[i, 0] * slon + r[i, 2] * clon for i in range(3)]
+
+    def rows(r0, r1):
+        d = [_rank2(clat[r0:r1], cols[i], slat[r0:r1], r[i, 1]) for i in range(3)]
+        return _lonlat_xy(d[0], d[1], d[2], h, w)
+
+    xm, ym = _erp_maps_by_rows(h, w, rows, mode, dtype)
+    return _erp_plan_from_maps(xm, ym, h, w, mode, dtype)
+
+
+def build_e2p_remap(xm_: float, ym_: float, h: int, w: int, eh: int, ew: int, r: np.ndarray, mode: str,
+                    dtype: torch.dtype) -> RemapPlan:
+    """Plan for e2p: pinhole view pixels (x_j, y_i, 1) (``perspective_points``), world ``R p``."""
+    # torch.linspace, exactly as perspective_points (symmetric: the centre is exactly 0, which
+    # fixes the longitude of a view pixel that looks straight at a pole like the torch path)
+    xs = torch.linspace(-xm_, xm_, w, dtype=torch.float64).numpy() if w > 1 else np.zeros(1)
+    ys = torch.linspace(ym_, -ym_, h, dtype=torch.float64).numpy() if h > 1 else np.zeros(1)
+
+    def rows(r0, r1):
+        d = []
+        for i in range(3):
+            v = np.add.outer(r[i, 1] * ys[r0:r1], r[i, 0] * xs)
+            v += r[i, 2]
+            d.append(v)
+        return _lonlat_xy(d[0], d[1], d[2], eh, ew)
+
+    xm, ym = _erp_maps_by_rows(h, w, rows, mode, dtype)
+    return _erp_plan_from_maps(xm, ym, eh, ew, mode, dtype)
+
+
+def build_p2e_remap(xm_: float, ym_: float, h: int, w: int, eh: int, ew: int, r: np.ndarray, mode: str,
+                    dtype: torch.dtype) -> RemapPlan:
+    """Plan for p2e: (col, row) of every ERP pixel in the view (camera frame ``p = R^T d``) and
+    the coverage mask; the same rule as the torch path (outside: 0, mask 0)."""
+    slon, clon, slat, clat = _erp_trig(eh, ew)
+    cols = [r[0, i] * slon + r[2, i] * clon for i in range(3)]  # p_i = sum_k R[k, i] d_k
+    xmap = np.empty((1, eh, ew), np.float32)
+    ymap = np.empty((1, eh, ew), np.float32)
+    mask = np.empty((eh, ew), np.bool_)
+    for r0, r1 in _blocks(eh, ew):
+        px, py, pz = (_rank2(clat[r0:r1], cols[i], slat[r0:r1], r[1, i]) for i in range(3))
+        front = pz > 1e-9
+        pz[~front] = 1.0
+        np.divide(1.0, pz, out=pz)
+        col = px
+        col *= pz
+        col += xm_
+        col *= (w - 1) / (2 * xm_)
+        row = py
+        row *= pz
+        np.subtract(ym_, row, out=row)
+        row *= (h - 1) / (2 * ym_)
+        inside = front & (col >= -0.5) & (col <= w - 0.5) & (row >= -0.5) & (row <= h - 0.5)
+        out = ~inside
+        col[out] = 0.0
+        row[out] = 0.0
+        np.clip(col, 0, w - 1, out=col)
+        np.clip(row, 0, h - 1, out=row)
+        xmap[0, r0:r1] = snap(col, mode, dtype)
+        ymap[0, r0:r1] = snap(row, mode, dtype)
+        mask[r0:r1] = inside
+    m = torch.from_numpy(mask).to(work_dtype(dtype))[None, None]
+    return RemapPlan(list(xmap), list(ymap), (h, w), mode, "replicate", None, mask=m)

@@ -10,7 +10,7 @@ from ..errors import PanoInputError
 from ._checks import check_erp
 from .directions import dirs_to_lonlat, erp_directions, rotation_matrix
 from .perspective import _angles
-from .remap import build_erp_remap, fast_path_ok, fits, work_dtype
+from .remap import build_rotate_remap, fast_path_ok, fits, work_dtype
 from .sampling import build_erp_plan, cached_plan, check_mode, default_row_chunks, sampling_dtype
 
 
@@ -29,9 +29,7 @@ def rotate_erp(erp: torch.Tensor, yaw: float = 0.0, pitch: float = 0.0, roll: fl
         wd = work_dtype(erp.dtype)
 
         def build_cv():
-            d = erp_directions(h, w, dtype=torch.float64)
-            lon, lat = dirs_to_lonlat(d @ rotation_matrix(yaw, pitch, roll, dtype=torch.float64).T)
-            return build_erp_remap(lon[None].numpy(), lat[None].numpy(), h, w, mode, wd)
+            return build_rotate_remap(h, w, rotation_matrix(yaw, pitch, roll, dtype=torch.float64).numpy(), mode, wd)
 
         return cached_plan(("rotate", h, w, yaw, pitch, roll, mode, "cv2", wd), build_cv)(erp)
     dt = sampling_dtype(erp.dtype, erp.device)
