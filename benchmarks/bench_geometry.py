@@ -16,8 +16,8 @@ For each ERP width W (face size W/4, ERP W x W/2, float32, 3 channels) it times,
 
 plus the round-trip PSNR ERP -> cube -> ERP of each library on a real panorama resized to W x W/2.
 Contenders are run round-robin (one call of each per round, ``--repeat`` rounds after one warm-up
-round) so that load from other processes affects all of them alike; the table shows medians in
-milliseconds. Targets (issue 2, 2 CPU cores): ours one-shot >= 2x faster than py360convert cold,
+round, 20 ms pause before each timed call) so that load from other processes affects all of them
+alike; the table shows medians in milliseconds. Targets (issue 2, 2 CPU cores): ours one-shot >= 2x faster than py360convert cold,
 ours cached >= 10x faster than py360convert cold; ours cached vs py360convert warm is shown for
 transparency. Threads: ``torch.set_num_threads`` and ``cv2.setNumThreads`` (default 2).
 """
@@ -55,7 +55,8 @@ def clear_py360_caches(py360convert) -> None:
 
 
 def round_robin(contenders: dict, repeat: int) -> dict:
-    """{name: (fn, before)} -> {name: median ms}; one warm-up round, then ``repeat`` rounds."""
+    """{name: (fn, before, rounds)} -> {name: median ms}; one warm-up round, then up to ``repeat``
+    timed rounds (``rounds`` for that contender); ``before`` runs untimed before each call."""
     times = {k: [] for k in contenders}
     for r in range(repeat + 1):
         for name, (fn, before, reps) in contenders.items():
@@ -63,6 +64,7 @@ def round_robin(contenders: dict, repeat: int) -> dict:
                 continue
             if before is not None:
                 before()
+            time.sleep(0.02)  # let other threads (e.g. torch's spinning OpenMP workers) settle first
             t = time.perf_counter()
             fn()
             dt = time.perf_counter() - t
