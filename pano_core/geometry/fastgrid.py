@@ -119,7 +119,10 @@ def build_c2e_plan(s: int, h: int, w: int, mode: str, device, dtype, row_chunks:
     # patches (taps resolved through 3D onto the neighbour face)
     gx, gy = grid[0, :, :, 0].double(), grid[0, :, :, 1].double()
     face = torch.where(side, k[None, :].expand(h, w), torch.where(north[:, None], 4.0, 5.0).expand(h, w)).long()
-    jj = (gx / alpha + 0.5) * (s - 1)
-    vv = (gy + 5.0 / 6.0 - face / 3.0) * 6.0 / alpha
-    ii = (vv + 0.5) * (s - 1)
+    if s == 1:  # alpha = 0: a 1-pixel face has the single coordinate 0
+        jj = ii = torch.zeros_like(gx)
+    else:
+        jj = (gx / alpha + 0.5) * (s - 1)
+        vv = (gy + 5.0 / 6.0 - face / 3.0) * 6.0 / alpha
+        ii = (vv + 0.5) * (s - 1)
     return build_cube_plan(face[None], jj[None], ii[None], s, mode, dtype, row_chunks)

@@ -360,7 +360,13 @@ def build_e2c_remap(h: int, w: int, s: int, mode: str, dtype: torch.dtype) -> Re
     else:
         lo_, hi_ = 0, s
     patch = None
-    if hi_ > lo_:
+    if float(y_side.min()) < 1.05 or float(y_side.max()) > h - 2.05:
+        # tiny ERPs (h < 8): side-face footprints reach the first/last row too: test everything
+        p = erp_patch(np.stack(xmaps), np.stack(ymaps), h, w, mode, dtype)
+        if p is not None:
+            n, flat, tidx, tw = p
+            patch = (n, flat, tidx, tw)
+    elif hi_ > lo_:
         win = (slice(lo_, hi_), slice(lo_, hi_))
         winD = (slice(s - hi_, s - lo_), slice(lo_, hi_))
         p = erp_patch(np.stack([xu[win], xd[winD]]), np.stack([yu[win], yd[winD]]), h, w, mode, dtype)

@@ -198,6 +198,7 @@ class SamplePlan:
             k, p = tidx.shape
             flat = src.reshape(b, c, hs * ws)
             vals = (flat.index_select(2, tidx.reshape(-1)).view(b, c, k, p) * tw).sum(2)  # (b, c, P)
+            out = out.contiguous()  # (row chunking can leave a non-contiguous view)
             out5 = out.view(b, n, c, h * w)
             out5[:, pn, :, pp] = vals.permute(2, 0, 1)
         return out.to(in_dtype)
