@@ -207,10 +207,12 @@ def test_c2e_without_in_place_stacking_and_batches(calls):
     faces = e2c(torch.rand(2, 3, 32, 64), 16)
     for mode in MODES:
         ref = _torch_path(lambda t, m=mode: c2e(t, mode=m), faces)
-        in_place = rm.build_c2e_remap(16, 32, 64, mode, torch.float32, 3)
-        copied = rm.build_c2e_remap(16, 32, 64, mode, torch.float32, 1)
+        in_place = rm.build_c2e_remap(16, 32, 64, mode, torch.float32, 3, 3)
+        copied = rm.build_c2e_remap(16, 32, 64, mode, torch.float32, 1, 3)
+        hwc = faces.movedim(1, -1).contiguous().movedim(-1, 1)
         a, b = in_place(faces), copied(faces)
-        assert a.shape == (2, 3, 32, 64) and float((a - b).abs().max()) < 1e-5
+        assert a.shape == (2, 3, 32, 64) and float((a - b).abs().max()) == 0.0  # same coordinates
+        assert float((copied(hwc) - a).abs().max()) < 1e-6  # 3-channel HWC remap
         if mode != "nearest":
             assert float((a - ref).abs().max()) < _tol(mode)
 
@@ -257,3 +259,44 @@ def test_tiny_sizes_agree(calls):
                         assert bool(torch.isin(b, inp).all()), (h, s)  # each output is a source pixel
                     else:
                         assert float(d.max()) < _tol(mode), (h, s, mode, float(d.max()))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_channels_last_inputs(mode, calls):
+    """A ComfyUI IMAGE moved to BCHW is channels-last: it is remapped as HWC images (no layout
+    copy) and the result is channels-last too; values equal the torch path's and the
+    contiguous input's."""
+    torch.manual_seed(5)
+    for c in (2, 3, 4):
+        img = torch.rand(2, 48, 96, c)  # (B, H, W, C) as ComfyUI stores it
+        x = img.movedim(-1, 1)
+        assert rm.is_channels_last(x) and not x.is_contiguous()
+        faces_img = e2c(x.contiguous(), 17, "bilinear").movedim(1, -1).contiguous().movedim(-1, 1)
+        for op in OPS:
+            inp = faces_img if op == "c2e" else (_input(op, x.contiguous()).movedim(1, -1).contiguous().movedim(-1, 1))
+            fn = OPS[op](mode)
+            a = _torch_path(fn, inp)
+            b = _fast_path(fn, inp, calls)
+            # HWC sampling where OpenCV treats C channels like one plane (OpenCV 5.0.0: not 2-channel
+            # float32 bilinear, which it rounds to 1/32 pixel); otherwise planes, contiguous result
+            assert b.shape == a.shape and rm.is_channels_last(b) == rm.hwc_faces(inp, mode), (op, c)
+            contiguous = _fast_path(fn, inp.contiguous(), calls)
+            d = (a - b).abs()
+            if mode == "nearest":
+                assert float((d > 1e-6).float().mean()) < 0.02, (op, c)
+                assert float((b - contiguous).abs().max()) == 0.0, (op, c)
+            else:
+                assert float(d.max()) < _tol(mode), (op, c, float(d.max()))
+                assert float((b - contiguous).abs().max()) < _tol(mode), (op, c)  # c2e: other map rounding
+    # layouts of a channels-last e2c result
+    x = torch.rand(1, 16, 32, 3).movedim(-1, 1)
+    ref = e2c(x.contiguous(), 8)
+    for layout in ("list", "dict", "horizon", "dice"):
+        a, b = e2c(x, 8, layout=layout), e2c(x.contiguous(), 8, layout=layout)
+        if layout == "list":
+            assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(a, b))
+        elif layout == "dict":
+            assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in FACE_NAMES)
+        else:
+            assert torch.allclose(a, b, atol=1e-6)
+    assert torch.allclose(e2c(x, 8), ref, atol=1e-6)

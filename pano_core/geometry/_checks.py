@@ -31,11 +31,15 @@ def _cv_finite(x: object, channels) -> bool:
         or x.numel() == 0
         or x.device.type != "cpu"
         or x.dtype not in (torch.float32, torch.float64)
-        or not x.is_contiguous()
         or (channels is not None and x.shape[1] not in channels)
     ):
         return False
-    a = x.detach().numpy().reshape(-1, x.shape[-1])
+    if x.is_contiguous():
+        a = x.detach().numpy().reshape(-1, x.shape[-1])
+    elif x.permute(0, 2, 3, 1).is_contiguous():  # channels-last (a ComfyUI IMAGE moved to BCHW)
+        a = x.detach().permute(0, 2, 3, 1).numpy().reshape(-1, x.shape[-1] * x.shape[1])
+    else:
+        return False
     return a.shape[0] < 2**31 - 1 and math.isfinite(cv2.sumElems(a)[0])
 
 

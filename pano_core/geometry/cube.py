@@ -8,7 +8,15 @@ from ..errors import PanoInputError
 from ._checks import check_bchw, check_erp, check_faces
 from .directions import FACE_NAMES, dirs_to_cube, dirs_to_lonlat, erp_directions, face_points
 from .fastgrid import build_c2e_plan, build_e2c_plan
-from .remap import build_c2e_remap, build_e2c_remap, cube_stride_for, fast_path_ok, fits, work_dtype
+from .remap import (
+    build_c2e_remap,
+    build_e2c_remap,
+    cube_stride_for,
+    fast_path_ok,
+    fits,
+    hwc_faces,
+    work_dtype,
+)
 from .sampling import (
     build_cube_plan,
     build_erp_plan,
@@ -48,7 +56,7 @@ def _layout(stack: torch.Tensor, layout: str):
     """:func:`faces_to_layout` without the input checks (for results of :func:`e2c`)."""
     bn, c, s, _ = stack.shape
     b = bn // 6
-    v = stack.view(b, 6, c, s, s)
+    v = stack.reshape(b, 6, c, s, s)  # a view (also of channels-last results)
     if layout == "stack":
         return stack
     if layout == "list":
@@ -175,11 +183,12 @@ def c2e(cube, height: int | None = None, width: int | None = None, mode: str = "
     if width != 2 * height:
         raise PanoInputError(f"width/height: an equirectangular output must be 2:1, got {width}x{height}")
     if fast_path_ok(faces, mode) and fits(height, width):  # cv2.remap on the CPU (no gradient needed)
-        stride = cube_stride_for(s, faces.shape[1])
+        stride = cube_stride_for(s, faces.shape[1], hwc_faces(faces, mode))
         if stride is not None:
             wd = work_dtype(faces.dtype)
-            key = ("c2e", s, height, width, mode, "cv2", stride, wd)
-            return cached_plan(key, lambda: build_c2e_remap(s, height, width, mode, wd, stride))(faces)
+            c = faces.shape[1]
+            key = ("c2e", s, height, width, mode, "cv2", stride, c, wd)
+            return cached_plan(key, lambda: build_c2e_remap(s, height, width, mode, wd, stride, c))(faces)
     dt = sampling_dtype(faces.dtype, faces.device)
     plan = _c2e_plan(s, height, width, mode, faces.device, dt)
     return plan(faces_to_atlas(faces.to(dt))).to(faces.dtype)

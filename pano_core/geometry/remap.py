@@ -55,7 +55,7 @@ def fast_path_ok(x: torch.Tensor, mode: str = "bilinear") -> bool:
 
 
 @functools.cache
-def borders_ok(mode: str, dtype: torch.dtype) -> bool:
+def borders_ok(mode: str, dtype: torch.dtype, channels: int = 1) -> bool:
     """Whether cv2.remap wraps/replicates correctly for this mode and dtype (probed once).
 
     OpenCV 5.0.0 gets bicubic float64 footprints that cross the image border wrong for every
@@ -65,7 +65,9 @@ def borders_ok(mode: str, dtype: torch.dtype) -> bool:
         return False
     rng = np.random.default_rng(0)
     npdt = _NP_DTYPES[dtype]
-    src = rng.random((12, 16))
+    src = rng.random((12, 16, channels))[..., : max(channels, 1)]
+    if channels == 1:
+        src = src[..., 0]
     src = (src * 255).astype(npdt) if npdt == np.uint8 else src.astype(npdt)
     # positions on a 1/32 grid plus a little: no rounding ties, footprints across every border
     xs = (np.rint(rng.uniform(-1.5, 16.5, (6, 40)) * 32) / 32 + 1 / 256).astype(np.float32)
@@ -73,7 +75,7 @@ def borders_ok(mode: str, dtype: torch.dtype) -> bool:
     interp = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}[mode]
     for border, pad in ((cv2.BORDER_WRAP, "wrap"), (cv2.BORDER_REPLICATE, "edge")):
         got = cv2.remap(src, xs, ys, interp, borderMode=border).astype(np.float64)
-        big = np.pad(src, 4, mode=pad)
+        big = np.pad(src, ((4, 4), (4, 4)) + ((0, 0),) * (src.ndim - 2), mode=pad)
         ref = cv2.remap(big, xs + 4, ys + 4, interp, borderMode=cv2.BORDER_REPLICATE).astype(np.float64)
         if not np.allclose(got, ref, atol=1e-6 if npdt != np.uint8 else 0.5):
             return False
@@ -86,7 +88,7 @@ def work_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 @functools.cache
-def quantized(mode: str, dtype: torch.dtype) -> bool:
+def quantized(mode: str, dtype: torch.dtype, channels: int = 1) -> bool:
     """Whether cv2.remap rounds sampling coordinates to 1/32 pixel for this mode and dtype.
 
     Probed once on the installed OpenCV (OpenCV 5 samples float32 bilinear/bicubic at the exact
@@ -96,11 +98,12 @@ def quantized(mode: str, dtype: torch.dtype) -> bool:
         return False
     npdt = _NP_DTYPES[work_dtype(dtype)]
     src = np.tile(np.array([0, 0, 100, 200, 200, 200, 200, 200], dtype=np.float64), (4, 1))
+    src_c = np.repeat(src[..., None], channels, axis=-1) if channels > 1 else src
     x0 = 2.014  # 2 + 0.448 / 32: exact and 1/32-rounded coordinates give clearly different values
     interp = cv2.INTER_LINEAR if mode == "bilinear" else cv2.INTER_CUBIC
     mx = np.full((1, 1), x0, np.float32)
     my = np.full((1, 1), 1.0, np.float32)
-    got = float(cv2.remap(src.astype(npdt), mx, my, interp)[0, 0])
+    got = float(np.asarray(cv2.remap(src_c.astype(npdt), mx, my, interp)).reshape(-1)[0])
 
     def ref(x):
         xs, ys, ws = taps_np(np.array([x]), np.array([1.0]), mode)
@@ -208,6 +211,11 @@ class RemapPlan:
     starting ``c S`` rows in; ``cube_stride`` is the C the maps were built for: 1 means that each
     channel is first copied into a contiguous (6 S, S) atlas). ``patch``: None or (n_idx,
     flat_pixel, tidx, tw) with tidx indexing the flattened source plane of one channel.
+
+    Channels-last sources (2-4 channels stored as (B, H, W, C), e.g. a ComfyUI IMAGE moved to
+    BCHW) are sampled as multi-channel HWC images instead, and the result is channels-last too
+    (:meth:`hwc_ok`); a c2e plan for them is built with ``cube_stride = 1`` (an HWC (6 S, S)
+    atlas is then the faces themselves).
     """
 
     def __init__(self, xmaps, ymaps, src_hw, mode: str, border: str, patch=None, source: str = "planes",
@@ -258,12 +266,48 @@ class RemapPlan:
             for k in range(c):
                 yield i, k, np.ascontiguousarray(v[i, :, k]).reshape(6 * s, s)
 
+    def hwc_ok(self, src: torch.Tensor) -> bool:
+        """Whether ``src`` is sampled as HWC images: a channels-last tensor (e.g. a ComfyUI IMAGE
+        moved to BCHW) of 2 to 4 channels, for a plane source or a stride-1 cube plan, where
+        OpenCV samples C-channel images like single planes (probed: OpenCV 5.0.0 rounds 2-channel
+        float32 bilinear coordinates to 1/32 pixel but not 1-, 3- or 4-channel ones)."""
+        if not ((self.source == "planes" or self.cube_stride == 1) and is_channels_last(src)):
+            return False
+        c, dt = src.shape[1], src.dtype
+        return quantized(self.mode, dt, c) == quantized(self.mode, dt) and borders_ok(self.mode, dt, c)
+
+    def _call_hwc(self, x: torch.Tensor) -> torch.Tensor:
+        """Channels-last source -> channels-last result: one multi-channel remap per image, no
+        layout conversion on the way in or out."""
+        a = x.permute(0, 2, 3, 1).numpy()  # (B, Hs, Ws, C), contiguous
+        bsz, _, _, c = a.shape
+        if self.source == "cube":
+            s = a.shape[2]
+            a = a.reshape(bsz // 6, 6 * s, s, c)  # per panorama a (6 S, S) atlas of C channels
+        nb = a.shape[0]
+        out = np.empty((nb * self.n, self.h, self.w, c), dtype=a.dtype)
+        patch = self.patch
+        for i in range(nb):
+            for n in range(self.n):
+                cv2.remap(a[i], self.xmaps[n], self.ymaps[n], self.interp, dst=out[i * self.n + n],
+                          borderMode=self.border)
+            if patch is not None:
+                pn, pp, tidx, tw = patch
+                vals = (a[i].reshape(-1, c)[tidx] * tw[..., None]).sum(0)  # (P, C)
+                if out.dtype == np.uint8:
+                    vals = np.clip(np.rint(vals), 0, 255)
+                out.reshape(nb, self.n, self.h * self.w, c)[i, pn, pp] = vals
+        return torch.from_numpy(out).permute(0, 3, 1, 2)
+
     def __call__(self, src: torch.Tensor) -> torch.Tensor:
         in_dtype = src.dtype
         wd = work_dtype(in_dtype)
         x = src.detach()
         if x.dtype != wd:
             x = x.to(wd)
+        if self.hwc_ok(x):
+            res = self._call_hwc(x)
+            return res if res.dtype == in_dtype else res.to(in_dtype)
         a = x.contiguous().numpy()
         bsz, c = a.shape[:2]
         nb = bsz // 6 if self.source == "cube" else bsz
@@ -283,6 +327,19 @@ class RemapPlan:
                 o5[i, pn, k, pp] = vals
         res = torch.from_numpy(out)
         return res if res.dtype == in_dtype else res.to(in_dtype)
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """A 4D tensor of 2-4 channels stored as (B, H, W, C) (``movedim(-1, 1)`` of an HWC batch)."""
+    return x.ndim == 4 and 1 < x.shape[1] <= 4 and not x.is_contiguous() and x.permute(0, 2, 3, 1).is_contiguous()
+
+
+def hwc_faces(faces: torch.Tensor, mode: str) -> bool:
+    """Whether c2e samples these faces as HWC images (then its plan uses ``cube_stride = 1``)."""
+    if not is_channels_last(faces):
+        return False
+    c, dt = faces.shape[1], work_dtype(faces.dtype)
+    return quantized(mode, dt, c) == quantized(mode, dt) and borders_ok(mode, dt, c)
 
 
 def fits(*sides: int) -> bool:
@@ -379,9 +436,11 @@ def build_e2c_remap(h: int, w: int, s: int, mode: str, dtype: torch.dtype) -> Re
     return RemapPlan(xmaps, ymaps, (h, w), mode, "wrap", patch)
 
 
-def cube_stride_for(s: int, c: int) -> int | None:
-    """C the c2e maps are built for (the faces used in place), 1 (per-channel atlas copy) or None
-    (too large for cv2)."""
+def cube_stride_for(s: int, c: int, channels_last: bool = False) -> int | None:
+    """C the c2e maps are built for (the faces used in place), 1 (channels-last faces, used in
+    place as an HWC atlas, or a per-channel atlas copy) or None (too large for cv2)."""
+    if channels_last:
+        return 1 if 6 * s <= MAX_SIDE else None
     if (5 * c + 1) * s <= MAX_SIDE:
         return c
     if 6 * s <= MAX_SIDE:
@@ -389,7 +448,8 @@ def cube_stride_for(s: int, c: int) -> int | None:
     return None
 
 
-def build_c2e_remap(s: int, h: int, w: int, mode: str, dtype: torch.dtype, stride: int) -> RemapPlan:
+def build_c2e_remap(s: int, h: int, w: int, mode: str, dtype: torch.dtype, stride: int,
+                    channels: int | None = None) -> RemapPlan:
     """Plan for c2e: faces (6, C, S, S) -> ERP (h, w); face ``f`` pixel (i, j) is read at
     map (x = j, y = f stride S + i).
 
@@ -397,10 +457,15 @@ def build_c2e_remap(s: int, h: int, w: int, mode: str, dtype: torch.dtype, strid
     |lat| <= 35.26° (|tan lat| <= cos 45°) are side pixels only; the polar bands mix a side face
     and U/D (rank-1 products cot|lat| sin(lon), cot|lat| cos(lon)), selected per pixel. The
     bottom band is the top band mirrored (D is U mirrored). Face-local coordinates are clamped
-    to [0, S - 1] so that a footprint never reaches a neighbouring face in the stacked source.
+    to [0, S - 1] so that a footprint never reaches a neighbouring face in the stacked source, and
+    face-local rows are rounded to the float32 grid of the largest stacked row any layout of
+    these ``channels`` can use (:func:`_snap_local`), so that every layout samples alike.
     Built with single-threaded numpy (see :func:`build_e2c_remap`).
     """
     f64, f32 = np.float64, np.float32
+    c = channels if channels is not None else stride
+    ymax = 6 * s * (c if cube_stride_for(s, c) == c else 1)
+    step = 2.0 ** (math.ceil(math.log2(max(ymax, 2))) - 24)
     a = 0.5 * (s - 1)
     lon = ((np.arange(w, dtype=f64) + 0.5) / w - 0.5) * (2 * math.pi)
     lat = (0.5 - (np.arange(h, dtype=f64) + 0.5) / h) * math.pi
@@ -423,12 +488,9 @@ def build_c2e_remap(s: int, h: int, w: int, mode: str, dtype: torch.dtype, strid
     xmap[mid] = jside32[None, :]
     ym = ymap[mid]
     np.multiply.outer(tanlat[mid].astype(f32), coef, out=ym)
-    if mode == "nearest":  # round the face-local row, then add the face offset (exact in float32)
-        ym += f32(a)
-        np.rint(ym, out=ym)
-        ym += koff[None, :]
-    else:
-        ym += (koff + f32(a))[None, :]
+    ym += f32(a)
+    _snap_local(ym, mode, step)
+    ym += koff[None, :]
     if band:
         tl = tanlat[:band]
         cot = (1.0 / tl).astype(f32)  # top band: lat > 0
@@ -447,7 +509,7 @@ def build_c2e_remap(s: int, h: int, w: int, mode: str, dtype: torch.dtype, strid
         np.clip(ii, 0, s - 1, out=ii)
         if mode == "nearest":
             np.rint(jj, out=jj)
-            np.rint(ii, out=ii)
+        _snap_local(ii, mode, step)
         top, bot = slice(0, band), slice(h - band, h)
         xmap[top] = jj
         xmap[bot] = jj[::-1]
@@ -461,6 +523,18 @@ def build_c2e_remap(s: int, h: int, w: int, mode: str, dtype: torch.dtype, strid
     if mode == "bicubic":
         patch = _c2e_bicubic_patch(xmap, ymap, s, stride, dtype)
     return RemapPlan([xmap], [ymap], (6 * s, s), mode, "replicate", patch, source="cube", cube_stride=stride)
+
+
+def _snap_local(i: np.ndarray, mode: str, step: float) -> None:
+    """Round face-local rows in place: to whole pixels (nearest) or to multiples of ``step`` (a
+    power of two), so that adding a face offset is exact in float32 and the map does not depend on
+    how the faces are stacked (channels in place, an HWC atlas or a per-channel copy)."""
+    if mode == "nearest":
+        np.rint(i, out=i)
+    else:
+        i *= np.float32(1.0 / step)
+        np.rint(i, out=i)
+        i *= np.float32(step)
 
 
 def _c2e_bicubic_patch(xm: np.ndarray, ym: np.ndarray, s: int, stride: int, dtype: torch.dtype):
