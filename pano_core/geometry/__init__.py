@@ -25,6 +25,12 @@ All sampling functions take batched BCHW float tensors on any device, support ``
 ``bilinear`` and ``bicubic``, wrap around the 0°/360° seam and over the poles without a clamping
 seam, are differentiable w.r.t. the image, and cache their sampling grids in a bounded LRU cache
 (:func:`cache_info`, :func:`clear_cache`, :func:`set_cache_limits`).
+
+Two sampling paths give the same results: CPU tensors that need no gradient are sampled with
+``cv2.remap`` on analytic float32 maps (:mod:`.remap`, several times faster); tensors that require
+grad, CUDA/other devices and the rare mode/dtype OpenCV mishandles use ``torch.grid_sample``
+(:mod:`.sampling`). Channels-last inputs (a ComfyUI IMAGE moved to BCHW) give channels-last
+results on the CPU path.
 """
 
 from .cube import DICE_XY, LAYOUTS, c2e, e2c, faces_to_layout, layout_to_faces

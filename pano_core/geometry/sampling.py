@@ -8,7 +8,11 @@ pole, or across a cube-face edge) are recomputed exactly from explicit tap indic
 (the "patch"), so wrap-around sampling has no clamping seam and no padded copy of the source is
 ever made. Everything is differentiable with respect to the source image.
 
-Plans are cached in a bounded LRU cache keyed by (kind, shapes, parameters, mode, device, dtype).
+Plans are cached in a bounded LRU cache keyed by (kind, shapes, parameters, mode, device, dtype);
+the same cache holds the cv2.remap plans of the CPU path (:mod:`.remap`).
+
+This is the path for autograd and non-CPU devices; CPU tensors that need no gradient take the
+cv2.remap path of :mod:`.remap`, which gives the same results.
 """
 
 from __future__ import annotations
