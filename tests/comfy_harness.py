@@ -53,6 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -127,6 +128,25 @@ class ComfyExecutionError(ComfyHarnessError):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def import_pack_inprocess(name: str) -> types.ModuleType:
+    """Import the repository root as a package called ``name``, the way ComfyUI loads a custom
+    node pack (needs ComfyUI importable in this process: the ``comfy_inprocess`` fixture)."""
+    import importlib.util
+
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, REPO_ROOT / "__init__.py", submodule_search_locations=[str(REPO_ROOT)]
+        )
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        try:
+            spec.loader.exec_module(mod)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
 
 
 def comfyui_path() -> Path:

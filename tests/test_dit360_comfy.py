@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
 from pathlib import Path
 
+import comfy_harness
 import pytest
 import torch
 
@@ -18,12 +18,7 @@ LAT_H, LAT_W = 8, 32  # 64 x 256 px -> 4 x 16 tokens
 
 @pytest.fixture(scope="module")
 def pack(comfy_inprocess):
-    if PACK_NAME not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT)])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_NAME] = mod
-        spec.loader.exec_module(mod)
+    comfy_harness.import_pack_inprocess(PACK_NAME)
     return importlib.import_module(f"{PACK_NAME}.nodes.dit360")
 
 

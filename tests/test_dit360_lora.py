@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
 from pathlib import Path
 
+import comfy_harness
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -93,12 +93,7 @@ def test_match_messages_for_no_lora_and_long_lists():
 
 @pytest.fixture(scope="module")
 def node_mod(comfy_inprocess):
-    if PACK_NAME not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT)])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_NAME] = mod
-        spec.loader.exec_module(mod)
+    comfy_harness.import_pack_inprocess(PACK_NAME)
     return importlib.import_module(f"{PACK_NAME}.nodes.dit360_lora")
 
 

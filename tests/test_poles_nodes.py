@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
-import sys
 from pathlib import Path
 
+import comfy_harness
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,11 +22,7 @@ PACK_NAME = "pano360_pack_poles_under_test"
 @pytest.fixture(scope="module")
 def pack(comfy_inprocess):
     """The ComfyUI pack imported as a package (as ComfyUI does), its nodes.poles module returned."""
-    if PACK_NAME not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_NAME] = mod
-        spec.loader.exec_module(mod)
+    comfy_harness.import_pack_inprocess(PACK_NAME)
     return importlib.import_module(f"{PACK_NAME}.nodes.poles")
 
 

@@ -6,10 +6,10 @@ import importlib
 import importlib.util
 import io
 import json
-import sys
 import uuid
 from pathlib import Path
 
+import comfy_harness
 import numpy as np
 import pytest
 import torch
@@ -30,13 +30,7 @@ WORKFLOW = {"nodes": [{"id": 1, "type": "LoadImage"}], "links": [], "version": 0
 
 @pytest.fixture(scope="module")
 def save_mod(comfy_inprocess):
-    if PACK_NAME not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            PACK_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
-        )
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_NAME] = mod
-        spec.loader.exec_module(mod)
+    comfy_harness.import_pack_inprocess(PACK_NAME)
     return importlib.import_module(f"{PACK_NAME}.nodes.save")
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
 from pathlib import Path
 
+import comfy_harness
 import numpy as np
 import pytest
 import torch
@@ -21,13 +21,7 @@ PACK_NAME = "pano360_pack_viewer_under_test"
 
 @pytest.fixture(scope="module")
 def viewer_mod(comfy_inprocess):
-    if PACK_NAME not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            PACK_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
-        )
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_NAME] = mod
-        spec.loader.exec_module(mod)
+    comfy_harness.import_pack_inprocess(PACK_NAME)
     return importlib.import_module(f"{PACK_NAME}.nodes.viewer")
 
 
