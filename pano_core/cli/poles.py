@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
-from ..errors import PanoInputError
+from ._args import add_force, check_not_input, finite_float, fraction, nonneg_int, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,21 +27,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--prompt", default="", help="prompt for a diffusers inpainter")
     p.add_argument("--negative-prompt", default=None, help="negative prompt (pipelines that support it)")
-    p.add_argument("--steps", type=int, default=28, help="diffusers: number of inference steps (28)")
-    p.add_argument("--guidance", type=float, default=None, help="diffusers: guidance scale (pipeline default)")
-    p.add_argument("--seed", type=int, default=0, help="diffusers: random seed (0)")
-    p.add_argument("--size", type=int, default=None, help="diffusers: inpaint faces at this size (multiple of 16)")
+    p.add_argument("--steps", type=positive_int, default=28, help="diffusers: number of inference steps (28)")
+    p.add_argument("--guidance", type=finite_float, default=None, help="diffusers: guidance scale (pipeline default)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="diffusers: random seed (0)")
+    p.add_argument("--size", type=positive_int, default=None, help="diffusers: inpaint faces at this size (multiple of 16)")
     p.add_argument("--dtype", default="auto", help="diffusers: auto, fp32, fp16 or bf16")
     p.add_argument("--device", default=None, help="diffusers: torch device (default cuda if available)")
     p.add_argument(
         "--offload", default="none", choices=("none", "model", "sequential"), help="diffusers: CPU offload mode"
     )
-    p.add_argument("--radius", type=float, default=3.0, help="opencv: inpainting radius in pixels (3)")
-    p.add_argument("--fraction", type=float, default=0.5, help="share of the face side to inpaint (0.5)")
-    p.add_argument("--feather", type=int, default=16, help="blend band in face pixels outside the mask (16)")
-    p.add_argument("--face-size", type=int, default=0, help="pole face size (0: width / 4)")
+    p.add_argument("--radius", type=finite_float, default=3.0, help="opencv: inpainting radius in pixels (3)")
+    p.add_argument("--fraction", type=fraction, default=0.5, help="share of the face side to inpaint (0.5)")
+    p.add_argument("--feather", type=nonneg_int, default=16, help="blend band in face pixels outside the mask (16)")
+    p.add_argument("--face-size", type=nonneg_int, default=0, help="pole face size (0: width / 4)")
     p.add_argument("--bits", type=int, choices=(8, 16), default=None, help="output bit depth (default: input's)")
-    p.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+    add_force(p, "overwrite the output if it exists")
     p.set_defaults(func=run)
 
 
@@ -52,9 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import check_writable, image_bits, read_image, write_image
     from ..poles import make_inpainter, refine_poles
 
-    out_path = Path(args.output)
-    if Path(args.input).resolve() == out_path.resolve() and not args.force:
-        raise PanoInputError(f"output: {out_path} is the input file; pass --force to overwrite it")
+    out_path = check_not_input(args.input, args.output, args.force)
     check_writable(out_path, args.force)
     erp = read_image(args.input, "input")
     spec = args.inpainter.strip()
