@@ -50,18 +50,6 @@ _FACE_SIZE = (
 )
 
 
-def _split_alpha(erp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if erp.shape[1] == 4:
-        return erp[:, :3], erp[:, 3:]
-    if erp.shape[1] == 1:
-        return erp.expand(-1, 3, -1, -1), None
-    return erp, None
-
-
-def _join_alpha(out: torch.Tensor, alpha: torch.Tensor | None) -> torch.Tensor:
-    return out if alpha is None else torch.cat([out, alpha], dim=1)
-
-
 def _erp(image) -> torch.Tensor:
     erp = image_to_bchw(image, "panorama")
     if erp.shape[1] not in (1, 3, 4):
@@ -130,7 +118,7 @@ class Pano360MergePoleFaces:
         erp = _erp(panorama)
         faces = image_to_bchw(pole_faces, "pole_faces")
         masks = mask_to_bchw(pole_masks, "pole_masks") if pole_masks is not None else None
-        rgb, alpha = _split_alpha(erp)
+        rgb, _ = poles.split_rgb_alpha(erp)
         if faces.shape[1] == 4:
             faces = faces[:, :3]
         elif faces.shape[1] == 1:
@@ -138,9 +126,7 @@ class Pano360MergePoleFaces:
         if faces.shape[1] != rgb.shape[1]:
             raise PanoInputError(f"pole_faces: expected {rgb.shape[1]} channels like the panorama, got {faces.shape[1]}")
         out = poles.merge_pole_faces(rgb, faces, masks, feather=feather, fraction=fraction)
-        if erp.shape[1] == 1:
-            out = torch.where((out == rgb).all(1, keepdim=True), erp, out.mean(dim=1, keepdim=True))
-        return (bchw_to_image(_join_alpha(out, alpha)),)
+        return (bchw_to_image(poles.join_rgb_alpha(out, rgb, erp)),)
 
 
 class Pano360RefinePolesOpenCV:
@@ -222,7 +208,7 @@ class Pano360RefinePoles:
         erp = _erp(panorama)
         poles.check_feather(feather)
         poles.check_fraction(fraction)
-        rgb, alpha = _split_alpha(erp)
+        rgb, _ = poles.split_rgb_alpha(erp)
         s = poles.pole_face_size(rgb.shape[-1], face_size or None, multiple=16)
         faces, masks = poles.extract_pole_faces(rgb, fraction=fraction, face_size=s)
 
@@ -253,9 +239,7 @@ class Pano360RefinePoles:
                 "is the VAE the model's own?"
             )
         out = poles.merge_pole_faces(rgb, new_faces.to(rgb.dtype), masks, feather=feather)
-        if erp.shape[1] == 1:
-            out = torch.where((out == rgb).all(1, keepdim=True), erp, out.mean(dim=1, keepdim=True))
-        return (bchw_to_image(_join_alpha(out, alpha)), bchw_to_image(new_faces))
+        return (bchw_to_image(poles.join_rgb_alpha(out, rgb, erp)), bchw_to_image(new_faces))
 
 
 NODE_CLASS_MAPPINGS = {

@@ -735,6 +735,33 @@ def make_inpainter(spec: str | Inpainter | None = "opencv", **kwargs: Any) -> In
 
 
 # --------------------------------------------------------------------------------------------
+# channels: models inpaint RGB; grey and alpha panoramas are mapped to RGB and back
+
+
+def split_rgb_alpha(erp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Split a 1–4 channel panorama into RGB (grey expanded to 3 channels) and alpha (or None).
+
+    Channel counts 2 and 4 carry alpha in the last channel.
+    """
+    c = erp.shape[1]
+    colour, alpha = (erp[:, :-1], erp[:, -1:]) if c in (2, 4) else (erp, None)
+    rgb = colour.expand(-1, 3, -1, -1) if colour.shape[1] == 1 else colour
+    return rgb, alpha
+
+
+def join_rgb_alpha(out: torch.Tensor, rgb: torch.Tensor, erp: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`split_rgb_alpha` for a refined ``out`` (same shape as ``rgb``): a grey
+    panorama gets the channel mean where ``out`` changed (unchanged pixels stay bit-identical);
+    the alpha channel of ``erp`` is re-attached unchanged."""
+    c = erp.shape[1]
+    colour = erp[:, :-1] if c in (2, 4) else erp
+    if colour.shape[1] == 1:
+        changed = (out != rgb).any(dim=1, keepdim=True)
+        out = torch.where(changed, out.mean(dim=1, keepdim=True), colour)
+    return torch.cat([out, erp[:, -1:]], dim=1) if c in (2, 4) else out
+
+
+# --------------------------------------------------------------------------------------------
 # one shot
 
 

@@ -335,3 +335,25 @@ def test_cli_keeps_16_bit_and_alpha(tmp_path):
     assert torch.equal(a[:, :, mid], b[:, :, mid])
     assert not torch.equal(a, b)
     assert math.isfinite(float(b.sum()))
+
+
+def test_split_and_join_rgb_alpha_round_trip():
+    from pano_core.poles import join_rgb_alpha, split_rgb_alpha
+
+    g = torch.rand(1, 1, 8, 16)
+    a = torch.rand(1, 1, 8, 16)
+    for erp, channels in ((g, 1), (torch.cat([g, a], 1), 2), (torch.rand(1, 3, 8, 16), 3), (torch.rand(1, 4, 8, 16), 4)):
+        rgb, alpha = split_rgb_alpha(erp)
+        assert rgb.shape[1] == 3
+        assert (alpha is None) == (channels in (1, 3))
+        out = rgb.clone()
+        out[:, :, 0, 0] = torch.tensor([0.1, 0.2, 0.6])  # a "refined" pixel
+        back = join_rgb_alpha(out, rgb, erp)
+        assert back.shape == erp.shape
+        if channels in (2, 4):
+            assert torch.equal(back[:, -1:], erp[:, -1:])  # alpha untouched
+        if channels in (1, 2):
+            assert torch.isclose(back[0, 0, 0, 0], torch.tensor(0.3))  # changed grey pixel = channel mean
+        unchanged = torch.ones(8, 16, dtype=torch.bool)
+        unchanged[0, 0] = False
+        assert torch.equal(back[..., unchanged], erp[..., unchanged])  # everything else bit-identical

@@ -46,10 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..io import check_writable, image_bits, read_image, write_image
-    from ..poles import make_inpainter, refine_poles
+    from ..poles import join_rgb_alpha, make_inpainter, refine_poles, split_rgb_alpha
 
     out_path = check_not_input(args.input, args.output, args.force)
     check_writable(out_path, args.force)
@@ -71,18 +69,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         inpainter = make_inpainter(spec, radius=args.radius)
     t0 = time.perf_counter()
-    image = erp
-    alpha = None
-    if erp.shape[1] in (2, 4) and not spec.lower().startswith("opencv"):
-        image, alpha = erp[:, :-1], erp[:, -1:]
-    if spec.lower().startswith("diffusers:") and image.shape[1] == 1:
-        image = image.expand(-1, 3, -1, -1)
-    out = refine_poles(image, inpainter, fraction=args.fraction, feather=args.feather, face_size=args.face_size or None)
-    if erp.shape[1] == 1 and out.shape[1] == 3:
-        changed = (out != image).any(dim=1, keepdim=True)
-        out = torch.where(changed, out.mean(dim=1, keepdim=True), erp)
-    if alpha is not None:
-        out = torch.cat([out, alpha], dim=1)
+    opts = dict(fraction=args.fraction, feather=args.feather, face_size=args.face_size or None)
+    if spec.lower().startswith("opencv"):  # OpenCV inpaints any channel count itself
+        out = refine_poles(erp, inpainter, **opts)
+    else:  # models inpaint RGB
+        rgb, _ = split_rgb_alpha(erp)
+        out = join_rgb_alpha(refine_poles(rgb, inpainter, **opts), rgb, erp)
     bits = args.bits or image_bits(args.input)
     write_image(out_path, out, bits=bits, force=args.force)
     print(f"refine-poles: wrote {out_path} ({out.shape[-1]}x{out.shape[-2]}, {time.perf_counter() - t0:.2f} s)")
