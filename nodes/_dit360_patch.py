@@ -6,7 +6,9 @@ How it works (all tensor math is in :mod:`pano_core.seams.circular`):
    latent that is wider by ``2p`` latent columns (``p`` token columns) per side. The initial
    noise, the latent image, the noise/denoise mask and the inpainting conditioning
    (``concat_latent_image``, ``concat_mask``) are wrap-padded the same way (last columns
-   prepended, first appended) so they stay aligned; the result and the preview/x0 callbacks
+   prepended, first appended) so they stay aligned; so are cond masks and ControlNet hints
+   (on copies of the ControlNet chain, resized first as ComfyUI would resize them for the
+   unpadded latent), and cond areas are shifted by the padding; the result and the preview/x0 callbacks
    are cropped back. As in DiT360, the padded columns are part of the sampler state and
    evolve with it ("re-sync none"). The wrapper also puts the grid size into
    ``transformer_options["pano360_dit360"]`` of this sampling run only.
@@ -70,24 +72,111 @@ def _check_latent_size(h_lat: int, w_lat: int, p: int) -> tuple[int, int]:
     return h_lat // 2, w_tok
 
 
-def _pad_conds(conds: dict, w_lat: int, cols: int) -> None:
-    """Wrap-pad the inpainting conditioning of each cond (these dicts are per-run copies)."""
+def _pad_concat(c: dict, w_lat: int, cols: int) -> None:
+    img = c.get("concat_latent_image")
+    if isinstance(img, torch.Tensor) and img.ndim == 4:
+        if img.shape[-1] == w_lat:
+            c["concat_latent_image"] = circular.pad_latent(img, cols)
+        else:
+            log.warning("Pano360 DiT360 patch: concat_latent_image width %d != latent width %d; not padded",
+                        img.shape[-1], w_lat)
+    m = c.get("concat_mask")
+    if isinstance(m, torch.Tensor) and m.ndim >= 2:
+        if m.shape[-1] % w_lat == 0:
+            c["concat_mask"] = circular.pad_latent(m, cols * (m.shape[-1] // w_lat))
+        else:
+            log.warning("Pano360 DiT360 patch: concat_mask width %d is not a multiple of the latent width %d; "
+                        "not padded", m.shape[-1], w_lat)
+
+
+def _pad_area(area, dims: tuple[int, int], cols: int):
+    """A ComfyUI cond ``area`` (absolute latent units ``(h, w, y, x)`` or ``("percentage", h, w, y,
+    x)``) of the unpadded latent -> the absolute area on the padded latent."""
+    h_lat, w_lat = dims
+    a = list(area)
+    if a and a[0] == "percentage":
+        v = a[1:]
+        if len(v) != 4:
+            return None
+        a = [max(1, round(v[0] * h_lat)), max(1, round(v[1] * w_lat)), round(v[2] * h_lat), round(v[3] * w_lat)]
+    if len(a) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) for v in a):
+        return None
+    x, w = circular.pad_span(a[3], a[1], w_lat, cols)
+    return (a[0], w, a[2], x)
+
+
+def _pad_mask(mask: torch.Tensor, dims: tuple[int, int], cols: int) -> torch.Tensor:
+    """A cond ``mask`` (any resolution, covering the unpadded image) -> latent size, wrap-padded;
+    resized the way ComfyUI resizes it for an unpadded latent, so the padded sampler uses it as is."""
+    import comfy.utils
+
+    h_lat, w_lat = dims
+    m = mask.unsqueeze(0) if mask.ndim == 2 else mask
+    if tuple(m.shape[-2:]) != (h_lat, w_lat):
+        if m.ndim < 4:
+            m = comfy.utils.common_upscale(m.unsqueeze(1), w_lat, h_lat, "bilinear", "none").squeeze(1)
+        else:
+            m = comfy.utils.common_upscale(m, w_lat, h_lat, "bilinear", "none")
+    return circular.pad_latent(m, cols)
+
+
+def _pad_hint(t: torch.Tensor, h: int, w: int, cols: int, algo: str) -> torch.Tensor:
+    """Resize a hint the way ComfyUI does for an ``h x w`` target, then wrap-pad its width."""
+    import comfy.utils
+
+    if t.ndim < 4 or (t.shape[-1] == 1 and t.shape[-2] == 1):
+        return t  # a constant (e.g. the all-ones mask of inpainting ControlNets): nothing to align
+    return circular.pad_latent(comfy.utils.common_upscale(t, w, h, algo, "center"), cols)
+
+
+def _padded_control(control, dims: tuple[int, int], cols: int, memo: dict):
+    """A copy of a ControlNet chain whose hints are resized to the unpadded latent and wrap-padded,
+    so that ComfyUI's resize to the padded latent is the identity and hint columns stay aligned
+    with latent columns. The user's ControlNet objects are never changed; one copy per object (a
+    ControlNet shared by the positive and negative conds stays shared)."""
+    import comfy.controlnet
+
+    if control is None:
+        return None
+    if id(control) in memo:
+        return memo[id(control)]
+    if not isinstance(control, comfy.controlnet.ControlNet) or getattr(control, "cond_hint_original", None) is None:
+        log.warning("Pano360 DiT360 patch: %s hints are not wrap-padded; they are stretched over the padded "
+                    "latent", type(control).__name__)
+        memo[id(control)] = control
+        return control
+    h_lat, w_lat = dims
+    c = control.copy()
+    r = control.compression_ratio
+    vr = control.vae.spacial_compression_encode() if control.vae is not None else 1
+    c.cond_hint_original = _pad_hint(control.cond_hint_original, h_lat * r * vr, w_lat * r * vr, cols * r * vr,
+                                     control.upscale_algorithm)
+    c.extra_concat_orig = [_pad_hint(t, h_lat * r, w_lat * r, cols * r, control.upscale_algorithm)
+                           for t in control.extra_concat_orig]
+    memo[id(control)] = c
+    if control.previous_controlnet is not None:
+        c.set_previous_controlnet(_padded_control(control.previous_controlnet, dims, cols, memo))
+    return c
+
+
+def _pad_conds(conds: dict, dims: tuple[int, int], cols: int) -> None:
+    """Align the spatial parts of every cond with the wrap-padded latent (these dicts are per-run
+    copies made by the guider): inpainting concat, area, mask, ControlNet hints."""
+    h_lat, w_lat = dims
+    memo: dict = {}
     for lst in conds.values():
         for c in lst:
-            img = c.get("concat_latent_image")
-            if isinstance(img, torch.Tensor) and img.ndim == 4:
-                if img.shape[-1] == w_lat:
-                    c["concat_latent_image"] = circular.pad_latent(img, cols)
+            _pad_concat(c, w_lat, cols)
+            if "area" in c:
+                a = _pad_area(c["area"], dims, cols)
+                if a is None:
+                    log.warning("Pano360 DiT360 patch: area %r not understood; left as is", c["area"])
                 else:
-                    log.warning("Pano360 DiT360 patch: concat_latent_image width %d != latent width %d; not padded",
-                                img.shape[-1], w_lat)
-            m = c.get("concat_mask")
-            if isinstance(m, torch.Tensor) and m.ndim >= 2:
-                if m.shape[-1] % w_lat == 0:
-                    c["concat_mask"] = circular.pad_latent(m, cols * (m.shape[-1] // w_lat))
-                else:
-                    log.warning("Pano360 DiT360 patch: concat_mask width %d is not a multiple of the latent width %d; "
-                                "not padded", m.shape[-1], w_lat)
+                    c["area"] = a
+            if isinstance(c.get("mask"), torch.Tensor) and c["mask"].ndim >= 2:
+                c["mask"] = _pad_mask(c["mask"], dims, cols)
+            if c.get("control") is not None:
+                c["control"] = _padded_control(c["control"], dims, cols, memo)
 
 
 class OuterSampleWrapper:
@@ -116,7 +205,7 @@ class OuterSampleWrapper:
         if denoise_mask is not None:
             mask = comfy.sampler_helpers.prepare_mask(denoise_mask, noise.shape, noise.device)
             mask_p = circular.pad_latent(mask, cols)
-        _pad_conds(guider.conds, w_lat, cols)
+        _pad_conds(guider.conds, (h_lat, w_lat), cols)
 
         cb = None
         if callback is not None:

@@ -72,6 +72,7 @@ __all__ = [
     "pad_latent",
     "crop_latent",
     "resync_latent",
+    "pad_span",
     "latent_cols_for_tokens",
     "padded_token_count",
     "padded_pixel_size",
@@ -272,6 +273,26 @@ def crop_latent(x: torch.Tensor, cols: int) -> torch.Tensor:
 def resync_latent(x: torch.Tensor, cols: int) -> torch.Tensor:
     """Rebuild the ``cols`` padded columns per side of a padded latent from its interior."""
     return pad_latent(crop_latent(x, cols), cols)
+
+
+def pad_span(x: int, size: int, width: int, cols: int) -> tuple[int, int]:
+    """Where a horizontal span ``[x, x + size)`` of a ``width``-wide latent lies after
+    :func:`pad_latent` by ``cols``: ``(x', size')``.
+
+    A span is shifted by ``cols``; a span that covers the whole width is widened to the whole
+    padded width (the padded columns are copies of its own edges). Spans are clipped to the
+    latent first.
+    """
+    for name, v in (("x", x), ("size", size), ("width", width), ("cols", cols)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise PanoInputError(f"span {name}: expected an integer, got {v!r}")
+    if width < 1 or cols < 0:
+        raise PanoInputError(f"span: expected width >= 1 and cols >= 0, got width {width}, cols {cols}")
+    x0 = min(max(x, 0), width)
+    x1 = min(max(x + size, x0), width)
+    if x0 == 0 and x1 == width:
+        return 0, width + 2 * cols
+    return x0 + cols, x1 - x0
 
 
 def latent_cols_for_tokens(p: int, patch: int = 2) -> int:

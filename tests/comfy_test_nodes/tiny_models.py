@@ -112,6 +112,29 @@ def build_tiny_flux(seed: int = 0, variant: str = "dev", depth: int = 1, depth_s
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
 
 
+def build_tiny_flux_controlnet(seed: int = 0, latent_input: bool = True):
+    """A real ComfyUI Flux ControlNet (``comfy.controlnet.ControlNet`` around ``ControlNetFlux``)
+    with tiny random weights. ``latent_input``: InstantX style (the hint is VAE-encoded; needs a
+    VAE when applied), else XLabs style (pixel hint through the conv stem, 8x compression)."""
+    import comfy.controlnet
+    import comfy.latent_formats
+    import comfy.ldm.flux.controlnet
+    import comfy.model_management
+    import comfy.ops
+
+    cfg = tiny_flux_unet_config("dev")
+    m = comfy.ldm.flux.controlnet.ControlNetFlux(
+        latent_input=latent_input, control_latent_channels=LATENT_CHANNELS if latent_input else None,
+        operations=comfy.ops.disable_weight_init, device="cpu", dtype=torch.float32, **cfg)
+    init_module_(m, seed)
+    m.to(dtype=torch.float32)
+    load_device = comfy.model_management.get_torch_device()
+    if latent_input:
+        return comfy.controlnet.ControlNet(m, compression_ratio=1, latent_format=comfy.latent_formats.Flux(),
+                                           load_device=load_device, extra_conds=["y", "guidance"])
+    return comfy.controlnet.ControlNet(m, load_device=load_device, extra_conds=["y", "guidance"])
+
+
 # --------------------------------------------------------------------------- text encoder
 
 
