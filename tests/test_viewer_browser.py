@@ -464,6 +464,80 @@ def test_big_panorama_opens_fast_and_downscales_with_notice(comfy, page_factory,
     assert pg.our_errors() == []
 
 
+READ_BLOCK = """([fx, fy, half]) => {
+  const v = app.graph.getNodeById(VIEWER_ID).pano360Viewer; v.renderNow();
+  const gl = v.renderer.gl, c = v.canvas;
+  const x = Math.round(fx * c.width) - half, y = c.height - 1 - Math.round(fy * c.height) - half;
+  const out = new Uint8Array(4 * 2 * half * 2 * half);
+  gl.readPixels(x, y, 2 * half, 2 * half, gl.RGBA, gl.UNSIGNED_BYTE, out);
+  return {px: Array.from(out), w: c.width};
+}""".replace("VIEWER_ID", str(VIEWER_ID))
+
+
+def _block(pg, fx=0.5, fy=0.5, half=12) -> tuple[np.ndarray, int]:
+    """(2 half, 2 half, 3) pixels of the drawing buffer around (fx, fy), and the buffer width."""
+    r = pg.page.evaluate(READ_BLOCK, [fx, fy, half])
+    return np.asarray(r["px"], dtype=np.float32).reshape(2 * half, 2 * half, 4)[..., :3], r["w"]
+
+
+def _reload(pg, mipmaps: bool) -> None:
+    t = pg.now()
+    pg.viewer_eval("(v, m) => { v.renderer.mipmaps = m; v.select(0); }", mipmaps)
+    assert pg.wait_ready(since=t)["state"] == "ready"
+
+
+def test_mipmaps_wide_view_does_not_alias_and_the_wrap_has_no_seam_line(comfy, page_factory):
+    # a 1-texel black/white checkerboard: seen with several texels per screen pixel, a filtered
+    # view is an even grey; sampling level 0 only (no mipmaps) gives moire
+    w = 4096
+    name = _input_image(
+        comfy, "checker_4096.png",
+        lambda: Image.fromarray(np.repeat(((np.indices((w // 2, w)).sum(0) % 2) * 255).astype(np.uint8)[..., None], 3, -1)),
+    )
+    pg = page_factory()
+    pg.load_graph(_viewer_only_graph(), name)
+    t0 = pg.now()
+    pg.queue_and_wait(timeout=180)
+    assert pg.wait_ready(since=t0)["state"] == "ready"
+    cw = pg.viewer_eval("v => v.canvas.width")
+    fov = min(150.0, 3.0 * cw * 360.0 / w)  # about 3 texels per screen pixel at the centre
+    pg.viewer_eval("(v, f) => v.setView(0, 0, f)", fov)
+    grey, _ = _block(pg)
+    stats = {"mipmapped": (float(grey.mean()), float(grey.std()))}
+    _reload(pg, mipmaps=False)
+    pg.viewer_eval("(v, f) => v.setView(0, 0, f)", fov)
+    aliased, _ = _block(pg)
+    stats["level 0 only"] = (float(aliased.mean()), float(aliased.std()))
+    print(f"checkerboard at {w * fov / 360 / cw:.1f} texels/px (mean, std): {stats}")
+    assert abs(grey.mean() - 127.5) < 20 and grey.std() < 12, stats
+    assert aliased.std() > 3 * max(grey.std(), 4.0), stats  # the check above can fail
+
+    # the 0/360 wrap: a red band around it, blue elsewhere; looking straight at it (yaw 180) the
+    # centre columns must be red (a naive mipmapped lookup draws a 1-2 px line of the mean colour)
+    name = _input_image(comfy, "wrap_band_2048.png", lambda: _wrap_band(2048))
+    _reload(pg, mipmaps=True)
+    pg.load_graph(_viewer_only_graph(), name)
+    t1 = pg.now()
+    pg.queue_and_wait(timeout=180)
+    assert pg.wait_ready(since=t1)["state"] == "ready"
+    cw = pg.viewer_eval("v => v.canvas.width")
+    for shift_px in (0, 1):  # the seam falls between two 2x2 pixel quads or inside one
+        pg.viewer_eval("(v, y) => v.setView(y, 0, 90)", 180 + shift_px * 90 / cw)
+        band, _ = _block(pg, half=6)
+        assert (band[..., 0] > 200).all() and (band[..., 2] < 60).all(), (shift_px, band[6].tolist())
+    pg.screenshot("viewer_wrap_no_seam")
+    assert pg.our_errors() == []
+
+
+def _wrap_band(w: int) -> Image.Image:
+    a = np.zeros((w // 2, w, 3), np.uint8)
+    a[..., 2] = 255
+    band = w // 20
+    a[:, :band] = (255, 0, 0)
+    a[:, -band:] = (255, 0, 0)
+    return Image.fromarray(a)
+
+
 def test_cubemap_horizon_input(comfy, page_factory, face_colours):
     import torch
 

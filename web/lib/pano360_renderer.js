@@ -29,8 +29,15 @@ void main() {
   float lon = atan(d.x, d.z);
   float lat = asin(clamp(d.y, -1.0, 1.0));
   vec2 uv = vec2(lon / (2.0 * PI) + 0.5, 0.5 - lat / PI);
-  // no mipmaps: constant-LOD lookup avoids a seam line where u wraps from 1 to 0
-  outColor = vec4(textureLod(uTex, uv, 0.0).rgb, 1.0);
+  // Mipmapped lookup with explicit gradients: where u wraps from 1 to 0 inside a pixel quad, the
+  // screen derivative of u jumps by ~1 and would pick the coarsest mip level (a 1-2 px seam
+  // line of the image's mean colour); the derivative of u shifted by half a turn is continuous
+  // there, so the smaller of the two is the true one.
+  vec2 dx = dFdx(uv), dy = dFdy(uv);
+  float u2 = fract(uv.x + 0.5);
+  float dx2 = dFdx(u2), dy2 = dFdy(u2);
+  if (abs(dx2) + abs(dy2) < abs(dx.x) + abs(dy.x)) { dx.x = dx2; dy.x = dy2; }
+  outColor = vec4(textureGrad(uTex, uv, dx, dy).rgb, 1.0);
 }`;
 
 export const DEG = Math.PI / 180;
@@ -52,6 +59,11 @@ export function wrapYaw(y) {
 }
 
 export class WebGL2Unavailable extends Error {}
+
+/** Number of mip levels of a w x h texture (down to 1 x 1). */
+export function mipLevels(w, h) {
+  return 1 + Math.floor(Math.log2(Math.max(1, w, h)));
+}
 
 function compile(gl, type, src) {
   const s = gl.createShader(type);
@@ -97,6 +109,12 @@ export class PanoRenderer {
     this.tex = null;
     this.texSize = [0, 0];
     this.maxTextureSize = gl.getParameter(gl.MAX_TEXTURE_SIZE);
+    /** Mipmapped textures (set before loading an image; false = one level, bilinear only). */
+    this.mipmaps = true;
+    this.anisoExt = gl.getExtension("EXT_texture_filter_anisotropic");
+    this.anisotropy = this.anisoExt
+      ? Math.min(8, gl.getParameter(this.anisoExt.MAX_TEXTURE_MAX_ANISOTROPY_EXT))
+      : 1;
   }
 
   /** Upload an ImageBitmap / image / canvas as the panorama texture. */
@@ -109,10 +127,7 @@ export class PanoRenderer {
     gl.pixelStorei(gl.UNPACK_PREMULTIPLY_ALPHA_WEBGL, false);
     gl.pixelStorei(gl.UNPACK_COLORSPACE_CONVERSION_WEBGL, gl.NONE);
     gl.texImage2D(gl.TEXTURE_2D, 0, gl.RGBA8, gl.RGBA, gl.UNSIGNED_BYTE, source);
-    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MIN_FILTER, gl.LINEAR);
-    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MAG_FILTER, gl.LINEAR);
-    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_S, gl.REPEAT);
-    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE);
+    this._finishTexture();
     this.tex = tex;
     this.texSize = [source.width, source.height];
   }
@@ -132,11 +147,7 @@ export class PanoRenderer {
     }
     const tex = gl.createTexture();
     gl.bindTexture(gl.TEXTURE_2D, tex);
-    gl.texStorage2D(gl.TEXTURE_2D, 1, gl.RGBA8, w, h);
-    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MIN_FILTER, gl.LINEAR);
-    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MAG_FILTER, gl.LINEAR);
-    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_S, gl.REPEAT);
-    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE);
+    gl.texStorage2D(gl.TEXTURE_2D, this.mipmaps ? mipLevels(w, h) : 1, gl.RGBA8, w, h);
     const opts = { premultiplyAlpha: "none", colorSpaceConversion: "none" };
     for (let y = 0; y < h; y += rows) {
       const sh = Math.min(rows, h - y);
@@ -154,10 +165,26 @@ export class PanoRenderer {
       gl.texSubImage2D(gl.TEXTURE_2D, 0, 0, y, w, sh, gl.RGBA, gl.UNSIGNED_BYTE, strip);
       strip.close();
     }
+    gl.bindTexture(gl.TEXTURE_2D, tex);
+    this._finishTexture();
     if (this.tex) gl.deleteTexture(this.tex);
     this.tex = tex;
     this.texSize = [w, h];
     return true;
+  }
+
+  /** Sampling state of the bound texture: mipmaps (generated here) with trilinear and, where the
+   * GPU offers it, anisotropic filtering, so wide views of big panoramas do not alias. */
+  _finishTexture() {
+    const gl = this.gl;
+    if (this.mipmaps) gl.generateMipmap(gl.TEXTURE_2D);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MIN_FILTER, this.mipmaps ? gl.LINEAR_MIPMAP_LINEAR : gl.LINEAR);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MAG_FILTER, gl.LINEAR);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_S, gl.REPEAT);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE);
+    if (this.mipmaps && this.anisotropy > 1) {
+      gl.texParameterf(gl.TEXTURE_2D, this.anisoExt.TEXTURE_MAX_ANISOTROPY_EXT, this.anisotropy);
+    }
   }
 
   clearImage() {
