@@ -113,7 +113,9 @@ def blend_cube_faces(
     cur, target = edge_targets(work, keep_mask)
     # boundary change d = g - f on the ring (zero inside), laid out like the faces
     ring = adj.border_index[: adj.border_index.shape[0] // 6].to(work.device)
-    d = torch.zeros_like(work)
+    # a fresh contiguous buffer: zeros_like would keep the strides of a layout view (horizon/dice
+    # faces are views with non-contiguous strides) and ``view`` below would fail
+    d = torch.zeros(work.shape, dtype=work.dtype, device=work.device)
     d.view(n6 // 6, 6, c, s * s)[..., ring] = (target - cur).reshape(n6 // 6, c, 6, -1).transpose(1, 2)
     if method == "exact":
         out = solve_exact(None, d, backend=backend, x0=work)
