@@ -127,3 +127,15 @@ def test_seam_blend_example_has_real_seams():
     before = seam_metrics(faces, "stack")["seam_jump"]
     after = seam_metrics(blend_cube_faces(faces).clamp(0, 1), "stack")["seam_jump"]
     assert before > 3 * after, (before, after)
+
+
+def test_bench_geometry_refuses_a_silent_fallback(tmp_path, monkeypatch, capsys):
+    """Point 21: without the shared panoramas the benchmark stops and says where it looked."""
+    monkeypatch.setenv("PANO360_DATA", str(tmp_path))
+    spec = importlib.util.spec_from_file_location("bench_geometry_under_test", ROOT / "benchmarks" / "bench_geometry.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(SystemExit, match=f"chalet_erp.png not found \\(looked in {tmp_path}\\).*--image PATH"):
+        mod.main(["--sizes", "64"])
+    (tmp_path / "chalet_erp.png").write_bytes(b"")
+    assert mod.shared_panorama("chalet_erp.png") == tmp_path / "chalet_erp.png"
