@@ -9,6 +9,9 @@ work done) is measured the same way as the *baseline*; the table shows peak - ba
 as a multiple of the float32 image (W x W/2 x 3 x 4 bytes). Target (issue 14, point 19): peak -
 baseline <= 3 x the float32 input image + the float32 output, for e2c (dice), c2e and blend-seams.
 
+``--before DIR`` also measures another checkout's ``pano_core`` (e.g. ``git archive <commit> pano_core |
+tar -x -C DIR``) in the same run, interleaved command by command, and prints after/before ratios.
+
 Inputs: the shared chalet_erp.png (2048x1024) resized to W x W/2 (area/cubic, 8-bit PNG) and its
 dice cubemap (face W/4), made once in ``--work``.
 """
@@ -33,9 +36,10 @@ BASELINE = ("import torch, cv2, numpy, scipy.fft; from pano_core.cli import buil
 
 
 def run_child(argv: list[str], env: dict) -> tuple[int, float, int, str]:
-    """(peak RSS bytes, wall s, exit code, stderr tail) of one subprocess."""
+    """(peak RSS bytes, wall s, exit code, stderr tail) of one subprocess, run in the folder of the
+    pano_core it measures (``python -m`` puts the working folder first on sys.path)."""
     t = time.perf_counter()
-    p = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen(argv, cwd=env["PYTHONPATH"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, ru = os.wait4(p.pid, 0)
     dt = time.perf_counter() - t
     err = p.stderr.read().decode(errors="replace")[-500:]
@@ -51,6 +55,7 @@ def main(argv=None) -> int:
     ap.add_argument("--commands", default="e2c,c2e,blend-seams,refine-poles")
     ap.add_argument("--image", default=None, help="source panorama (default: shared chalet_erp.png)")
     ap.add_argument("--json", default="")
+    ap.add_argument("--before", default=None, help="folder holding an older pano_core to compare with")
     args = ap.parse_args(argv)
     w, h = args.width, args.width // 2
     work = Path(args.work)
@@ -76,28 +81,40 @@ def main(argv=None) -> int:
         "blend-seams": (["blend-seams", str(dice), "-o", str(work / "out_blend.png"), "--force"], 6 * s * s * 3 * 4),
         "refine-poles": (["refine-poles", str(src), "-o", str(work / "out_poles.png"), "--force"], img_f32),
     }
-    base, _, rc, err = run_child([py, "-c", BASELINE], env)
-    if rc:
-        raise SystemExit(err)
-    print(f"{w}x{h}: float32 image {img_f32 / MiB:.0f} MiB; baseline interpreter {base / MiB:.0f} MiB")
-    print("| command | peak RSS MiB | peak - baseline MiB | x float32 image | target MiB (3 x image + output) | met | wall s |")
-    print("| --- | ---: | ---: | ---: | ---: | --- | ---: |")
+    roots = {"after": str(ROOT)}
+    if args.before:
+        roots = {"before": str(Path(args.before).resolve()), **roots}
+    envs = {k: dict(env, PYTHONPATH=v) for k, v in roots.items()}
+    base = {}
+    for k, e in envs.items():
+        base[k], _, rc, err = run_child([py, "-c", BASELINE], e)
+        if rc:
+            raise SystemExit(err)
+    print(f"{w}x{h}: float32 image {img_f32 / MiB:.0f} MiB; baseline interpreter "
+          + ", ".join(f"{k} {v / MiB:.0f} MiB" for k, v in base.items()))
+    print("| command | version | peak RSS MiB | peak - baseline MiB | x float32 image | target MiB (3 x image + output) | met | wall s |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |")
     rows = []
     for name in args.commands.split(","):
         cmd, out_bytes = commands[name]
-        peak, dt, rc, err = run_child([py, "-m", "pano_core", *cmd], env)
-        if rc:
-            raise SystemExit(f"{name} failed: {err}")
-        net = peak - base
         target = 3 * img_f32 + out_bytes
-        met = "yes" if net <= target else "no"
-        if name == "refine-poles":
-            met = "(not a target)"
-        rows.append({"command": name, "peak_mib": peak / MiB, "net_mib": net / MiB, "x_image": net / img_f32,
-                     "target_mib": target / MiB, "wall_s": dt})
-        print(f"| {name} | {peak / MiB:.0f} | {net / MiB:.0f} | {net / img_f32:.2f} | {target / MiB:.0f} | {met} | {dt:.1f} |")
+        nets = {}
+        for k, e in envs.items():
+            peak, dt, rc, err = run_child([py, "-m", "pano_core", *cmd], e)
+            if rc:
+                raise SystemExit(f"{name} ({k}) failed: {err}")
+            net = peak - base[k]
+            nets[k] = net
+            met = ("yes" if net <= target else "no") if name != "refine-poles" else "(no target)"
+            rows.append({"command": name, "version": k, "peak_mib": peak / MiB, "net_mib": net / MiB,
+                         "x_image": net / img_f32, "target_mib": target / MiB, "wall_s": dt})
+            print(f"| {name} | {k} | {peak / MiB:.0f} | {net / MiB:.0f} | {net / img_f32:.2f} | {target / MiB:.0f} | "
+                  f"{met} | {dt:.1f} |")
+        if "before" in nets:
+            print(f"|  | after/before | | {nets['after'] / nets['before']:.2f} | | | | |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"width": w, "baseline_mib": base / MiB, "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"width": w, "baseline_mib": {k: v / MiB for k, v in base.items()},
+                                               "rows": rows}, indent=1))
     return 0
 
 

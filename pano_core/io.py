@@ -40,9 +40,11 @@ def probe_image(path: str | os.PathLike, name: str = "image") -> tuple[int, int,
     p = Path(path)
     if not p.is_file():
         raise PanoInputError(f"{name}: file not found: {p}")
+    pil_limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning: our own limit applies
+            Image.MAX_IMAGE_PIXELS = None  # only the header is read here; check_pixels decides
             with Image.open(p) as im:
                 w, h = im.size
                 bits = 8
@@ -59,12 +61,12 @@ def probe_image(path: str | os.PathLike, name: str = "image") -> tuple[int, int,
                     orientation = int(im.getexif().get(0x0112, 1) or 1)
                 except Exception:  # a broken EXIF block must not stop the reading
                     orientation = 1
-    except Image.DecompressionBombError:
-        raise PanoInputError(f"{name}: {p} declares more than 178 million pixels; refused") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise PanoInputError(
             f"{name}: cannot read {p} as an image (expected PNG, JPEG, WebP, TIFF or BMP): {e}"
         ) from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit
     return w, h, bits, orientation if 1 <= orientation <= 8 else 1
 
 

@@ -144,6 +144,11 @@ def e2c(erp: torch.Tensor, face_size: int | None = None, mode: str = "bilinear",
     erp = check_erp(erp, "panorama", channels=None)
     _, _, h, w = erp.shape
     s = w // 4 if face_size is None else face_size
+    if face_size is None and s < 1:
+        raise PanoInputError(
+            f"panorama: {w}x{h} is too small for cube faces of width / 4 pixels; give a face_size or a panorama "
+            "at least 4 pixels wide"
+        )
     if not isinstance(s, int) or isinstance(s, bool) or s < 1:
         raise PanoInputError(f"face_size: expected a positive integer, got {face_size!r}")
     check_output_size("face_size", s, s, 6 * erp.shape[0], erp.shape[1], erp.element_size(), "cube faces")
