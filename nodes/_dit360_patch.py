@@ -228,10 +228,15 @@ class OuterSampleWrapper:
 
 
 class _IdsPatch:
-    """Per-call ``post_input`` patch: rewrite the image grid's position ids."""
+    """Per-call ``post_input`` patch: rewrite the image grid's position ids.
 
-    def __init__(self, h: int, w: int, p: int, mode: str):
+    The rewritten ids depend only on the incoming ids (the same every step of a run), so they are
+    kept in ``cache`` (owned by the wrapper) and reused while the incoming ids are equal: one
+    ``torch.equal`` per step instead of rebuilding the grid."""
+
+    def __init__(self, h: int, w: int, p: int, mode: str, cache: dict | None = None):
         self.h, self.w, self.p, self.mode = h, w, p, mode
+        self.cache = {} if cache is None else cache
         self.called = False
 
     def __call__(self, args: dict) -> dict:
@@ -243,11 +248,20 @@ class _IdsPatch:
                 f"model: expected at least {n} image tokens for a {h}x{w + 2 * p} padded token grid, "
                 f"got ids {None if img_ids is None else tuple(img_ids.shape)}"
             )
-        grid = img_ids[:, :n].reshape(img_ids.shape[0], h, w + 2 * p, img_ids.shape[-1])
-        base = grid[:, :, :w].reshape(img_ids.shape[0], h * w, img_ids.shape[-1])
-        new = circular.pad_ids(base, h, w, p, mode=self.mode)
+        key = (h, w, p, self.mode, tuple(img_ids.shape), img_ids.dtype, img_ids.device)
+        hit = self.cache.get(key)
+        if hit is not None and torch.equal(hit[0], img_ids):
+            new_ids = hit[1]
+        else:
+            grid = img_ids[:, :n].reshape(img_ids.shape[0], h, w + 2 * p, img_ids.shape[-1])
+            base = grid[:, :, :w].reshape(img_ids.shape[0], h * w, img_ids.shape[-1])
+            new = circular.pad_ids(base, h, w, p, mode=self.mode)
+            new_ids = torch.cat([new, img_ids[:, n:]], dim=1) if img_ids.shape[1] > n else new
+            if len(self.cache) >= 4:
+                self.cache.clear()
+            self.cache[key] = (img_ids.clone(), new_ids)
         out = dict(args)
-        out["img_ids"] = torch.cat([new, img_ids[:, n:]], dim=1) if img_ids.shape[1] > n else new
+        out["img_ids"] = new_ids
         self.called = True
         return out
 
@@ -259,6 +273,7 @@ class DiffusionModelWrapper:
         self.padding = int(padding)
         self.id_mode = id_mode
         self.resync = resync
+        self._ids_cache: dict = {}
 
     def __call__(self, executor, x, timestep, context, y=None, guidance=None, ref_latents=None, control=None,
                  transformer_options=None, **kwargs):
@@ -273,7 +288,7 @@ class DiffusionModelWrapper:
             return executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs)
         if info["resync"] == "per step":
             x = circular.resync_latent(x, cols)
-        ids_patch = _IdsPatch(h, w, p, info["id_mode"])
+        ids_patch = _IdsPatch(h, w, p, info["id_mode"], self._ids_cache)
         topts = dict(transformer_options)
         patches = dict(topts.get("patches", {}))
         patches["post_input"] = [ids_patch] + list(patches.get("post_input", []))
