@@ -139,3 +139,32 @@ def test_bench_geometry_refuses_a_silent_fallback(tmp_path, monkeypatch, capsys)
         mod.main(["--sizes", "64"])
     (tmp_path / "chalet_erp.png").write_bytes(b"")
     assert mod.shared_panorama("chalet_erp.png") == tmp_path / "chalet_erp.png"
+
+
+def test_every_template_has_a_thumbnail():
+    import cv2
+
+    for wf in WORKFLOWS:
+        jpg = wf.with_suffix(".jpg")
+        assert jpg.is_file(), f"{jpg.name} missing (scripts/make_thumbnails.py makes it)"
+        img = cv2.imread(str(jpg))
+        assert img is not None and img.shape[1] == 512 and img.std() > 5, jpg.name
+
+
+def test_weight_needing_templates_name_weights_folders_and_licences():
+    from pano_core.doctor import KNOWN_WEIGHTS, workflow_needs
+
+    n_weighty = 0
+    for wf in WORKFLOWS:
+        ui = json.loads(wf.read_text())
+        needs = workflow_needs(ui)
+        if not needs:
+            continue
+        n_weighty += 1
+        notes = " ".join(n["widgets_values"][0] for n in ui["nodes"] if n["type"] in ("MarkdownNote", "Note"))
+        for need in needs:
+            assert need.file in notes, (wf.name, need.file)
+            assert need.folders[0] in notes, (wf.name, need.folders[0])
+            assert need.file in KNOWN_WEIGHTS, need.file  # doctor knows where it comes from
+        assert "Non-Commercial" in notes and "doctor" in notes, wf.name
+    assert n_weighty == 5
