@@ -7,6 +7,7 @@ Thin adapters over :mod:`pano_core.geometry` (all math lives there). Cubemaps tr
 
 from __future__ import annotations
 
+from ..pano_core.budget import check_bytes
 from ..pano_core.errors import PanoInputError
 from ..pano_core.geometry import (
     c2e,
@@ -74,6 +75,10 @@ class ERPToCubemap:
     def run(self, image, face_size, layout, mode, mask=None):
         x = _image(image)
         s = face_size or None
+        if isinstance(s, int) and x.ndim == 4:  # all three outputs and their conversion, before allocating
+            b, c = x.shape[:2]
+            px = b * s * s * (6 * c + (12 if layout == "dice" else 6) * c * 2 + 6)
+            check_bytes("face_size", px * x.element_size(), f"cube faces of {s}x{s} with a {layout} image")
         faces = e2c(x, s, mode, "stack")
         lay = faces_to_layout(faces, layout)
         if mask is not None:
