@@ -29,13 +29,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COMFY = ROOT / ".comfy" / "ComfyUI"
+COMFY = Path(os.environ.get("COMFYUI_PATH") or ROOT / ".comfy" / "ComfyUI")
 
 # FLUX.1-dev as ComfyUI detects it (comfy/model_detection.py for a flux-dev checkpoint)
 FLUX_DEV_UNET_CONFIG = {
