@@ -108,7 +108,7 @@ def bench_cpu(args):
     for id_mode, resync in (("wrapped", "none"), ("wrapped", "per step")):
         if old is not None:
             configs[f"before: padding {p} {id_mode} {resync}"] = (
-                old.nodes._dit360_patch.apply_dit360_patch(model, p, id_mode, resync), noise)
+                old.apply_dit360_patch(model, p, id_mode, resync), noise)
         configs[f"padding {p} {id_mode} {resync}"] = (P.apply_dit360_patch(model, p, id_mode, resync), noise)
     for m, x in configs.values():
         _time_sampling(m, x, cond, 1, 0)  # warm-up of each (first-call costs)

@@ -50,15 +50,15 @@ def faces_for(s: int) -> torch.Tensor:
 
 
 def child_peak(code: str, root: str) -> int:
+    """Peak resident memory (VmHWM of the child's own address space, bytes) of ``python -c code``
+    run with ``root`` first on sys.path. (``ru_maxrss`` would include the parent's memory copied at
+    fork, which is large here.)"""
     env = dict(os.environ, PYTHONPATH=root)
-    p = subprocess.Popen([sys.executable, "-c", code], cwd=root, env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE)  # cwd: the measured pano_core first on sys.path
-    _, status, ru = os.wait4(p.pid, 0)
-    err = p.stderr.read().decode()
-    p.stderr.close()
-    if os.waitstatus_to_exitcode(status):
-        raise SystemExit(err)
-    return ru.ru_maxrss * 1024
+    tail = "; print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])"
+    r = subprocess.run([sys.executable, "-c", code + tail], cwd=root, env=env, capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(r.stderr)
+    return int(r.stdout.split()[-1]) * 1024
 
 
 def main(argv=None) -> int:
