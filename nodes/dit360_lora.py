@@ -4,13 +4,12 @@ ComfyUI's ``LoraLoaderModelOnly`` logs ``lora key not loaded`` for keys that do 
 model and carries on, so a LoRA for another model silently does nothing. This node loads the
 same way (``comfy.utils.load_torch_file`` -> ``comfy.lora_convert.convert_lora`` ->
 ``comfy.lora.load_lora`` with ``model_lora_keys_unet`` -> ``clone`` + ``add_patches``), counts
-the LoRA modules that matched (:mod:`pano_core.dit360.lora_keys`) and raises a clear error (or
+the LoRA modules that matched (:mod:`pano_core.diffusion.lora`) and raises a clear error (or
 warns) when some did not. Weights are read from ``.safetensors`` files only.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 
 import comfy.lora
@@ -18,14 +17,12 @@ import comfy.lora_convert
 import comfy.utils
 import folder_paths
 
-from ..pano_core.dit360.lora_keys import match_lora_modules
+from ..pano_core.diffusion.lora import match_lora_modules
 from ..pano_core.errors import PanoInputError
+from ._common import CAT_DIT360 as CATEGORY
+from ._common import log
 
-CATEGORY = "Pano360/DiT360"
 ON_MISMATCH = ("error", "warn")
-
-log = logging.getLogger("pano360")
-
 
 class Pano360DiT360LoraLoader:
     """LoraLoaderModelOnly with a check: errors (or warns) when LoRA modules do not match the model."""

@@ -22,9 +22,8 @@ from ..pano_core.geometry import (
     yaw_to_pixels,
 )
 from ..pano_core.validate import check_bchw, check_erp
-from ._common import CATEGORY, bchw_to_image, bchw_to_mask, image_to_bchw, mask_to_bchw
+from ._common import CAT_GEOMETRY as CAT, bchw_to_image, bchw_to_mask, image_to_bchw, mask_to_bchw
 
-CAT = f"{CATEGORY}/geometry"
 MODES = ["bilinear", "bicubic", "nearest"]
 IMAGE_CHANNELS = (1, 3, 4)
 

@@ -15,9 +15,9 @@ import torch
 
 from ..pano_core import poles
 from ..pano_core.errors import PanoInputError
+from ._common import CAT_POLES as CATEGORY
 from ._common import bchw_to_image, bchw_to_mask, image_to_bchw, mask_to_bchw
 
-CATEGORY = "Pano360/Poles"
 
 _FRACTION = (
     "FLOAT",

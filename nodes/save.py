@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 
 import numpy as np
@@ -18,9 +17,8 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from ..pano_core.xmp import XMP_PNG_KEYWORD, build_xmp, gpano_for_image, jpeg_embed_xmp
-from ._common import CATEGORY
+from ._common import CAT_IO, log
 
-log = logging.getLogger("Pano360")
 
 _EXIF_LIMIT = 65000
 
@@ -133,7 +131,7 @@ class Pano360SavePanorama:
     RETURN_TYPES = ()
     FUNCTION = "save"
     OUTPUT_NODE = True
-    CATEGORY = f"{CATEGORY}/io"
+    CATEGORY = CAT_IO
     DESCRIPTION = (
         "Saves panoramas to the output folder as PNG or JPEG with Google Photo Sphere (GPano) XMP "
         "metadata, keeping the prompt/workflow like SaveImage. Never overwrites."

@@ -10,7 +10,6 @@ ERP → perspective node.
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 
@@ -20,9 +19,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..pano_core.errors import PanoInputError
-from ._common import CATEGORY, bchw_to_image, image_to_bchw
+from ._common import CAT_VIEW, bchw_to_image, image_to_bchw, log
 
-log = logging.getLogger("Pano360")
 
 LAYOUTS = ["auto", "erp", "cubemap stack", "horizon", "dice"]
 MAX_STRIP = 32  # panoramas of a batch saved for the viewer's strip
@@ -131,7 +129,7 @@ class Pano360Viewer:
     RETURN_NAMES = ("view", "yaw", "pitch", "fov")
     FUNCTION = "view"
     OUTPUT_NODE = True
-    CATEGORY = f"{CATEGORY}/view"
+    CATEGORY = CAT_VIEW
     DESCRIPTION = (
         "Interactive 360° viewer: drag to look, wheel to zoom, double-click for fullscreen. The view you frame "
         "is stored in yaw/pitch/fov and rendered to the 'view' output on the next run."

@@ -33,7 +33,8 @@ def _load_generate_from_view():
 
 
 def cmd_generate(args) -> int:
-    from ..dit360.pipeline import PANORAMA_PREFIX, add_prompt_prefix, check_pano_size
+    from ..diffusion.prompts import PANORAMA_PREFIX, add_prompt_prefix
+    from ..dit360.pipeline import check_pano_size
 
     # cheap checks first: nothing is loaded when the request cannot succeed
     if not args.prompt or not args.prompt.strip():

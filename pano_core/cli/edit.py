@@ -53,7 +53,7 @@ def cmd_edit(args) -> int:
     _dit360.check_pad(args.pad, image.shape[-1])
 
     from ..dit360 import editing
-    from ..dit360.pipeline import PANORAMA_PREFIX, add_prompt_prefix
+    from ..diffusion.prompts import PANORAMA_PREFIX, add_prompt_prefix
 
     t0 = time.time()
     pipe = _dit360.load_pipeline(args)
