@@ -11,6 +11,7 @@ only, ``encode(...).latent``). Images are ``(B, 3, H, W)`` in 0..1; latents are 
 - :func:`vae_decode` (vae, latent, wrap_cols=...): model-space latent -> image in 0..1, with
   wrapped latent columns decoded and cropped (:func:`pano_core.diffusion.circular.decode_circular`);
 - :func:`set_tiling`: switch the VAE's tiled encode/decode on or off;
+- :func:`spatial_factor`: image pixels per latent pixel;
 - :func:`scale_shift`: the VAE's ``(scaling_factor, shift_factor)``.
 """
 
@@ -22,7 +23,7 @@ from ..errors import PanoInputError
 from .circular import crop_latent, pad_latent
 from .loading import module_device
 
-__all__ = ["scale_shift", "vae_encode", "vae_decode", "set_tiling"]
+__all__ = ["scale_shift", "spatial_factor", "vae_encode", "vae_decode", "set_tiling"]
 
 
 def scale_shift(vae) -> tuple[float, float]:
@@ -32,6 +33,16 @@ def scale_shift(vae) -> tuple[float, float]:
     if scale is None:
         raise PanoInputError(f"vae: {type(vae).__name__} has no scaling_factor in its config")
     return float(scale), float(getattr(cfg, "shift_factor", None) or 0.0)
+
+
+def spatial_factor(vae) -> int:
+    """Image pixels per latent pixel: ``2 ** (number of blocks - 1)`` (8 for Flux's VAE, 32 for
+    Sana's DC-AE), as diffusers pipelines compute ``vae_scale_factor``."""
+    cfg = vae.config
+    blocks = getattr(cfg, "block_out_channels", None) or getattr(cfg, "encoder_block_out_channels", None)
+    if not blocks:
+        raise PanoInputError(f"vae: cannot tell the downscaling factor of {type(vae).__name__}; pass vae_factor")
+    return 2 ** (len(blocks) - 1)
 
 
 def _check_cols(cols, width: int, name: str) -> int:
@@ -61,7 +72,7 @@ def vae_encode(
     x = image.to(device=dev, dtype=vae.dtype) * 2 - 1
     cols = int(wrap_cols)
     if cols:
-        f = int(vae_factor or 2 ** (len(vae.config.block_out_channels) - 1))
+        f = int(vae_factor or spatial_factor(vae))
         _check_cols(cols, x.shape[-1] // f, "wrap_cols")
         x = pad_latent(x, cols * f)
     out = vae.encode(x)
