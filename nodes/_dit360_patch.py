@@ -35,6 +35,7 @@ from ..pano_core.diffusion.circular import pad_latent, pad_span
 from ..pano_core.diffusion.schedules import shift_mu
 from ..pano_core.diffusion.tokens import ID_MODES, TokenGrid, check_padding
 from ..pano_core.errors import PanoInputError
+from ..pano_core.validate import check_choice, check_int
 from ._common import log
 
 KEY = "pano360_dit360"
@@ -298,12 +299,9 @@ class DiffusionModelWrapper:
 def apply_dit360_patch(model, padding: int = 1, id_mode: str = "wrapped", resync: str = "none"):
     """Clone a ComfyUI Flux MODEL and add the circular-padding wrappers (replacing earlier ones)."""
     flux_model_or_error(model)
-    if id_mode not in ID_MODES:
-        raise PanoInputError(f"id_mode: expected one of {ID_MODES}, got {id_mode!r}")
-    if resync not in RESYNC_MODES:
-        raise PanoInputError(f"resync: expected one of {RESYNC_MODES}, got {resync!r}")
-    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-        raise PanoInputError(f"padding: expected an integer >= 0 (token columns per side), got {padding!r}")
+    check_choice(id_mode, "id_mode", ID_MODES)
+    check_choice(resync, "resync", RESYNC_MODES)
+    check_int(padding, "padding", 0, what="a number of token columns per side")
     m = model.clone()
     WMP = comfy.patcher_extension.WrappersMP
     m.remove_wrappers_with_key(WMP.OUTER_SAMPLE, KEY)

@@ -14,6 +14,7 @@ from ..pano_core.diffusion.circular import decode_circular
 from ..pano_core.diffusion.prompts import PANORAMA_PREFIX, add_prompt_prefix
 from ..pano_core.diffusion.tokens import ID_MODES
 from ..pano_core.errors import PanoInputError
+from ..pano_core.validate import check_choice
 from . import _dit360_patch as patch
 from ._common import CAT_DIT360 as CATEGORY
 
@@ -111,8 +112,7 @@ class Pano360EmptyPanoramaLatent:
     CATEGORY = CATEGORY
 
     def generate(self, size, width=2048, height=1024, batch_size=1):
-        if size not in SIZE_PRESETS:
-            raise PanoInputError(f"size: expected one of {list(SIZE_PRESETS)}, got {size!r}")
+        check_choice(size, "size", list(SIZE_PRESETS))
         if SIZE_PRESETS[size] is not None:
             width, height = SIZE_PRESETS[size]
         if width % 16 or height % 16:

@@ -22,6 +22,7 @@ from ..pano_core.diffusion.circular import pad_latent
 from ..pano_core.diffusion.masks import image_mask_to_latent, latent_mask_to_tokens, place_view
 from ..pano_core.dit360.attention import TokenSwap
 from ..pano_core.errors import PanoInputError
+from ..pano_core.validate import check_choice
 from ._common import CAT_DIT360 as CATEGORY
 from ._common import bchw_to_image, bchw_to_mask, image_to_bchw, mask_to_bchw
 from ._dit360_patch import active_grid, flux_model_or_error
@@ -151,8 +152,7 @@ class _EditSampler(comfy.samplers.Sampler):
 
 
 def _sigmas(model, scheduler: str, steps: int) -> torch.Tensor:
-    if scheduler not in comfy.samplers.SCHEDULER_NAMES:
-        raise PanoInputError(f"scheduler: expected one of {comfy.samplers.SCHEDULER_NAMES}, got {scheduler!r}")
+    check_choice(scheduler, "scheduler", comfy.samplers.SCHEDULER_NAMES)
     return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
 
 

@@ -19,6 +19,7 @@ import folder_paths
 
 from ..pano_core.diffusion.lora import match_lora_modules
 from ..pano_core.errors import PanoInputError
+from ..pano_core.validate import check_choice
 from ._common import CAT_DIT360 as CATEGORY
 from ._common import log
 
@@ -69,8 +70,7 @@ class Pano360DiT360LoraLoader:
         return sd
 
     def load(self, model, lora_name, strength_model, on_mismatch="error"):
-        if on_mismatch not in ON_MISMATCH:
-            raise PanoInputError(f"on_mismatch: expected one of {', '.join(ON_MISMATCH)}, got {on_mismatch!r}")
+        check_choice(on_mismatch, "on_mismatch", ON_MISMATCH)
         path = folder_paths.get_full_path("loras", lora_name)
         if path is None:
             raise PanoInputError(f"lora_name: {lora_name} not found in the loras folder(s)")

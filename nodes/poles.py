@@ -18,7 +18,6 @@ from ..pano_core.errors import PanoInputError
 from ._common import CAT_POLES as CATEGORY
 from ._common import bchw_to_image, bchw_to_mask, image_to_bchw, mask_to_bchw
 
-
 _FRACTION = (
     "FLOAT",
     {

@@ -1,4 +1,5 @@
-"""The architecture rule of DESIGN.md section 1, checked: ``pano_core`` never imports ComfyUI.
+"""Architecture and shared-rule checks: pano_core never imports ComfyUI (DESIGN.md section 1); one
+set of int/choice checks (pano_core.validate).
 
 Every module of ``pano_core`` is imported in a fresh interpreter in which a meta-path finder
 raises on ``comfy``, ``folder_paths``, ``server`` and ``nodes`` (and their submodules), so a
@@ -71,3 +72,19 @@ def test_the_blocker_catches_a_comfy_import(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
                        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert r.returncode != 0 and "leaky.bad" in r.stderr
+
+
+def test_shared_int_and_choice_checks_name_the_input():
+    import pytest
+
+    from pano_core.errors import PanoInputError
+    from pano_core.validate import check_choice, check_int
+
+    assert check_int(3, "steps", 1) == 3 and check_choice("a", "mode", ("a", "b")) == "a"
+    for bad in (0, True, 2.0, "3"):
+        with pytest.raises(PanoInputError, match=r"steps: expected an integer >= 1"):
+            check_int(bad, "steps", 1)
+    with pytest.raises(PanoInputError, match=r"band: expected an integer >= 1 and <= 8, got 9"):
+        check_int(9, "band", 1, 8)
+    with pytest.raises(PanoInputError, match=r"mode: expected one of a, b, got 'c'"):
+        check_choice("c", "mode", ("a", "b"))

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from ..errors import PanoInputError
+from ..validate import check_choice
 
 __all__ = [
     "OFFLOAD_MODES",
@@ -149,6 +150,16 @@ def model_index_class(folder: str | os.PathLike) -> str | None:
         raise PanoInputError(f"model: cannot read {p}: {e}") from None
 
 
+def _hub_kwargs(kwargs: dict, revision: str | None, local_files_only: bool | None) -> dict:
+    """``kwargs`` plus ``revision`` / ``local_files_only`` when they are set."""
+    kw = dict(kwargs)
+    if revision is not None:
+        kw["revision"] = revision
+    if local_files_only is not None:
+        kw["local_files_only"] = local_files_only
+    return kw
+
+
 def load_pipeline(
     cls: Any,
     source: str | os.PathLike,
@@ -166,11 +177,7 @@ def load_pipeline(
     safetensors only, in ``dtype``. ``what`` names the pipeline in errors (default: the class)."""
     kind, src = resolve_source(source, name=name, example=example, layout_hint=layout_hint)
     what = what or getattr(cls, "__name__", str(cls))
-    kw = dict(kwargs)
-    if revision is not None:
-        kw["revision"] = revision
-    if local_files_only is not None:
-        kw["local_files_only"] = local_files_only
+    kw = _hub_kwargs(kwargs, revision, local_files_only)
     try:
         return cls.from_pretrained(src, **dtype_kwargs(dtype), use_safetensors=True, **kw)
     except (OSError, ValueError) as e:
@@ -197,11 +204,7 @@ def load_component(
       diffusers folder / hub id to take the architecture from, where diffusers cannot infer it).
     """
     kind, src = resolve_source(source, name=name, single_file=True, need_model_index=False)
-    kw = dict(kwargs)
-    if revision is not None:
-        kw["revision"] = revision
-    if local_files_only is not None:
-        kw["local_files_only"] = local_files_only
+    kw = _hub_kwargs(kwargs, revision, local_files_only)
     try:
         if kind == "file":
             if not hasattr(cls, "from_single_file"):
@@ -224,8 +227,7 @@ def place(pipe, device: str | torch.device = "auto", offload: str = "none"):
     (``enable_model_cpu_offload``); ``"sequential"`` streams layer by layer (slowest, smallest).
     Returns ``pipe``."""
     dev = resolve_device(device)
-    if offload not in OFFLOAD_MODES:
-        raise PanoInputError(f"offload: expected one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
+    check_choice(offload, "offload", OFFLOAD_MODES)
     if offload != "none" and dev.type == "cpu":
         raise PanoInputError(f"offload: {offload} CPU offload needs a GPU device; with --device cpu use --offload none")
     if offload == "none":

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import PanoInputError
+from ..validate import check_int
 from .circular import pad_latent
 from .sampling import sample
 
@@ -81,8 +82,7 @@ def seeded_noise(
     Always drawn on the CPU in float32 and then moved, so the same seed gives the same noise on
     every device and dtype (DiT360 upstream drew unseeded noise, making inversion unrepeatable).
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise PanoInputError(f"seed: expected an integer, got {seed!r}")
+    check_int(seed, "seed")
     g = torch.Generator(device="cpu")
     g.manual_seed(int(seed) & 0xFFFFFFFFFFFFFFFF)
     return torch.randn(tuple(shape), generator=g, dtype=torch.float32).to(device=device, dtype=dtype)

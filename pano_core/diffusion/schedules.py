@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import PanoInputError
+from ..validate import check_int
 
 __all__ = [
     "shift_mu",
@@ -48,9 +49,7 @@ __all__ = [
 
 
 def _check_steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise PanoInputError(f"steps: expected a positive integer, got {steps!r}")
-    return int(steps)
+    return check_int(steps, "steps", 1)
 
 
 def shift_mu(
@@ -164,8 +163,7 @@ def sample_sigmas(
     (``sigmoid(N(mean, std))``, SD3/Flux training), then shifted by a constant ``shift`` (Sana)
     or a resolution ``mu`` (Flux, :func:`time_shift`; e.g. ``shift_mu(grid.padded_tokens)``).
     Drawn on the CPU from ``generator`` (repeatable on every device), then moved to ``device``."""
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise PanoInputError(f"batch: expected a positive integer, got {batch!r}")
+    check_int(batch, "batch", 1)
     if shift is not None and mu is not None:
         raise PanoInputError("sample_sigmas: give shift (constant) or mu (resolution shift), not both")
     if mode == "uniform":

@@ -40,7 +40,7 @@ from ..diffusion.schedules import sigma_schedule
 from ..diffusion.tokens import TokenGrid
 from ..diffusion.vae import vae_decode, vae_encode
 from ..errors import PanoInputError
-from ..validate import check_bchw, check_erp
+from ..validate import check_bchw, check_erp, check_int
 from .attention import FeatureReplacer
 
 __all__ = [
@@ -135,8 +135,7 @@ def decode_latent(pipe, latent: torch.Tensor, circular_decode: bool = False, dec
 def flux_sigmas(pipe, steps: int, latent_hw: tuple[int, int], padding: int = 1) -> torch.Tensor:
     """FLUX.1-dev sigma schedule (``steps + 1`` values, 1 -> 0) for a latent of ``latent_hw``,
     with ``mu`` computed from the *padded* token count (as DiT360 does)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise PanoInputError(f"steps: expected an integer >= 1, got {steps!r}")
+    check_int(steps, "steps", 1)
     fp = flux_components(pipe)
     grid = TokenGrid.from_latent(latent_hw, int(padding))
     return sigma_schedule(fp.scheduler, steps, grid.padded_tokens)

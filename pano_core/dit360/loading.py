@@ -4,7 +4,9 @@
 - :data:`DEFAULT_MODEL` / :data:`DEFAULT_LORA`: FLUX.1-dev and DiT360's published LoRA (hub ids).
 - :func:`load_flux_pipeline`: a diffusers ``FluxPipeline`` from a local folder or a hub id,
   safetensors only, checked to hold a Flux transformer.
-- :func:`load_dit360_lora`: :func:`pano_core.diffusion.lora.load_lora` with DiT360's defaults.
+
+LoRAs load through :meth:`DiT360Pipeline.load_lora <pano_core.dit360.pipeline.DiT360Pipeline.load_lora>`
+(:mod:`pano_core.diffusion.lora`, checked key matching) with :data:`DEFAULT_LORA` as the default.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import os
 import torch
 
 from ..diffusion.loading import load_pipeline
-from ..diffusion.lora import DEFAULT_LORA_WEIGHT_NAME, LoraReport, load_lora
+from ..diffusion.lora import DEFAULT_LORA_WEIGHT_NAME
 from ..errors import PanoInputError
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_LORA", "DEFAULT_LORA_WEIGHT_NAME", "load_flux_pipeline", "load_dit360_lora"]
+__all__ = ["DEFAULT_MODEL", "DEFAULT_LORA", "DEFAULT_LORA_WEIGHT_NAME", "load_flux_pipeline"]
 
 DEFAULT_MODEL = "black-forest-labs/FLUX.1-dev"
 DEFAULT_LORA = "Insta360-Research/DiT360-Panorama-Image-Generation"
@@ -51,18 +53,3 @@ def load_flux_pipeline(
             f"model: {model} holds a {type(pipe.transformer).__name__}; a Flux transformer (FLUX.1) is required"
         )
     return pipe
-
-
-def load_dit360_lora(
-    flux,
-    lora: str | os.PathLike | dict = DEFAULT_LORA,
-    weight_name: str | None = None,
-    adapter_name: str = "dit360",
-    strict: bool = True,
-    revision: str | None = None,
-    local_files_only: bool | None = None,
-) -> LoraReport:
-    """Load a (DiT360-style PEFT) LoRA into ``flux.transformer``, checked (see
-    :func:`pano_core.diffusion.lora.load_lora`); defaults: DiT360's LoRA, adapter ``"dit360"``."""
-    return load_lora(flux, lora, weight_name=weight_name, adapter_name=adapter_name, strict=strict,
-                     revision=revision, local_files_only=local_files_only)

@@ -47,14 +47,16 @@ import numpy as np
 import torch
 
 from ..diffusion import loading as dl
+from ..diffusion.generator import DiffusersGenerator
 from ..diffusion.lora import LoraReport
+from ..diffusion.prompts import PANORAMA_PREFIX, add_prompt_prefix
 from ..diffusion.sampling import sample, scheduler_step
 from ..diffusion.schedules import schedule_mu, set_timesteps
 from ..diffusion.tokens import TokenGrid
-from ..diffusion.vae import set_tiling, vae_decode, vae_encode
+from ..diffusion.vae import vae_decode, vae_encode
 from ..errors import PanoInputError
-from ..diffusion.prompts import PANORAMA_PREFIX, add_prompt_prefix
-from .loading import DEFAULT_LORA, DEFAULT_MODEL, load_dit360_lora, load_flux_pipeline
+from ..validate import check_choice, check_int
+from .loading import DEFAULT_LORA, DEFAULT_MODEL, load_flux_pipeline
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -119,13 +121,16 @@ class PanoramaOutput:
     seed: int | None = None
 
 
-class DiT360Pipeline:
+class DiT360Pipeline(DiffusersGenerator):
     """Panorama sampling with DiT360's circular token padding on a diffusers ``FluxPipeline``.
 
     Build with :meth:`from_pretrained` (a model folder or hub id) or wrap an existing
     ``FluxPipeline`` (``DiT360Pipeline(flux)``). The wrapped pipeline stays usable as
-    ``self.flux``; its components are exposed as ``transformer``, ``vae``, ``scheduler``.
+    ``self.flux`` (= ``self.pipe``); components, memory placement and LoRA loading come from
+    :class:`~pano_core.diffusion.generator.DiffusersGenerator`.
     """
+
+    default_adapter = "dit360"
 
     def __init__(self, flux):
         from diffusers import FluxTransformer2DModel
@@ -134,11 +139,13 @@ class DiT360Pipeline:
             raise PanoInputError(
                 f"pipeline: expected a diffusers FluxPipeline with a FluxTransformer2DModel, got {type(flux).__name__}"
             )
-        self.flux = flux
-        self.lora_reports: dict[str, LoraReport] = {}
-        self._adapter_scales: dict[str, float] = {}
+        super().__init__(flux)
 
-    # ------------------------------------------------------------------ loading / memory
+    @property
+    def flux(self):
+        """The wrapped diffusers ``FluxPipeline``."""
+        return self.pipe
+
     @classmethod
     def from_pretrained(
         cls,
@@ -157,14 +164,14 @@ class DiT360Pipeline:
     ) -> DiT360Pipeline:
         """Load FLUX.1 (``model``: a diffusers folder or hub id, safetensors only), optionally a
         LoRA (``lora``: file, folder or hub id; DiT360's is :data:`DEFAULT_LORA`), and set the
-        device / memory options (see :meth:`set_memory`).
+        device / memory options (:meth:`set_memory`; FLUX.1-dev's transformer alone is ~24 GB
+        in bf16, so ``offload="model"`` on smaller GPUs).
 
         ``dtype`` ``None`` means bfloat16 on CUDA and float32 on the CPU.
         """
         dev = dl.resolve_device(device)
         torch_dtype = dl.resolve_dtype(dtype, dev)
-        if offload not in dl.OFFLOAD_MODES:
-            raise PanoInputError(f"offload: expected one of {', '.join(dl.OFFLOAD_MODES)}, got {offload!r}")
+        check_choice(offload, "offload", dl.OFFLOAD_MODES)
         flux = load_flux_pipeline(model, torch_dtype=torch_dtype, revision=revision, local_files_only=local_files_only, **kwargs)
         pipe = cls(flux)
         if lora is not None:
@@ -172,86 +179,14 @@ class DiT360Pipeline:
         pipe.set_memory(dev, offload=offload, vae_tiling=vae_tiling)
         return pipe
 
-    def set_memory(self, device: str | torch.device = "auto", offload: str = "none", vae_tiling: bool = False) -> None:
-        """Place the models: ``offload="none"`` moves everything to ``device``; ``"model"``
-        keeps models on the CPU and moves each to the GPU while it runs (diffusers
-        ``enable_model_cpu_offload``; FLUX.1-dev's transformer alone is ~24 GB in bf16); ``"sequential"`` streams
-        layer by layer (``enable_sequential_cpu_offload``, slowest, smallest). ``vae_tiling``
-        decodes large panoramas in tiles."""
-        dl.place(self.flux, device, offload)
-        set_tiling(self.vae, vae_tiling)
-
-    def load_lora(
-        self,
-        lora: str | os.PathLike | dict = DEFAULT_LORA,
-        weight_name: str | None = None,
-        scale: float = 1.0,
-        adapter_name: str = "dit360",
-        strict: bool = True,
-        local_files_only: bool | None = None,
-    ) -> LoraReport:
-        """Load a PEFT/diffusers LoRA (default: DiT360's published one) with strength ``scale``.
-
-        Raises :class:`PanoInputError` naming how many of the file's keys matched the
-        transformer when they do not all match (``strict``) or none do.
-        """
-        report = load_dit360_lora(
-            self.flux, lora, weight_name=weight_name, adapter_name=adapter_name, strict=strict,
-            local_files_only=local_files_only,
-        )
-        report.scale = float(scale)
-        self.lora_reports[adapter_name] = report
-        self._adapter_scales[adapter_name] = float(scale)
-        self.flux.set_adapters(list(self._adapter_scales), adapter_weights=list(self._adapter_scales.values()))
-        return report
-
-    def set_lora_scale(self, scale: float, adapter_name: str = "dit360") -> None:
-        """Change the strength of a loaded adapter."""
-        if adapter_name not in self._adapter_scales:
-            raise PanoInputError(f"lora: no adapter named {adapter_name!r} is loaded")
-        self._adapter_scales[adapter_name] = float(scale)
-        self.flux.set_adapters(list(self._adapter_scales), adapter_weights=list(self._adapter_scales.values()))
-
-    # ------------------------------------------------------------------ components
-    @property
-    def transformer(self):
-        return self.flux.transformer
-
-    @property
-    def vae(self):
-        return self.flux.vae
-
-    @property
-    def scheduler(self):
-        return self.flux.scheduler
-
-    @property
-    def device(self) -> torch.device:
-        """Where the computation runs (the GPU under CPU offload)."""
-        return self.flux._execution_device
-
-    @property
-    def _execution_device(self) -> torch.device:
-        """Alias of :attr:`device` (the name diffusers pipelines use)."""
-        return self.flux._execution_device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return int(self.flux.vae_scale_factor)
+    def load_lora(self, lora=DEFAULT_LORA, weight_name=None, scale=1.0, adapter_name=None, strict=True,
+                  local_files_only=None) -> LoraReport:
+        """:meth:`DiffusersGenerator.load_lora` with DiT360's LoRA as the default."""
+        return super().load_lora(lora, weight_name, scale, adapter_name, strict, local_files_only)
 
     @property
     def latent_channels(self) -> int:
         return int(self.transformer.config.in_channels) // 4
-
-    def progress_bar(self, total: int, enabled: bool = True):
-        """diffusers' tqdm progress bar (respects ``flux.set_progress_bar_config``)."""
-        if not enabled:
-            return _NullBar()
-        return self.flux.progress_bar(total=total)
 
     # ------------------------------------------------------------------ geometry
     def grid(
@@ -388,7 +323,7 @@ class DiT360Pipeline:
         timestep = t.expand(b).to(tokens.dtype)
         if time_scale != 1.0:
             timestep = timestep / time_scale
-        ctx = self.transformer.cache_context(cache_name) if hasattr(self.transformer, "cache_context") else _null()
+        ctx = self.transformer.cache_context(cache_name) if hasattr(self.transformer, "cache_context") else contextlib.nullcontext()
         with ctx:
             return self.transformer(
                 hidden_states=tokens,
@@ -470,8 +405,8 @@ class DiT360Pipeline:
     def decode_latents(self, latents: torch.Tensor, circular_decode: bool = False, decode_pad: int = 4) -> torch.Tensor:
         """Like :meth:`decode` for unpacked latents (B, 16, H/8, W/8) in transformer space
         (:func:`pano_core.diffusion.vae.vae_decode`)."""
-        if circular_decode and (isinstance(decode_pad, bool) or not isinstance(decode_pad, int) or decode_pad < 1):
-            raise PanoInputError(f"decode_pad: expected at least 1 latent column for a circular decode, got {decode_pad!r}")
+        if circular_decode:
+            check_int(decode_pad, "decode_pad", 1, what="a number of latent columns")
         return vae_decode(self.vae, latents, wrap_cols=int(decode_pad) if circular_decode else 0, device=self.device)
 
     def encode_image(
@@ -560,22 +495,7 @@ class DiT360Pipeline:
         images = None
         if output_type == "pt":
             images = self.decode_latents(lat, circular_decode=circular_decode, decode_pad=decode_pad).cpu()
-        self.flux.maybe_free_model_hooks()
+        self.maybe_free_model_hooks()
         return PanoramaOutput(images=images, latents=lat.float().cpu(), seed=used_seed)
 
     generate = __call__
-
-
-class _NullBar:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-
-def _null():
-    return contextlib.nullcontext()

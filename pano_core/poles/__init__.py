@@ -18,43 +18,9 @@ or in one call ``refine_poles(erp, inpainter)``. Default mask: the central half 
 face (``fraction=0.5``), as in DiT360. The names below are the package's public API.
 """
 
-from .faces import (
-    DEFAULT_FEATHER,
-    DEFAULT_FRACTION,
-    check_feather,
-    check_fraction,
-    extract_pole_faces,
-    feather_mask,
-    join_rgb_alpha,
-    merge_pole_faces,
-    merge_pole_faces_rgb,
-    pole_face_size,
-    pole_mask,
-    pole_weight_erp,
-    rgb_faces,
-    split_rgb_alpha,
-)
-from .inpainters import DiffusersInpainter, Inpainter, OpenCVInpainter, make_inpainter
-from .refine import refine_poles
+from . import faces, inpainters, refine
+from .faces import *  # noqa: F403 - the package's public API is its modules' __all__
+from .inpainters import *  # noqa: F403
+from .refine import *  # noqa: F403
 
-__all__ = [
-    "DEFAULT_FRACTION",
-    "DEFAULT_FEATHER",
-    "pole_face_size",
-    "pole_mask",
-    "feather_mask",
-    "extract_pole_faces",
-    "merge_pole_faces",
-    "merge_pole_faces_rgb",
-    "pole_weight_erp",
-    "refine_poles",
-    "check_fraction",
-    "check_feather",
-    "split_rgb_alpha",
-    "join_rgb_alpha",
-    "rgb_faces",
-    "Inpainter",
-    "OpenCVInpainter",
-    "DiffusersInpainter",
-    "make_inpainter",
-]
+__all__ = [*faces.__all__, *inpainters.__all__, *refine.__all__]

@@ -14,14 +14,13 @@ panoramas to RGB and back; :func:`rgb_faces` brings inpainted faces (grey, RGB, 
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import PanoInputError
-from ..validate import check_bchw, check_erp, check_finite
+from ..validate import check_bchw, check_erp
 
 __all__ = [
     "DEFAULT_FRACTION",

@@ -29,7 +29,7 @@ from ..diffusion.loading import (
     resolve_source,
 )
 from ..errors import PanoInputError
-from ..validate import check_bchw
+from ..validate import check_bchw, check_choice
 from .faces import _check_pole_masks
 
 __all__ = ["Inpainter", "OpenCVInpainter", "DiffusersInpainter", "make_inpainter"]
@@ -60,9 +60,7 @@ class OpenCVInpainter:
     def __init__(self, method: str = "telea", radius: float = 3.0):
         import cv2
 
-        m = str(method).lower().replace("opencv-", "").replace("navier-stokes", "ns")
-        if m not in self.METHODS:
-            raise PanoInputError(f"method: expected one of {', '.join(self.METHODS)}, got {method!r}")
+        m = check_choice(str(method).lower().replace("opencv-", "").replace("navier-stokes", "ns"), "method", self.METHODS)
         if not radius > 0:
             raise PanoInputError(f"radius: expected a positive number of pixels, got {radius}")
         self.method = m
@@ -183,8 +181,7 @@ class DiffusersInpainter:
         kind, src = resolve_source(path_or_id, name="model")
         dev = resolve_device(device or "auto")
         torch_dtype = resolve_dtype(dtype, dev)
-        if offload not in OFFLOAD_MODES:
-            raise PanoInputError(f"offload: expected none, model or sequential, got {offload!r}")
+        check_choice(offload, "offload", OFFLOAD_MODES)
         load_kw: dict[str, Any] = {
             **dtype_kwargs(torch_dtype),
             "use_safetensors": True,

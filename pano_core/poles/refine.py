@@ -6,7 +6,15 @@ import torch
 
 from ..errors import PanoInputError
 from ..validate import check_erp, check_finite
-from .faces import DEFAULT_FEATHER, DEFAULT_FRACTION, _extract, _merge, check_feather, check_fraction, pole_face_size
+from .faces import (
+    DEFAULT_FEATHER,
+    DEFAULT_FRACTION,
+    _extract,
+    _merge,
+    check_feather,
+    check_fraction,
+    pole_face_size,
+)
 from .inpainters import Inpainter, make_inpainter
 
 __all__ = ["refine_poles"]

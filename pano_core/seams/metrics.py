@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from ..errors import PanoInputError
 from ..geometry import FACE_NAMES, c2e, e2c, layout_to_faces
-from ..validate import check_bchw, check_erp, check_faces
+from ..validate import check_bchw, check_choice, check_erp, check_faces, check_int
 from .adjacency import cube_adjacency, side_band
 
 __all__ = [
@@ -104,8 +104,7 @@ def cube_seam_metrics(faces: torch.Tensor, band: int = DEFAULT_BAND) -> dict:
     s = faces.shape[-1]
     if s < 4:
         raise PanoInputError(f"faces: seam metrics need faces of at least 4x4 pixels, got {s}x{s}")
-    if isinstance(band, bool) or not isinstance(band, int) or band < 1:
-        raise PanoInputError(f"band: expected a positive integer number of pixels, got {band!r}")
+    check_int(band, "band", 1, what="a number of pixels")
     band = min(band, s - 1)
     adj = cube_adjacency(s)
     g = grey255(faces).reshape(-1, 6, s, s)
@@ -198,7 +197,7 @@ def seam_metrics(image: torch.Tensor, layout: str = "erp", band: int = DEFAULT_B
         faces = check_faces(layout_to_faces(image, layout, "cubemap"), "cubemap")
         erp = c2e(faces)
     else:
-        raise PanoInputError(f"layout: expected one of erp, stack, horizon, dice, got {layout!r}")
+        check_choice(layout, "layout", ("erp", "stack", "horizon", "dice"))
     out = cube_seam_metrics(faces, band)
     out.update(erp_wrap_metrics(erp))
     out["input"] = layout
