@@ -189,7 +189,7 @@ def test_decode_circular_crops_and_sees_the_wrap():
         C.decode_circular(decode, lat, 2, scale=8)
 
 
-def test_wrap_discontinuity():
+def test_wrap_seam_ratio():
     x = torch.linspace(0, 1, 64).repeat(3, 1)  # ramp: big jump at the wrap
     assert wrap_seam_ratio(x) > 10
     t = torch.linspace(0, 2 * torch.pi, 65)[:-1]

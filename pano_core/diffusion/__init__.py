@@ -1,7 +1,7 @@
 """Model-agnostic diffusion pieces every generator (DiT360, JoPano/Sana) and the trainer share.
 
 Lives here: schedules, the sampling loop, RF-inversion, VAE helpers, loading, LoRA keys, masks,
-the token grid. Not here: anything tied to one model family (Flux calls, Sana adapters) -- those
+the token grid, a generator base class. Not here: anything tied to one model family (Flux calls, Sana adapters) -- those
 stay in ``pano_core.dit360`` / ``pano_core.jopano``; nothing here imports a sibling generator.
 
 Map (module -> main names):
@@ -30,6 +30,9 @@ Map (module -> main names):
 - ``masks``: ``image_mask_to_latent``, ``latent_mask_to_tokens``, ``keep_mask_for_tokens``,
   ``replace_kept_tokens``, ``place_view``
 - ``prompts``: ``PANORAMA_PREFIX``, ``add_prompt_prefix``
+- ``generator``: ``DiffusersGenerator`` -- base of generators wrapping a diffusers pipeline
+  (components, ``device`` under offload, ``set_memory``, ``load_lora`` / ``set_lora_scale``,
+  ``progress_bar``); ``DiT360Pipeline`` subclasses it
 
 Import from the submodules (``from pano_core.diffusion.tokens import TokenGrid``); importing
 this package loads nothing heavy (diffusers is imported only by the functions that need it).

@@ -63,7 +63,7 @@ def shift_mu(
 
     Linear through (base_seq_len, base_shift) and (max_seq_len, max_shift), extrapolated
     beyond (as diffusers' ``calculate_shift`` and ComfyUI's ``ModelSamplingFlux``). DiT360
-    calls it with :func:`padded_token_count`. Sigmas are then shifted as
+    calls it with the padded token count (:attr:`TokenGrid.padded_tokens`). Sigmas are then shifted as
     ``exp(mu) / (exp(mu) + (1/t - 1))``.
     """
     m = (max_shift - base_shift) / (max_seq_len - base_seq_len)

@@ -47,6 +47,15 @@ class Inpainter(Protocol):
     def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor: ...
 
 
+def _checked_inputs(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inpainter inputs checked: images (N, C, S, S); masks (N, 1, S, S) or (N, S, S) -> (N, 1, S, S)."""
+    images = check_bchw(images, "images")
+    n, _, h, w = images.shape
+    if isinstance(masks, torch.Tensor) and masks.ndim == 3:
+        masks = masks.unsqueeze(1)
+    return images, (_check_pole_masks(masks, n, h, "masks") if h == w else masks)
+
+
 class OpenCVInpainter:
     """OpenCV inpainting, no weights needed: ``method`` "telea" (Telea 2004, fast marching) or
     "ns" (Navier-Stokes). ``radius``: neighbourhood radius in pixels.
@@ -73,11 +82,8 @@ class OpenCVInpainter:
     def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         import cv2
 
-        images = check_bchw(images, "images")
+        images, masks = _checked_inputs(images, masks)
         n, c, s1, s2 = images.shape
-        if isinstance(masks, torch.Tensor) and masks.ndim == 3:
-            masks = masks.unsqueeze(1)
-        masks = _check_pole_masks(masks, n, s1, "masks") if s1 == s2 else masks
         if not isinstance(masks, torch.Tensor) or masks.ndim != 4 or masks.shape[-2:] != images.shape[-2:]:
             got = tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__
             raise PanoInputError(f"masks: expected (N, 1, {s1}, {s2}) masks, got {got}")
@@ -239,11 +245,8 @@ class DiffusersInpainter:
         return {k: v for k, v in kw.items() if k in params or k in self.extra_call_kwargs}
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        images = check_bchw(images, "images")
+        images, masks = _checked_inputs(images, masks)
         n, c, h, w = images.shape
-        if isinstance(masks, torch.Tensor) and masks.ndim == 3:
-            masks = masks.unsqueeze(1)
-        masks = _check_pole_masks(masks, n, h, "masks") if h == w else masks
         if c != 3:
             # the pipelines work on RGB: grey is expanded (and averaged back), extra channels
             # (alpha) are kept as they are
