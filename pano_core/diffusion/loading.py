@@ -231,7 +231,7 @@ def place(pipe, device: str | torch.device = "auto", offload: str = "none"):
     if offload != "none" and dev.type == "cpu":
         raise PanoInputError(f"offload: {offload} CPU offload needs a GPU device; with --device cpu use --offload none")
     if offload == "none":
-        pipe.to(dev)
+        pipe.to(str(dev))
     elif offload == "model":
         pipe.enable_model_cpu_offload(device=dev)
     else:
