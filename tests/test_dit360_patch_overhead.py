@@ -9,7 +9,7 @@ import comfy_harness
 import pytest
 import torch
 
-from pano_core.seams import circular
+from pano_core.diffusion.tokens import TokenGrid
 
 PACK = "pano360_pack_patch_overhead_under_test"
 
@@ -34,13 +34,14 @@ def test_ids_rewrite_cached_and_exact(patch_mod, mode):
     cache: dict = {}
     ids = _ids(h, w + 2 * p, extra=2)
     img = torch.zeros(1, ids.shape[1], 4)
-    first = patch_mod._IdsPatch(h, w, p, mode, cache)({"img": img, "img_ids": ids})["img_ids"]
+    grid = TokenGrid(h=h, w=w, p=p, id_mode=mode)
+    first = patch_mod._IdsPatch(grid, cache)({"img": img, "img_ids": ids})["img_ids"]
     base = ids[:, : h * (w + 2 * p)].reshape(1, h, w + 2 * p, 3)[:, :, :w].reshape(1, h * w, 3)
-    expect = torch.cat([circular.pad_ids(base, h, w, p, mode=mode), ids[:, h * (w + 2 * p):]], 1)
+    expect = torch.cat([grid.pad_ids(base), ids[:, h * (w + 2 * p):]], 1)
     assert torch.equal(first, expect)
-    again = patch_mod._IdsPatch(h, w, p, mode, cache)({"img": img, "img_ids": ids.clone()})["img_ids"]
+    again = patch_mod._IdsPatch(grid, cache)({"img": img, "img_ids": ids.clone()})["img_ids"]
     assert again is first  # the next step reuses the rewritten ids
     other = _ids(h, w + 2 * p, extra=2, offset=1.0)  # e.g. another run with shifted ids
-    third = patch_mod._IdsPatch(h, w, p, mode, cache)({"img": img, "img_ids": other})["img_ids"]
+    third = patch_mod._IdsPatch(grid, cache)({"img": img, "img_ids": other})["img_ids"]
     base2 = other[:, : h * (w + 2 * p)].reshape(1, h, w + 2 * p, 3)[:, :, :w].reshape(1, h * w, 3)
-    assert torch.equal(third[:, : h * (w + 2 * p)], circular.pad_ids(base2, h, w, p, mode=mode))
+    assert torch.equal(third[:, : h * (w + 2 * p)], grid.pad_ids(base2))

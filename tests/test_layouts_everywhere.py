@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from pano_core.cli import main
-from pano_core.geometry import e2c, faces_to_layout, read_cubemap, write_cubemap
+from pano_core.geometry import e2c, faces_to_layout, read_cubemap
 from pano_core.io import read_image, write_image
 
 PACK = "pano360_pack_layouts_under_test"

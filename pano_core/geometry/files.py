@@ -22,21 +22,11 @@ from ..io import (
     to_uint_hwc,
     write_files,
 )
-from .cube import DICE_XY, layout_to_faces
+from ..validate import check_choice
+from .cube import DICE_XY, guess_layout, layout_to_faces
 from .directions import FACE_NAMES
 
 FILE_LAYOUTS = ("dict", "list", "horizon", "dice", "stack")
-
-
-def guess_layout(h: int, w: int) -> str | None:
-    """Layout of a single cubemap image from its shape (horizon 6:1, dice 4:3, stack 1:6)."""
-    if w == 6 * h:
-        return "horizon"
-    if h == 6 * w:
-        return "stack"
-    if h % 3 == 0 and w % 4 == 0 and w // 4 == h // 3:
-        return "dice"
-    return None
 
 
 def _face_file(folder: Path, name: str) -> Path | None:
@@ -56,8 +46,8 @@ def read_cubemap(path: str | os.PathLike, layout: str | None = None, name: str =
     ``layout`` ``None``/``dict``/``list`` for an image means: guess it from the aspect ratio.
     """
     p = Path(path)
-    if layout is not None and layout not in FILE_LAYOUTS:
-        raise PanoInputError(f"format: expected one of {', '.join(FILE_LAYOUTS)}, got {layout!r}")
+    if layout is not None:
+        check_choice(layout, "format", FILE_LAYOUTS)
     if p.is_dir():
         files = {}
         missing = []
@@ -128,8 +118,7 @@ def _to_channels(t: torch.Tensor, c: int) -> torch.Tensor:
 
 def check_cubemap_output(path: str | os.PathLike, layout: str, force: bool = False, suffix: str = ".png") -> list[Path]:
     """Check where :func:`write_cubemap` would write, before any work (see ``io.check_writable``)."""
-    if layout not in FILE_LAYOUTS:
-        raise PanoInputError(f"format: expected one of {', '.join(FILE_LAYOUTS)}, got {layout!r}")
+    check_choice(layout, "format", FILE_LAYOUTS)
     p = Path(path)
     if layout in ("dict", "list"):
         if p.exists() and not p.is_dir():
@@ -150,8 +139,7 @@ def write_cubemap(
     files is written all-or-nothing; returns the written paths. The faces are converted to integers
     one by one and laid out as integers (no float copy of the layout image).
     """
-    if layout not in FILE_LAYOUTS:
-        raise PanoInputError(f"format: expected one of {', '.join(FILE_LAYOUTS)}, got {layout!r}")
+    check_choice(layout, "format", FILE_LAYOUTS)
     if bits not in (8, 16):
         raise PanoInputError(f"bits: expected 8 or 16, got {bits}")
     p = Path(path)
