@@ -23,7 +23,7 @@ from ..pano_core.geometry import (
     seam_mask,
     yaw_to_pixels,
 )
-from ..pano_core.validate import check_bchw, check_choice, check_erp
+from ..pano_core.validate import check_bchw, check_choice, check_erp, check_mask_like
 from ._common import CAT_GEOMETRY as CAT
 from ._common import bchw_to_image, bchw_to_mask, image_to_bchw, mask_to_bchw
 
@@ -38,8 +38,10 @@ def _image(image, name="image"):
     return check_bchw(image_to_bchw(image, name), name, IMAGE_CHANNELS)
 
 
-def _mask(mask, name="mask"):
-    return check_bchw(mask_to_bchw(mask, name).float(), name, (1,))
+def _mask(mask, name="mask", like=None):
+    """A ComfyUI MASK as (B, 1, H, W); with ``like`` (the image it goes with) its size is checked."""
+    m = check_bchw(mask_to_bchw(mask, name).float(), name, (1,))
+    return m if like is None else check_mask_like(m, like, name)
 
 
 def _override(value, override):
@@ -83,7 +85,7 @@ class ERPToCubemap:
         faces = e2c(x, s, mode, "stack")
         lay = faces_to_layout(faces, layout)
         if mask is not None:
-            fm = e2c(check_erp(_mask(mask), "mask", (1,)), s, mode, "stack").clamp(0, 1)
+            fm = e2c(check_erp(_mask(mask, like=x), "mask", (1,)), s, mode, "stack").clamp(0, 1)
         else:
             fm = faces.new_ones(faces.shape[0], 1, faces.shape[2], faces.shape[3])
         return (bchw_to_image(faces), bchw_to_image(lay), bchw_to_mask(fm))
@@ -136,7 +138,7 @@ class CubemapToERP:
         h = None if w is None else w // 2
         out = c2e(faces, h, w, mode)
         if mask is not None:
-            m = _mask(mask)
+            m = _mask(mask, like=x)
             mfaces = layout_to_faces(m, layout, "mask")
             mo = c2e(mfaces, h, w, mode).clamp(0, 1)
         else:
@@ -179,7 +181,7 @@ class ERPToPerspective:
         fov, yaw, pitch = _override(fov, fov_in), _override(yaw, yaw_in), _override(pitch, pitch_in)
         out = e2p(x, fov, yaw, pitch, roll, (height, width), mode)
         if mask is not None:
-            mo = e2p(check_erp(_mask(mask), "mask", (1,)), fov, yaw, pitch, roll, (height, width), mode).clamp(0, 1)
+            mo = e2p(check_erp(_mask(mask, like=x), "mask", (1,)), fov, yaw, pitch, roll, (height, width), mode).clamp(0, 1)
         else:
             mo = out.new_ones(out.shape[0], 1, height, width)
         return (bchw_to_image(out), bchw_to_mask(mo))
@@ -222,7 +224,7 @@ class PerspectiveToERP:
         hw = (erp_width // 2, erp_width)
         out, cov = p2e(x, fov, yaw, pitch, roll, hw, mode)
         if mask is not None:
-            m, _ = p2e(_mask(mask), fov, yaw, pitch, roll, hw, mode)
+            m, _ = p2e(_mask(mask, like=x), fov, yaw, pitch, roll, hw, mode)
             cov = cov * m.clamp(0, 1)
         return (bchw_to_image(out), bchw_to_mask(cov))
 
@@ -253,7 +255,7 @@ class RotatePanorama:
         x = _image(image)
         out = rotate_erp(x, yaw, pitch, roll, mode)
         if mask is not None:
-            mo = rotate_erp(check_erp(_mask(mask), "mask", (1,)), yaw, pitch, roll, mode).clamp(0, 1)
+            mo = rotate_erp(check_erp(_mask(mask, like=x), "mask", (1,)), yaw, pitch, roll, mode).clamp(0, 1)
         else:
             mo = out.new_ones(out.shape[0], 1, out.shape[2], out.shape[3])
         return (bchw_to_image(out), bchw_to_mask(mo))
@@ -282,7 +284,7 @@ class RollYaw:
         x = _image(image)
         out = roll_erp(x, yaw)
         if mask is not None:
-            mo = roll_erp(check_erp(_mask(mask), "mask", (1,)), yaw)
+            mo = roll_erp(check_erp(_mask(mask, like=x), "mask", (1,)), yaw)
         else:
             mo = out.new_ones(out.shape[0], 1, out.shape[2], out.shape[3])
         return (bchw_to_image(out), bchw_to_mask(mo), yaw_to_pixels(yaw, x.shape[-1]))

@@ -101,6 +101,9 @@ class Pano360MergePoleFaces:
             "optional": {
                 "pole_masks": ("MASK", {"tooltip": "Masks of the inpainted region (default: the central square of 'fraction')."}),
                 "fraction": _FRACTION,
+                "face_size": (_FACE_SIZE[0], {**_FACE_SIZE[1], "tooltip": "The face size the faces were extracted "
+                              "with (checked); 0 = Extract Pole Faces' default (panorama width / 4, multiple of 16). "
+                              "With pole_masks connected their size is used."}),
             },
         }
 
@@ -113,10 +116,19 @@ class Pano360MergePoleFaces:
         "Pixels outside mask + feather are returned bit-identical."
     )
 
-    def merge(self, panorama, pole_faces, feather=poles.DEFAULT_FEATHER, pole_masks=None, fraction=poles.DEFAULT_FRACTION):
+    def merge(self, panorama, pole_faces, feather=poles.DEFAULT_FEATHER, pole_masks=None, fraction=poles.DEFAULT_FRACTION,
+              face_size=0):
         erp = _erp(panorama)
         faces = image_to_bchw(pole_faces, "pole_faces")
         masks = mask_to_bchw(pole_masks, "pole_masks") if pole_masks is not None else None
+        if masks is None:  # the faces must have the size they were extracted with
+            s = poles.pole_face_size(erp.shape[-1], face_size or None, multiple=16 if not face_size else 1)
+            if tuple(faces.shape[-2:]) != (s, s):
+                raise PanoInputError(
+                    f"pole_faces: expected {s}x{s} faces (extracted from this {erp.shape[-1]}-wide panorama with "
+                    f"face_size {face_size}); got {faces.shape[-1]}x{faces.shape[-2]}. Set face_size to the size "
+                    "you extracted with, or connect pole_masks"
+                )
         return (bchw_to_image(poles.merge_pole_faces_rgb(erp, faces, masks, feather=feather, fraction=fraction)),)
 
 

@@ -76,6 +76,16 @@ def test_nan_and_empty_batch_in_the_server(comfy):
         assert info.value.node_type == node_type
         assert info.value.exception_message.startswith(f"{input_name}: expected a finite number"), \
             info.value.exception_message
+    # a mask of the wrong size (point 14)
+    prompt = {"1": load, "2": small,
+              "3": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 30}},
+              "4": {"class_type": "Pano360RotatePanorama", "inputs": {"image": ["2", 0], "yaw": 5.0, "pitch": 0.0,
+                                                                      "roll": 0.0, "mode": "bilinear",
+                                                                      "mask": ["3", 0]}},
+              "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}}}
+    with pytest.raises(ch.ComfyExecutionError) as info:
+        comfy.run(prompt, timeout=300)
+    assert "mask: expected the size of image (64x32); got 64x30" in info.value.exception_message
     # the server keeps serving
     out = comfy.run({"1": load, "2": small, "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}}},
                     timeout=300)
