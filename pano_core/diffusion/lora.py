@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +40,7 @@ __all__ = [
     "lora_module",
     "group_lora_keys",
     "match_lora_modules",
+    "lora_shape_problem",
     "LoraReport",
     "convert_lora_state_dict",
     "load_lora",
@@ -140,6 +141,34 @@ class LoraModuleMatch:
             f"{self.total_keys} keys) in {self.source} match this model (unmatched: {shown}); "
             f"is it a LoRA for a different model?"
         )
+
+
+def lora_shape_problem(weight_shape: Sequence[int], kind: str, shapes: Sequence[Sequence[int]]) -> str | None:
+    """Why a LoRA patch cannot apply to a weight of ``weight_shape``, or None when it fits.
+
+    ``kind``: ``"lora"`` with ``shapes = (up, down)`` (``up`` (out, rank[, ...]), ``down`` (rank, in...)),
+    or ``"diff"`` / ``"set"`` with ``shapes = (tensor,)`` (a full-size difference or replacement).
+    A mismatch would make the sampler fail ("shapes cannot be multiplied") or the patch be skipped,
+    so such modules count as unmatched.
+    """
+    ws = tuple(int(v) for v in weight_shape)
+    if kind == "lora":
+        up, down = (tuple(int(v) for v in t) for t in shapes[:2])
+        n_in = 1
+        for v in down[1:]:
+            n_in *= v
+        w_in = 1
+        for v in ws[1:]:
+            w_in *= v
+        if len(up) < 2 or len(down) < 2 or up[1] != down[0]:
+            return f"up {up} and down {down} do not share a rank"
+        if not ws or up[0] != ws[0] or n_in != w_in:
+            return f"LoRA {up[0]}x{n_in} vs model {ws[0] if ws else '?'}x{w_in}"
+        return None
+    if kind in ("diff", "set"):
+        t = tuple(int(v) for v in shapes[0])
+        return None if t == ws else f"{kind} {t} vs model {ws}"
+    return None
 
 
 def match_lora_modules(
