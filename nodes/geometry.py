@@ -164,7 +164,8 @@ class ERPToPerspective:
             },
             "optional": {
                 "mask": ("MASK",),
-                "yaw_in": ("FLOAT", {"forceInput": True, "tooltip": "overrides yaw (e.g. from the viewer)"}),
+                "yaw_in": ("FLOAT", {"forceInput": True, "tooltip": "overrides yaw (e.g. from the viewer); while "
+                                      "connected, the yaw widget is disabled and labelled 'from yaw_in'"}),
                 "pitch_in": ("FLOAT", {"forceInput": True, "tooltip": "overrides pitch"}),
                 "fov_in": ("FLOAT", {"forceInput": True, "tooltip": "overrides fov"}),
             },
