@@ -55,7 +55,7 @@ def child_peak(code: str, root: str) -> int:
     fork, which is large here.)"""
     env = dict(os.environ, PYTHONPATH=root)
     tail = "; print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])"
-    r = subprocess.run([sys.executable, "-c", code + tail], cwd=root, env=env, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", code.rstrip("; ") + tail], cwd=root, env=env, capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(r.stderr)
     return int(r.stdout.split()[-1]) * 1024
