@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from pano_core import PanoInputError
-from pano_core.geometry import FACE_NAMES, CubePadPlan, cube_pad, cube_pad_cache_clear, cube_pad_plan, face_cell_directions
+from pano_core.geometry import (
+    FACE_NAMES,
+    CubePadPlan,
+    cube_pad,
+    cube_pad_cache_clear,
+    cube_pad_plan,
+    face_cell_directions,
+)
 from pano_core.geometry import cube_padding as cp
 
 F_, U_ = FACE_NAMES.index("F"), FACE_NAMES.index("U")

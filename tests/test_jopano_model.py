@@ -6,7 +6,6 @@ the cube, seamless DC-AE decoding)."""
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ from safetensors.torch import save_file  # noqa: E402
 from test_cube_padding import broken_fu_edge  # noqa: E402,F401  (fixture)
 
 from pano_core import PanoInputError  # noqa: E402
-from pano_core.geometry import cube_pad, face_cell_directions, rotation_matrix  # noqa: E402
+from pano_core.geometry import face_cell_directions, rotation_matrix  # noqa: E402
 from pano_core.jopano import (  # noqa: E402
     ADAPTER_METADATA_KEY,
     JointFaceAdapterConfig,
@@ -119,6 +118,9 @@ def assert_plain(model: torch.nn.Module, before: dict) -> None:
     for m in model.modules():
         assert "forward" not in m.__dict__
         assert "apply_linear_attention" not in m.__dict__
+        assert not m._forward_pre_hooks and not m._forward_hooks
+        if isinstance(m, torch.nn.Conv2d):
+            assert m.padding == (m.kernel_size[0] // 2,) * 2
 
 
 # ------------------------------------------------------------------------------ sphere RoPE
@@ -378,6 +380,22 @@ def test_sync_is_non_destructive_and_batched(transformer):
     assert torch.equal(run(transformer, x, enc, ts), plain)
 
 
+def test_sync_and_adapter_work_with_accelerate_sequential_offload(transformer):
+    """accelerate's offload hooks replace the modules' ``forward``; sync must keep them working."""
+    accelerate = pytest.importorskip("accelerate")
+    x, enc, ts = inputs()
+    adapters = randomize(JointFaceAdapterSet.for_transformer(transformer))
+    with adapters_attached(transformer, adapters), joint_face_sync(transformer):
+        ref = run(transformer, x, enc, ts)
+    t = tiny_transformer()
+    accelerate.cpu_offload(t, execution_device=torch.device("cpu"))
+    conv = t.transformer_blocks[0].ff.conv_depth
+    offload_forward = conv.__dict__["forward"]
+    with adapters_attached(t, adapters), joint_face_sync(t):
+        assert torch.allclose(run(t, x, enc, ts), ref, atol=1e-6)
+    assert conv.__dict__["forward"] is offload_forward and conv.padding == (1, 1)
+
+
 def test_per_face_timesteps_under_sync_and_adapter(transformer):
     """V2P: face F is clean (t = 0) beside five noisy faces, in one forward."""
     x, enc, ts = inputs()
@@ -439,7 +457,7 @@ def test_sync_is_equivariant_to_a_yaw_of_the_cube(symmetric_transformer):
     assert err_general > 1e-2 * scale_general
 
 
-def test_equivariance_fails_with_the_f_u_edge_reversed(symmetric_transformer, broken_fu_edge):
+def test_equivariance_fails_with_the_f_u_edge_reversed(symmetric_transformer, broken_fu_edge):  # noqa: F811
     err, scale = equivariance_error(symmetric_transformer)
     assert err > 1e-3 * scale  # 100x the tolerance: one wrong edge in the synced cube breaks it
 

@@ -34,7 +34,14 @@ results on the CPU path.
 """
 
 from .cube import DICE_XY, LAYOUTS, c2e, e2c, faces_to_layout, layout_to_faces
-from .cube_padding import CUBE_PAD_MODES, CubePadPlan, cube_pad, cube_pad_cache_clear, cube_pad_plan, face_cell_directions
+from .cube_padding import (
+    CUBE_PAD_MODES,
+    CubePadPlan,
+    cube_pad,
+    cube_pad_cache_clear,
+    cube_pad_plan,
+    face_cell_directions,
+)
 from .directions import (
     FACE_BASIS,
     FACE_NAMES,

@@ -111,7 +111,7 @@ class CubePadPlan:
         object.__setattr__(self, "dst_pix", self.row * n + self.col)
         object.__setattr__(self, "dst", self.face * (n * n) + self.row * n + self.col)
 
-    def to(self, device=None, dtype=None) -> "CubePadPlan":
+    def to(self, device=None, dtype=None) -> CubePadPlan:
         return CubePadPlan(
             self.size,
             self.width,
