@@ -246,6 +246,25 @@ def test_trained_adapter_joins_faces_and_batches_of_panoramas(transformer):
     assert torch.allclose(a, singles, atol=1e-5)
 
 
+def test_adapters_train_through_a_frozen_checkpointed_transformer():
+    t = tiny_transformer()
+    t.requires_grad_(False)
+    t.enable_gradient_checkpointing()
+    t.train()
+    adapters = JointFaceAdapterSet.for_transformer(t)
+    x, enc, ts = inputs()
+    adapters(t, x, enc, ts).sample.square().mean().backward()  # fresh set: only `out` gets a gradient
+    assert adapters[0].out.weight.grad.abs().sum() > 0
+    assert adapters[0].q.weight.grad is None or not adapters[0].q.weight.grad.any()
+    randomize(adapters).zero_grad()
+    adapters(t, x, enc, ts).sample.square().mean().backward()
+    for name, p in adapters.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0 and torch.isfinite(p.grad).all(), name
+    assert all(p.grad is None for p in t.parameters())
+    assert attached_adapters(t) is adapters
+    detach_adapters(t)
+
+
 def test_attach_detach_restores_processors_and_replaces_previous(transformer):
     procs = [blk.attn2.processor for blk in transformer.transformer_blocks]
     a1 = JointFaceAdapterSet.for_transformer(transformer)

@@ -17,6 +17,10 @@ adapters (:func:`detach_adapters` restores the previous processors), and LoRAs l
 transformer (diffusers/PEFT) keep working beside the adapter: the wrapped processor still calls
 ``attn2``'s own (possibly LoRA-wrapped) projections.
 
+**Gradient checkpointing** recomputes blocks during ``backward()``: keep the adapters attached
+until then (``adapter_set(transformer, ...)`` attaches and stays attached; a ``with
+adapters_attached(...)`` block must enclose the backward pass too).
+
 **Batches.** A batch holds whole panoramas: 6 faces F R B L U D per panorama, contiguous
 (classifier-free guidance doubles the batch, which keeps that). Faces are square token grids.
 Each face may carry its own timestep (Sana's timestep is per batch element).
@@ -217,6 +221,15 @@ class JointFaceAdapterSet(nn.Module):
         """A fresh (identity) adapter set that fits ``transformer``, on its device."""
         s = cls(JointFaceAdapterConfig.for_transformer(transformer, **overrides))
         return s.to(next(transformer.parameters()).device)
+
+    def forward(self, transformer: nn.Module, *args, **kwargs):
+        """``transformer(*args, **kwargs)`` with this set attached (attaching it, and leaving it
+        attached, when it is not). Running the transformer *through* the adapter set lets DDP /
+        accelerate wrap the set, the only trained module, and see its forward; leaving it attached
+        keeps gradient checkpointing right (blocks are recomputed during ``backward``)."""
+        if attached_adapters(transformer) is not self:
+            attach_adapters(transformer, self)
+        return transformer(*args, **kwargs)
 
     def __len__(self) -> int:
         return len(self.blocks)

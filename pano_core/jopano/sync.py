@@ -26,7 +26,9 @@ padded convs (their ``padding`` set to 0 meanwhile; hooks, not replaced ``forwar
 accelerate's offload hooks keep working) and wraps the decoder attention's kernels on the
 instances, and restores all of it on exit;
 no weight, module or class changes, and the models are plain again after the ``with`` block (also
-when it raises). Entering the context again on a model that is already synced leaves it as it is.
+when it raises). Entering the context again on a model that is already synced leaves it as it is. With gradient
+checkpointing the blocks are recomputed during ``backward()``: run the backward pass inside the
+context too.
 """
 
 from __future__ import annotations
