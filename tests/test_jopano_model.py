@@ -299,6 +299,7 @@ def test_save_load_roundtrip_format_and_errors(transformer, tmp_path):
     assert meta["model_dim"] == DIM and meta["num_layers"] == 2 and meta["rope_scale"] == 4.0 and meta["face_size"] == 256
     loaded = load_adapter_set(path, transformer)
     assert loaded.config == adapters.config
+    assert all(p.requires_grad for p in loaded.parameters())  # ready to train on (resume)
     x, enc, ts = inputs()
     with adapters_attached(transformer, adapters):
         ref = run(transformer, x, enc, ts)
@@ -457,13 +458,22 @@ def symmetric_transformer():
     return t
 
 
+def sample(t: SanaTransformer2DModel, x: torch.Tensor, enc: torch.Tensor, steps: int = 3) -> torch.Tensor:
+    """A few Euler steps of the flow (velocity = the transformer output), t from 1000 to 0."""
+    sigmas = torch.linspace(1.0, 0.0, steps + 1)
+    for s0, s1 in zip(sigmas[:-1], sigmas[1:]):
+        x = x + (s1 - s0) * run(t, x, enc, torch.full((x.shape[0],), float(s0) * 1000))
+    return x
+
+
 def equivariance_error(t: SanaTransformer2DModel) -> tuple[float, float]:
+    """Max |sample(rotated noise) - rotated sample(noise)| under sync, and the latents' scale."""
     n = 6
-    x, enc, ts = inputs(size=n, seed=11, one_prompt=True)
+    x, enc, _ = inputs(size=n, seed=11, one_prompt=True)
     perm = yaw90_permutation(n)
     with joint_face_sync(t):
-        out = run(t, x, enc, ts)
-        out_rot = run(t, yaw90(x, perm), enc, ts)
+        out = sample(t, x, enc)
+        out_rot = sample(t, yaw90(x, perm), enc)
     return float((out_rot - yaw90(out, perm)).abs().max()), float(out.abs().max())
 
 
@@ -478,7 +488,7 @@ def test_sync_is_equivariant_to_a_yaw_of_the_cube(symmetric_transformer):
 
 def test_equivariance_fails_with_the_f_u_edge_reversed(symmetric_transformer, broken_fu_edge):  # noqa: F811
     err, scale = equivariance_error(symmetric_transformer)
-    assert err > 1e-3 * scale  # 100x the tolerance: one wrong edge in the synced cube breaks it
+    assert err > 3e-4 * scale  # 30x the tolerance: one wrong edge in the synced cube breaks it
 
 
 # ------------------------------------------------------------------------------ DC-AE
