@@ -168,6 +168,17 @@ def test_rope_equal_directions_give_the_identity_rotation():
     assert torch.equal(c0, torch.ones(12)) and torch.equal(s0, torch.zeros(12))
 
 
+def test_rope_rotation_paths_agree():
+    from pano_core.jopano.sphere_rope import _rotate_complex, _rotate_real
+
+    rope = SphereRoPE(18)
+    cos, sin = rope.cos_sin(face_token_directions(3).reshape(-1, 3))
+    x = torch.randn(2, 3, 54, 18)
+    assert torch.allclose(_rotate_complex(x, cos, sin), _rotate_real(x, cos, sin), atol=1e-6)
+    xb = x.to(torch.bfloat16)
+    assert SphereRoPE.apply(xb, cos, sin).dtype == torch.bfloat16
+
+
 def test_rope_position_scale_neighbours_one_unit_apart_at_a_face_centre():
     d = face_token_directions(16, dtype=torch.float64)[0].view(16, 16, 3)  # 512 px face, f = 32
     step = float((d[7, 8] - d[7, 7]).norm()) * SphereRoPE(12).scale

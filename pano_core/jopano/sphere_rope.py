@@ -110,12 +110,26 @@ class SphereRoPE:
     @staticmethod
     def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Rotate the interleaved pairs of ``x`` (..., T, D) by the angles of ``cos``/``sin``
-        (broadcastable to ``x``, e.g. (T, D)). Computed in float32 at least; returns ``x.dtype``."""
-        dt = torch.promote_types(x.dtype, cos.dtype)
-        xf = x.to(dt)
-        pairs = xf.unflatten(-1, (-1, 2))
-        rot = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
-        return (xf * cos.to(dt) + rot * sin.to(dt)).to(x.dtype)
+        (broadcastable to ``x``, e.g. (T, D)). Computed in float32 at least (as one complex
+        multiply where the device has complex kernels); returns ``x.dtype``. Differentiable."""
+        if x.device.type == "mps":  # no complex kernels there
+            return _rotate_real(x, cos, sin)
+        return _rotate_complex(x, cos, sin)
+
+
+def _rotate_complex(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    dt = torch.promote_types(x.dtype, cos.dtype)
+    pairs = torch.view_as_complex(x.to(dt).reshape(*x.shape[:-1], -1, 2))
+    rot = torch.complex(cos[..., 0::2].to(dt), sin[..., 0::2].to(dt))
+    return torch.view_as_real(pairs * rot).flatten(-2).to(x.dtype)
+
+
+def _rotate_real(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    dt = torch.promote_types(x.dtype, cos.dtype)
+    xf = x.to(dt)
+    pairs = xf.unflatten(-1, (-1, 2))
+    rot = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+    return (xf * cos.to(dt) + rot * sin.to(dt)).to(x.dtype)
 
 
 @lru_cache(maxsize=32)
