@@ -36,6 +36,7 @@ import torch
 
 from ..errors import PanoInputError
 from ..geometry import face_cell_directions
+from ..validate import check_int
 
 __all__ = ["DEFAULT_ROPE_BASE", "DEFAULT_ROPE_SCALE", "SphereRoPE", "face_token_directions"]
 
@@ -52,8 +53,7 @@ def face_token_directions(size_tokens: int, device=None, dtype=None) -> torch.Te
     the cell centre ``((j + 0.5) / n - 0.5, (i + 0.5) / n - 0.5)`` of the face plane
     (:func:`pano_core.geometry.face_cell_directions`).
     """
-    if isinstance(size_tokens, bool) or not isinstance(size_tokens, int) or size_tokens < 1:
-        raise PanoInputError(f"size_tokens: expected a positive integer number of tokens per face side, got {size_tokens!r}")
+    check_int(size_tokens, "size_tokens", 1, what="a number of tokens per face side")
     d = face_cell_directions(size_tokens, device=device, dtype=torch.float64)
     return d.reshape(6, size_tokens * size_tokens, 3).to(dtype=dtype if dtype is not None else torch.get_default_dtype())
 
