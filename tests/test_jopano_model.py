@@ -200,6 +200,12 @@ def test_config_defaults_half_width():
     assert JointFaceAdapterConfig(num_layers=1, model_dim=2240, inner_dim=2240).head_dim == 64
     with pytest.raises(PanoInputError, match="heads"):
         JointFaceAdapterConfig(num_layers=1, model_dim=16, inner_dim=12, heads=5)
+    with pytest.raises(PanoInputError, match="rope_scale"):
+        JointFaceAdapterConfig(num_layers=1, model_dim=16, rope_scale=0)
+    with pytest.raises(PanoInputError, match="num_layers"):
+        JointFaceAdapterConfig(num_layers=0, model_dim=16)
+    with pytest.raises(PanoInputError, match="format 2"):
+        JointFaceAdapterConfig.from_dict({"num_layers": 1, "model_dim": 16, "format_version": 2})
 
 
 def test_zero_initialised_adapter_is_bit_identical(transformer):
