@@ -345,6 +345,7 @@ class JoPanoPipeline:
         return pe, pm, ne, nm
 
     # ------------------------------------------------------------------ VAE
+    @torch.no_grad()
     def encode_faces(self, faces: torch.Tensor) -> torch.Tensor:
         """Faces (N, 3, S, S) in 0..1 -> latents (N, C, S/f, S/f) (times the VAE's scaling factor)."""
         vae = self.vae
@@ -352,6 +353,7 @@ class JoPanoPipeline:
         z = vae.encode(x).latent
         return (z * vae.config.scaling_factor).float()
 
+    @torch.no_grad()
     def decode_faces(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents (N, C, h, w) -> faces (N, 3, S, S) float32 0..1 (as ``SanaPipeline``'s decode)."""
         vae = self.vae
