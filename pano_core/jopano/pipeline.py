@@ -138,8 +138,9 @@ def resolve_face_prompts(
             missing.append(f)
         out.append(text)
     if missing:
+        who = "prompt" if name == "face_prompts" else name
         raise PanoInputError(
-            f"prompt: faces {' '.join(missing)} have no prompt; give a prompt for all faces or one per face"
+            f"{who}: faces {' '.join(missing)} have no prompt; give a prompt for all faces or one per face"
         )
     return out
 
