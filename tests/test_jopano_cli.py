@@ -137,6 +137,7 @@ def test_bad_prompts_files(sana_dir, tmp_path, capsys, content, message):
     (["--prompt", "x", "--prompts", "p.txt"], "--prompts: a prompt list excludes --prompt"),
     (["--prompt", "x", "--view", "VIEW", "--view-face", "F", "--face-prompt", "F=door"], "face F is the given view"),
     (["--prompt", "x", "--view", "NOTIMG"], "--view: say where it goes"),
+    (["--prompt", "x", "--view", "VIEW", "--fov", "170", "--face-prompt", "F=door"], "face F is given"),
     (["--prompt", "x", "--view", "NOTIMG", "--view-face", "F"], "--view: cannot read"),
     (["--prompt", "x", "--fov", "90"], "only meaningful with --view"),
     (["--prompt", "x", "--image", "NOTIMG"], "--image/--mask"),

@@ -140,18 +140,25 @@ def cmd_jopano(args) -> int:
         out = check_image_output(args.output, args.force)
         _check_faces_out(faces_out, args.force)
         mine = items
-    given = [args.view_face.upper()] if args.view_face else []
-    # prompts complete before loading (a missing face prompt fails here, not after minutes of loading)
-    from ..jopano.pipeline import resolve_face_prompts
-
-    for it in items:
-        resolve_face_prompts(it.prompt, it.faces or None, given,
-                             name="--face-prompt" if args.prompts is None else f"--prompts line {it.index + 1}")
     view = _read_view(args.view) if args.view is not None else None
     image = mask = None
     if args.image is not None:
         image = read_image(args.image, "--image")
         mask = read_image(args.mask, "--mask")
+    # which faces are given (not generated), known before loading: the face prompts are checked now
+    from ..jopano import conditions as C
+    from ..jopano.pipeline import resolve_face_prompts
+
+    given = [args.view_face.upper()] if args.view_face else []
+    if view is not None and args.fov is not None:
+        given = C.view_condition(view, args.fov, args.view_yaw, args.view_pitch, face_size=args.face_size,
+                                 name="--view").full_names
+    elif image is not None:
+        given = C.erp_condition(image, mask, face_size=args.face_size, name="--image", mask_name="--mask").full_names
+
+    for it in items:
+        resolve_face_prompts(it.prompt, it.faces or None, given,
+                             name="--face-prompt" if args.prompts is None else f"--prompts line {it.index + 1}")
 
     t0 = time.time()
     pipe = _load(args)
