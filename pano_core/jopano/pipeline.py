@@ -208,6 +208,8 @@ class JoPanoPipeline:
         dtype: str | torch.dtype | None = None,
         offload: str = "none",
         vae_tiling: bool = False,
+        lora: str | os.PathLike | None = None,
+        lora_scale: float = 1.0,
         revision: str | None = None,
         local_files_only: bool | None = None,
     ) -> JoPanoPipeline:
@@ -216,7 +218,8 @@ class JoPanoPipeline:
 
         ``dtype`` ``None``: bfloat16 on CUDA, float32 on the CPU (fp16 keeps the text encoder and
         the DC-AE in bfloat16, which do not overflow there). ``offload``: ``none``, ``model`` or
-        ``sequential`` CPU offload (GPU only). Weights load from safetensors only.
+        ``sequential`` CPU offload (GPU only). ``lora``: a Sana LoRA (PEFT/diffusers ``.safetensors``)
+        loaded beside the adapter with strength ``lora_scale``. Weights load from safetensors only.
         """
         dev = _resolve_device(device)
         torch_dtype = _resolve_dtype(dtype, dev)
@@ -229,6 +232,8 @@ class JoPanoPipeline:
         )
         pipe = cls(sana)
         pipe.model_source = str(model)
+        if lora is not None:
+            pipe.load_lora(lora, scale=lora_scale)
         if adapter is not None:
             pipe.load_adapter(adapter)
         pipe.set_memory(dev, offload=offload, vae_tiling=vae_tiling)
@@ -270,6 +275,51 @@ class JoPanoPipeline:
         else:
             self.adapter_source = None
         self.adapter = adapter
+
+    def load_lora(self, lora: str | os.PathLike, scale: float = 1.0, adapter_name: str = "sana_lora") -> int:
+        """Load a Sana LoRA (PEFT / diffusers keys, ``.safetensors``) beside the Joint-Face adapter.
+
+        Every ``lora_A``/``lora_B`` pair must fit a Linear of the transformer (name and shape);
+        otherwise a :class:`PanoInputError` says how many matched, before anything is changed.
+        Returns the number of LoRA modules loaded."""
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+
+        path = Path(lora)
+        if path.suffix.lower() != ".safetensors":
+            raise PanoInputError(f"lora: {path.name} is not a .safetensors file (weights load from safetensors only)")
+        if not path.is_file():
+            raise PanoInputError(f"lora: file not found: {path}")
+        try:
+            raw = load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - safetensors raises several types
+            raise PanoInputError(f"lora: cannot read {path} as safetensors: {e}") from e
+        mods = dict(self.transformer.named_modules())
+        sd, fits, bad = {}, {}, []
+        for k, v in raw.items():
+            key = k[len("base_model.model."):] if k.startswith("base_model.model.") else k
+            key = key[len("transformer."):] if key.startswith("transformer.") else key
+            for which in (".lora_A.", ".lora_B."):
+                if which in key:
+                    mod = key.split(which)[0]
+                    lin = getattr(mods.get(mod), "base_layer", mods.get(mod))
+                    ok = isinstance(lin, torch.nn.Linear) and v.ndim == 2 and (
+                        v.shape[1] == lin.in_features if which == ".lora_A." else v.shape[0] == lin.out_features)
+                    fits.setdefault(mod, set()).add(which if ok else "bad")
+                    if not ok:
+                        bad.append(k)
+                    break
+            sd["transformer." + key] = v
+        pairs = {m for m, w in fits.items() if w == {".lora_A.", ".lora_B."}}
+        if bad or not pairs:
+            raise PanoInputError(
+                f"lora: {path.name}: {len(pairs)} LoRA modules fit this Sana transformer, {len(bad)} keys do not "
+                f"(e.g. {', '.join(bad[:3])}); is it a LoRA for another model?"
+            )
+        self.sana.load_lora_weights(sd, adapter_name=adapter_name)
+        self.sana.set_adapters([adapter_name], adapter_weights=[float(scale)])
+        return len(pairs)
 
     # ------------------------------------------------------------------ components
     @property
