@@ -6,8 +6,8 @@ from __future__ import annotations
 import shutil
 
 import pytest
-import torch
 import tiny_sana
+import torch
 from tiny_sana import TINY_FACE
 
 from pano_core.errors import PanoInputError
