@@ -137,7 +137,7 @@ class JointFaceAdapterConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "config") -> JointFaceAdapterConfig:
+    def from_dict(cls, data: dict, source: str = "config") -> "JointFaceAdapterConfig":
         """Build from a dict (unknown keys are ignored for forward compatibility)."""
         if not isinstance(data, dict):
             raise PanoInputError(f"{source}: expected a JSON object with the adapter configuration, got {type(data).__name__}")
@@ -151,7 +151,7 @@ class JointFaceAdapterConfig:
             raise PanoInputError(f"{source}: bad adapter configuration: {e}") from None
 
     @classmethod
-    def for_transformer(cls, transformer: nn.Module, **overrides) -> JointFaceAdapterConfig:
+    def for_transformer(cls, transformer: nn.Module, **overrides) -> "JointFaceAdapterConfig":
         """The configuration that fits ``transformer`` (a diffusers ``SanaTransformer2DModel``):
         its block count and width; ``base_model`` from its ``_name_or_path``; overrides win."""
         model_dim, num_layers = transformer_dims(transformer)
@@ -213,7 +213,7 @@ class JointFaceAdapterSet(nn.Module):
         )
 
     @classmethod
-    def for_transformer(cls, transformer: nn.Module, **overrides) -> JointFaceAdapterSet:
+    def for_transformer(cls, transformer: nn.Module, **overrides) -> "JointFaceAdapterSet":
         """A fresh (identity) adapter set that fits ``transformer``, on its device."""
         s = cls(JointFaceAdapterConfig.for_transformer(transformer, **overrides))
         return s.to(next(transformer.parameters()).device)
@@ -288,7 +288,7 @@ class _AdapterProcessor:
         return out + d
 
 
-_ATTACHED: weakref.WeakKeyDictionary[nn.Module, AdapterHandle] = weakref.WeakKeyDictionary()
+_ATTACHED: "weakref.WeakKeyDictionary[nn.Module, AdapterHandle]" = weakref.WeakKeyDictionary()
 
 
 class AdapterHandle:
@@ -313,7 +313,7 @@ class AdapterHandle:
                 del _ATTACHED[t]
         self.attached = False
 
-    def __enter__(self) -> AdapterHandle:
+    def __enter__(self) -> "AdapterHandle":
         return self
 
     def __exit__(self, *exc) -> None:

@@ -41,7 +41,7 @@ from ..geometry import cube_pad
 
 __all__ = ["cube_padded_convs", "is_synced", "joint_face_sync"]
 
-_SYNCED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+_SYNCED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
 
 def _check_faces(bf: int, who: str) -> int:
