@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from pano_core import PanoInputError
-from pano_core.geometry import FACE_NAMES, CubePadPlan, cube_pad, cube_pad_cache_clear, cube_pad_plan, face_cell_directions
+from pano_core.geometry import (
+    FACE_NAMES,
+    CubePadPlan,
+    cube_pad,
+    cube_pad_cache_clear,
+    cube_pad_plan,
+    face_cell_directions,
+)
 from pano_core.geometry import cube_padding as cp
 
 F_, U_ = FACE_NAMES.index("F"), FACE_NAMES.index("U")
@@ -101,6 +108,15 @@ def test_batches_of_panoramas_pad_each_from_its_own_faces():
     assert torch.equal(p[6:], cube_pad(x[6:], 2))
 
 
+def test_channels_last_input_gives_the_same_channels_last_result():
+    torch.manual_seed(2)
+    x = torch.randn(12, 5, 6, 6)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    p = cube_pad(cl, 2)
+    assert p.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(p, cube_pad(x, 2), atol=1e-6)
+
+
 def test_plan_is_cached_per_size_width_device_dtype():
     a = cube_pad_plan(6, 1, device="cpu", dtype=torch.float32)
     assert cube_pad_plan(6, 1, device="cpu", dtype=torch.float32) is a
@@ -110,8 +126,12 @@ def test_plan_is_cached_per_size_width_device_dtype():
     assert a.src.shape[1] <= 2  # width 1: at most two taps per cell (along the edge)
 
 
-def test_gradients_flow_to_the_neighbour_faces():
-    x = torch.randn(6, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gradients_flow_to_the_neighbour_faces(channels_last):
+    x = torch.randn(6, 2, 3, 3, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda t: cube_pad(t, 2), (x,))
 
 

@@ -28,8 +28,10 @@ take the mean of the two samples, so the padding is symmetric under the cube's r
 yaw of the cube maps the padded cube onto itself).
 
 Plans are built once per (size, width, mode, device, dtype) in float64 and cached
-(:func:`cube_pad_cache_clear`); applying a plan is one strided copy plus one gather over the
-border cells, with no Python loop over faces, and is differentiable w.r.t. the faces.
+(:func:`cube_pad_cache_clear`); applying a plan is one copy of the interior plus a weighted gather
+of at most K taps per border cell (K = 2 for width 1), with no Python loop over faces, and is
+differentiable w.r.t. the faces. Channels-last inputs (what Sana's GLUMBConv feeds its depthwise
+conv) are gathered C-rows at a time and padded channels-last.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from functools import lru_cache
 import torch
 
 from ..errors import PanoInputError
+from ..validate import check_choice, check_int
 from .directions import FACE_BASIS
 
 __all__ = ["CUBE_PAD_MODES", "CubePadPlan", "cube_pad", "cube_pad_cache_clear", "cube_pad_plan", "face_cell_directions"]
@@ -75,8 +78,8 @@ def face_cell_directions(size: int, pad: int = 0, device=None, dtype=None) -> to
     the face planes are extended by ``pad`` cells on every side (the padded cells of
     :func:`cube_pad`; their directions lie on the neighbour faces).
     """
-    _check_int(size, "size", 1)
-    _check_int(pad, "pad", 0)
+    check_int(size, "size", 1)
+    check_int(pad, "pad", 0)
     p = _cell_points(size, pad)
     d = p / p.norm(dim=-1, keepdim=True)
     return d.to(device=device, dtype=dtype if dtype is not None else torch.get_default_dtype())
@@ -88,7 +91,9 @@ class CubePadPlan:
 
     ``face``, ``row``, ``col`` (P,) are the padded border cells (output coordinates);
     ``src`` (P, K) index the source cells in the flattened (6 * S * S) face stack and ``weight``
-    (P, K) are their sampling weights (rows sum to 1; unused taps have weight 0).
+    (P, K) are their sampling weights (rows sum to 1; unused taps have weight 0). Derived:
+    ``src_face``/``src_pix`` (``src`` split into face and cell), ``dst_pix`` (row * n + col) and
+    ``dst`` (the flat index in the (6 * n * n) padded stack).
     """
 
     size: int
@@ -103,8 +108,11 @@ class CubePadPlan:
         area = self.size * self.size
         object.__setattr__(self, "src_face", torch.div(self.src, area, rounding_mode="floor"))
         object.__setattr__(self, "src_pix", self.src % area)
+        n = self.size + 2 * self.width
+        object.__setattr__(self, "dst_pix", self.row * n + self.col)
+        object.__setattr__(self, "dst", self.face * (n * n) + self.row * n + self.col)
 
-    def to(self, device=None, dtype=None) -> "CubePadPlan":
+    def to(self, device=None, dtype=None) -> CubePadPlan:
         return CubePadPlan(
             self.size,
             self.width,
@@ -190,10 +198,9 @@ def _plan_on(size: int, width: int, mode: str, device: torch.device, dtype: torc
 
 def cube_pad_plan(size: int, width: int, mode: str = "bilinear", device=None, dtype=torch.float32) -> CubePadPlan:
     """The cached :class:`CubePadPlan` for faces of ``size`` cells padded by ``width``."""
-    _check_int(size, "size", 1)
-    _check_int(width, "width", 0)
-    if mode not in CUBE_PAD_MODES:
-        raise PanoInputError(f"mode: expected one of {', '.join(CUBE_PAD_MODES)}, got {mode!r}")
+    check_int(size, "size", 1)
+    check_int(width, "width", 0)
+    check_choice(mode, "mode", CUBE_PAD_MODES)
     return _plan_on(size, width, mode, torch.device(device) if device is not None else torch.device("cpu"), dtype)
 
 
@@ -220,7 +227,7 @@ def cube_pad(faces: torch.Tensor, width: int, mode: str = "bilinear") -> torch.T
             f"faces: expected a stack of whole cubemaps (B*6, C, S, S): 6 square faces F R B L U D per panorama, "
             f"contiguous; got shape {tuple(faces.shape)}"
         )
-    _check_int(width, "width", 0)
+    check_int(width, "width", 0)
     if width == 0:
         return faces
     if not faces.is_floating_point():
@@ -228,19 +235,27 @@ def cube_pad(faces: torch.Tensor, width: int, mode: str = "bilinear") -> torch.T
     plan = cube_pad_plan(h, width, mode, faces.device, faces.dtype)
     b = bf // 6
     n = h + 2 * width
+    k = plan.src.shape[1]
+    if faces.is_contiguous(memory_format=torch.channels_last) and not faces.is_contiguous():
+        # Channels-last (what Sana's GLUMBConv feeds its depthwise conv): gather whole C-rows.
+        rows = faces.permute(0, 2, 3, 1)  # (B*6, S, S, C), contiguous
+        out = faces.new_empty(b, 6, n, n, c)
+        out[:, :, width : width + h, width : width + h] = rows.view(b, 6, h, h, c)
+        src = rows.reshape(b, 6 * h * h, c)
+        vals = src.index_select(1, plan.src[:, 0]) * plan.weight[:, 0, None]
+        for i in range(1, k):  # K <= 8 taps, not faces
+            vals = vals + src.index_select(1, plan.src[:, i]) * plan.weight[:, i, None]
+        out.view(b, 6 * n * n, c).index_copy_(1, plan.dst, vals)
+        return out.view(bf, n, n, c).permute(0, 3, 1, 2)  # channels-last result
     out = faces.new_empty(b, 6, c, n, n)
     out[..., width : width + h, width : width + h] = faces.view(b, 6, c, h, h)
-    # Border: gather the taps of every padded cell, (P, K, B, C) -> weighted sum over K.
     flat = faces.reshape(b, 6, c, h * h)
-    taps = flat[:, plan.src_face, :, plan.src_pix]  # advanced indices around a slice -> (P, K, B, C)
-    vals = torch.einsum("pkbc,pk->pbc", taps, plan.weight)
-    out.view(b, 6, c, n * n)[:, plan.face, :, plan.row * n + plan.col] = vals
+    # advanced indices around a slice: (P, B, C) per tap
+    vals = flat[:, plan.src_face[:, 0], :, plan.src_pix[:, 0]] * plan.weight[:, 0, None, None]
+    for i in range(1, k):
+        vals = vals + flat[:, plan.src_face[:, i], :, plan.src_pix[:, i]] * plan.weight[:, i, None, None]
+    out.view(b, 6, c, n * n)[:, plan.face, :, plan.dst_pix] = vals
     return out.view(bf, c, n, n)
-
-
-def _check_int(v, name: str, lo: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise PanoInputError(f"{name}: expected an integer >= {lo}, got {v!r}")
 
 
 def _describe(x) -> str:

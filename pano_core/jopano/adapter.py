@@ -17,6 +17,10 @@ adapters (:func:`detach_adapters` restores the previous processors), and LoRAs l
 transformer (diffusers/PEFT) keep working beside the adapter: the wrapped processor still calls
 ``attn2``'s own (possibly LoRA-wrapped) projections.
 
+**Gradient checkpointing** recomputes blocks during ``backward()``: keep the adapters attached
+until then (``adapter_set(transformer, ...)`` attaches and stays attached; a ``with
+adapters_attached(...)`` block must enclose the backward pass too).
+
 **Batches.** A batch holds whole panoramas: 6 faces F R B L U D per panorama, contiguous
 (classifier-free guidance doubles the batch, which keeps that). Faces are square token grids.
 Each face may carry its own timestep (Sana's timestep is per batch element).
@@ -42,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PanoInputError
+from ..validate import check_int
 from .sphere_rope import DEFAULT_ROPE_BASE, DEFAULT_ROPE_SCALE, SphereRoPE
 
 __all__ = [
@@ -106,13 +111,13 @@ class JointFaceAdapterConfig:
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "model_dim", "face_size"):
-            _check_pos_int(getattr(self, name), name)
+            check_int(getattr(self, name), name, 1)
         if self.inner_dim is None:
             self.inner_dim = self.model_dim // 2
-        _check_pos_int(self.inner_dim, "inner_dim")
+        check_int(self.inner_dim, "inner_dim", 1)
         if self.heads is None:
             self.heads = _default_heads(self.inner_dim)
-        _check_pos_int(self.heads, "heads")
+        check_int(self.heads, "heads", 1)
         if self.inner_dim % self.heads:
             raise PanoInputError(f"heads: inner_dim {self.inner_dim} is not divisible by {self.heads} heads")
         for name in ("rope_scale", "rope_base", "norm_eps"):
@@ -122,7 +127,7 @@ class JointFaceAdapterConfig:
             setattr(self, name, float(v))
         if not isinstance(self.base_model, str):
             raise PanoInputError(f"base_model: expected a model id or path string, got {self.base_model!r}")
-        _check_pos_int(self.format_version, "format_version")
+        check_int(self.format_version, "format_version", 1)
         if self.format_version > FORMAT_VERSION:
             raise PanoInputError(
                 f"format_version: this adapter file has format {self.format_version}; this Pano360 reads up to {FORMAT_VERSION} (update Pano360)"
@@ -137,7 +142,7 @@ class JointFaceAdapterConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "config") -> "JointFaceAdapterConfig":
+    def from_dict(cls, data: dict, source: str = "config") -> JointFaceAdapterConfig:
         """Build from a dict (unknown keys are ignored for forward compatibility)."""
         if not isinstance(data, dict):
             raise PanoInputError(f"{source}: expected a JSON object with the adapter configuration, got {type(data).__name__}")
@@ -151,7 +156,7 @@ class JointFaceAdapterConfig:
             raise PanoInputError(f"{source}: bad adapter configuration: {e}") from None
 
     @classmethod
-    def for_transformer(cls, transformer: nn.Module, **overrides) -> "JointFaceAdapterConfig":
+    def for_transformer(cls, transformer: nn.Module, **overrides) -> JointFaceAdapterConfig:
         """The configuration that fits ``transformer`` (a diffusers ``SanaTransformer2DModel``):
         its block count and width; ``base_model`` from its ``_name_or_path``; overrides win."""
         model_dim, num_layers = transformer_dims(transformer)
@@ -213,10 +218,19 @@ class JointFaceAdapterSet(nn.Module):
         )
 
     @classmethod
-    def for_transformer(cls, transformer: nn.Module, **overrides) -> "JointFaceAdapterSet":
+    def for_transformer(cls, transformer: nn.Module, **overrides) -> JointFaceAdapterSet:
         """A fresh (identity) adapter set that fits ``transformer``, on its device."""
         s = cls(JointFaceAdapterConfig.for_transformer(transformer, **overrides))
         return s.to(next(transformer.parameters()).device)
+
+    def forward(self, transformer: nn.Module, *args, **kwargs):
+        """``transformer(*args, **kwargs)`` with this set attached (attaching it, and leaving it
+        attached, when it is not). Running the transformer *through* the adapter set lets DDP /
+        accelerate wrap the set, the only trained module, and see its forward; leaving it attached
+        keeps gradient checkpointing right (blocks are recomputed during ``backward``)."""
+        if attached_adapters(transformer) is not self:
+            attach_adapters(transformer, self)
+        return transformer(*args, **kwargs)
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -288,7 +302,7 @@ class _AdapterProcessor:
         return out + d
 
 
-_ATTACHED: "weakref.WeakKeyDictionary[nn.Module, AdapterHandle]" = weakref.WeakKeyDictionary()
+_ATTACHED: weakref.WeakKeyDictionary[nn.Module, AdapterHandle] = weakref.WeakKeyDictionary()
 
 
 class AdapterHandle:
@@ -313,7 +327,7 @@ class AdapterHandle:
                 del _ATTACHED[t]
         self.attached = False
 
-    def __enter__(self) -> "AdapterHandle":
+    def __enter__(self) -> AdapterHandle:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -462,8 +476,3 @@ def load_adapter_set(
         state[k] = t.to(device=device, dtype=dtype) if (device is not None or dtype is not None) else t
     adapters.load_state_dict(state, assign=True)
     return adapters
-
-
-def _check_pos_int(v, name: str) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise PanoInputError(f"{name}: expected a positive integer, got {v!r}")

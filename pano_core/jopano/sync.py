@@ -21,10 +21,14 @@ Everything else in the decoder (RMSNorm, pixel shuffle, nearest upsampling) is p
 decoder decodes whole panoramas: tiling is off inside the context, and with slicing enabled it
 decodes one panorama (6 faces) at a time instead of one face.
 
-Non-destructive: :func:`joint_face_sync` swaps ``attn1`` processors and sets instance-level
-``forward`` / method wrappers on the affected module instances, and restores all of it on exit;
+Non-destructive: :func:`joint_face_sync` swaps ``attn1`` processors, adds forward pre-hooks to the
+padded convs (their ``padding`` set to 0 meanwhile; hooks, not replaced ``forward`` methods, so
+accelerate's offload hooks keep working) and wraps the decoder attention's kernels on the
+instances, and restores all of it on exit;
 no weight, module or class changes, and the models are plain again after the ``with`` block (also
-when it raises). Entering the context again on a model that is already synced leaves it as it is.
+when it raises). Entering the context again on a model that is already synced leaves it as it is. With gradient
+checkpointing the blocks are recomputed during ``backward()``: run the backward pass inside the
+context too.
 """
 
 from __future__ import annotations
@@ -33,15 +37,15 @@ import weakref
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PanoInputError
-from ..geometry import cube_pad
+from ..geometry import CUBE_PAD_MODES, cube_pad
+from ..validate import check_choice
 
 __all__ = ["cube_padded_convs", "is_synced", "joint_face_sync"]
 
-_SYNCED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+_SYNCED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 def _check_faces(bf: int, who: str) -> int:
@@ -81,6 +85,9 @@ class _Patches:
         object.__setattr__(obj, name, value) if isinstance(obj, nn.Module) else setattr(obj, name, value)
         self._undo.append((obj, name, had, old))
 
+    def hook(self, handle) -> None:
+        self._undo.append((handle, "", True, None))
+
     def processor(self, attn, proc) -> None:
         old = attn.processor
         attn.set_processor(proc)
@@ -91,6 +98,8 @@ class _Patches:
             obj, name, had, old = self._undo.pop()
             if name is None:
                 obj.set_processor(old)
+            elif name == "":
+                obj.remove()
             elif had:
                 object.__setattr__(obj, name, old) if isinstance(obj, nn.Module) else setattr(obj, name, old)
             else:
@@ -112,14 +121,15 @@ class _JointFacesProcessor:
         return out.reshape(bf, n, out.shape[-1])
 
 
-def _cube_conv_forward(conv: nn.Conv2d, mode: str):
-    width = conv.padding[0]
+def _cube_pad_hook(mode: str):
+    """Forward pre-hook: cube-pad the input by the conv's original padding (then set to 0)."""
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
+    def hook(conv: nn.Conv2d, args):
+        x = args[0]
         _check_faces(x.shape[0], "convolution input")
-        return F.conv2d(cube_pad(x, width, mode), conv.weight, conv.bias, 1, 0, 1, conv.groups)
+        return (cube_pad(x, conv.kernel_size[0] // 2, mode), *args[1:])
 
-    return forward
+    return hook
 
 
 def _joint_tokens(fn):
@@ -153,6 +163,15 @@ def _decode_by_panorama(decode):
     return wrapped
 
 
+def _pad_convs(patches: _Patches, convs: list[nn.Conv2d], mode: str) -> None:
+    """Cube-pad the input of each conv in a forward pre-hook and run the conv unpadded. A hook
+    (not a replaced ``forward``) keeps accelerate's offload hooks and PEFT wrappers working."""
+    hook = _cube_pad_hook(mode)
+    for conv in convs:
+        patches.set(conv, "padding", (0, 0))
+        patches.hook(conv.register_forward_pre_hook(hook))
+
+
 @contextmanager
 def joint_face_sync(
     transformer: nn.Module | None = None,
@@ -172,8 +191,7 @@ def joint_face_sync(
     Batches must hold whole panoramas (B*6 faces, F R B L U D contiguous); anything else raises
     :class:`PanoInputError`. Yields nothing useful; see the module docstring.
     """
-    if padding_mode not in ("bilinear", "nearest"):
-        raise PanoInputError(f"padding_mode: expected 'bilinear' or 'nearest', got {padding_mode!r}")
+    check_choice(padding_mode, "padding_mode", CUBE_PAD_MODES)
     patches = _Patches()
     entered: list[nn.Module] = []
     try:
@@ -185,8 +203,7 @@ def joint_face_sync(
                 for blk in blocks:
                     patches.processor(blk.attn1, _JointFacesProcessor(blk.attn1.processor))
             if padding:
-                for conv in cube_padded_convs(transformer):
-                    patches.set(conv, "forward", _cube_conv_forward(conv, padding_mode))
+                _pad_convs(patches, cube_padded_convs(transformer), padding_mode)
             _SYNCED.add(transformer)
             entered.append(transformer)
         if vae is not None and vae not in _SYNCED:
@@ -194,8 +211,7 @@ def joint_face_sync(
             if decoder is None or not hasattr(vae, "use_tiling"):
                 raise PanoInputError(f"vae: expected a DC-AE (diffusers AutoencoderDC), got {type(vae).__name__}")
             if padding:
-                for conv in cube_padded_convs(decoder):
-                    patches.set(conv, "forward", _cube_conv_forward(conv, padding_mode))
+                _pad_convs(patches, cube_padded_convs(decoder), padding_mode)
             if attention:
                 for m in decoder.modules():
                     if hasattr(m, "apply_linear_attention") and hasattr(m, "apply_quadratic_attention"):
