@@ -19,11 +19,20 @@ import time
 from pathlib import Path
 
 from ..errors import PanoInputError
+from ..geometry import FACE_NAMES
 from ..io import read_image
 from . import _batch
-from ._args import add_force, angle, check_image_output, finite_float, nonneg_int, positive_int
+from ._args import (
+    add_device_args,
+    add_force,
+    angle,
+    check_image_output,
+    finite_float,
+    nonneg_int,
+    positive_int,
+)
 
-FACES = ("F", "R", "B", "L", "U", "D")
+FACES = FACE_NAMES
 
 
 def _face_prompt(text: str) -> tuple[str, str]:
@@ -218,12 +227,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vae", default=None, help="with a single-file --model: a Sana folder or a DC-AE folder")
     p.add_argument("--transformer-config", default=None,
                    help="with a single-file --model of an unpublished size: a Sana folder or its transformer/config.json")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
-                   help="weights dtype (default auto: bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--offload", choices=("none", "model", "sequential"), default="none",
-                   help="CPU offload: model (one whole model at a time on the GPU) or sequential (layer by layer)")
-    p.add_argument("--vae-tiling", action="store_true", help="decode in tiles (less memory; decodes faces without the synced VAE)")
+    add_device_args(p, vae_tiling_help="decode in tiles (less memory; decodes faces without the synced VAE)")
 
 
 def register(subparsers) -> None:

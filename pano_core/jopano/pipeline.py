@@ -52,6 +52,7 @@ from ..diffusion.schedules import add_noise, scheduler_timesteps
 from ..diffusion.vae import spatial_factor, vae_decode, vae_encode
 from ..errors import PanoInputError
 from ..geometry import FACE_NAMES, c2e
+from ..validate import check_choice, check_int
 from . import conditions as C
 from .loading import DEFAULT_MODEL, load_sana_pipeline
 
@@ -219,8 +220,7 @@ class JoPanoPipeline(DiffusersGenerator):
         """
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
-        if offload not in OFFLOAD_MODES:
-            raise PanoInputError(f"offload: expected one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
+        check_choice(offload, "offload", OFFLOAD_MODES)
         side = torch.bfloat16 if torch_dtype == torch.float16 else torch_dtype
         sana = load_sana_pipeline(
             model, text_encoder=text_encoder, vae=vae, transformer_config=transformer_config, dtype=torch_dtype,
@@ -278,8 +278,7 @@ class JoPanoPipeline(DiffusersGenerator):
 
     def check_face_size(self, face_size: int) -> int:
         """A positive multiple of the VAE factor x patch size (the token grid must be whole)."""
-        if isinstance(face_size, bool) or not isinstance(face_size, (int, np.integer)) or face_size <= 0:
-            raise PanoInputError(f"face_size: expected a positive number of pixels, got {face_size!r}")
+        face_size = check_int(face_size, "face_size", 1, what="a number of pixels")
         m = self.vae_factor * self.patch_size
         if face_size % m:
             lo, hi = (face_size // m) * m, (face_size // m + 1) * m
@@ -344,8 +343,7 @@ class JoPanoPipeline(DiffusersGenerator):
 
     def _check_mode(self, mode: str | None) -> str:
         mode = default_mode(self.adapter) if mode is None else mode
-        if mode not in MODES:
-            raise PanoInputError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
+        check_choice(mode, "mode", MODES)
         if "adapter" in mode and self.adapter is None:
             raise PanoInputError(f"mode: {mode} needs a Joint-Face adapter (adapter=...); without one use sync or independent")
         return mode
@@ -435,12 +433,9 @@ class JoPanoPipeline(DiffusersGenerator):
             interrupt: called before every step; a true return value stops with
                 :class:`GenerationInterrupted` (it may also raise its own exception).
         """
-        if output_type not in ("pt", "latent"):
-            raise PanoInputError(f"output_type: expected 'pt' or 'latent', got {output_type!r}")
-        if blend not in BLENDS:
-            raise PanoInputError(f"blend: expected one of {', '.join(BLENDS)}, got {blend!r}")
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-            raise PanoInputError(f"steps: expected a positive integer, got {steps!r}")
+        check_choice(output_type, "output_type", ("pt", "latent"))
+        check_choice(blend, "blend", BLENDS)
+        steps = check_int(steps, "steps", 1)
         try:
             cfg = float(cfg)
         except (TypeError, ValueError):
