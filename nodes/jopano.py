@@ -123,7 +123,7 @@ class Pano360SanaLoader:
                     "or a single-file transformer .safetensors in models/diffusion_models (then pick text_encoder "
                     "and vae)."}),
                 "dtype": (list(DTYPES), {"default": "auto", "tooltip":
-                    "auto: bf16 on a GPU, fp32 on the CPU. fp16 keeps Gemma and the DC-AE in bf16."}),
+                    "auto: what ComfyUI picks for the device (bf16 where supported, else fp16; fp32 on the CPU). fp16 keeps Gemma and the DC-AE in bf16."}),
             },
             "optional": {
                 "text_encoder": (comps + sorted(_component_folders("text_encoders")), {"default": FROM_MODEL,
@@ -192,8 +192,11 @@ class Pano360SanaLoader:
         need = _size_on_disk(path, te, va)
         mm.free_memory(need * 1.3 + 1024**3, device)
         mm.soft_empty_cache()
+        if dtype == "auto":  # what ComfyUI would pick for this device: bf16 where supported, else fp16 / fp32
+            dtype = "fp32" if device.type == "cpu" else ("bf16" if mm.should_use_bf16(device) else
+                                                        "fp16" if mm.should_use_fp16(device) else "fp32")
         pipe = JoPanoPipeline.from_pretrained(
-            path, text_encoder=te, vae=va, device=device, dtype=None if dtype == "auto" else dtype,
+            path, text_encoder=te, vae=va, device=device, dtype=dtype,
             lora=lora, lora_scale=float(lora_strength), local_files_only=True,
         )
         pipe.sana.set_progress_bar_config(disable=True)
