@@ -47,7 +47,7 @@ from torch import nn
 
 from ..errors import PanoInputError
 from ..validate import check_int
-from .sphere_rope import DEFAULT_ROPE_BASE, DEFAULT_ROPE_SCALE, SphereRoPE
+from .sphere_rope import DEFAULT_ROPE_BASE, DEFAULT_ROPE_SCALE, SphereRoPE, positive
 
 __all__ = [
     "ADAPTER_FILE_NAME",
@@ -121,10 +121,7 @@ class JointFaceAdapterConfig:
         if self.inner_dim % self.heads:
             raise PanoInputError(f"heads: inner_dim {self.inner_dim} is not divisible by {self.heads} heads")
         for name in ("rope_scale", "rope_base", "norm_eps"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise PanoInputError(f"{name}: expected a positive number, got {v!r}")
-            setattr(self, name, float(v))
+            setattr(self, name, positive(getattr(self, name), name))
         if not isinstance(self.base_model, str):
             raise PanoInputError(f"base_model: expected a model id or path string, got {self.base_model!r}")
         check_int(self.format_version, "format_version", 1)

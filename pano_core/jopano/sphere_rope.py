@@ -58,6 +58,13 @@ def face_token_directions(size_tokens: int, device=None, dtype=None) -> torch.Te
     return d.reshape(6, size_tokens * size_tokens, 3).to(dtype=dtype if dtype is not None else torch.get_default_dtype())
 
 
+def positive(v: object, name: str) -> float:
+    """``v`` as a float if it is a finite number > 0, else :class:`PanoInputError` naming ``name``."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise PanoInputError(f"{name}: expected a positive number, got {v!r}")
+    return float(v)
+
+
 class SphereRoPE:
     """Rotary embedding of 3D positions ``scale * direction`` (see the module docstring).
 
@@ -68,9 +75,8 @@ class SphereRoPE:
     def __init__(self, head_dim: int, scale: float = DEFAULT_ROPE_SCALE, base: float = DEFAULT_ROPE_BASE) -> None:
         if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 6 or head_dim % 2:
             raise PanoInputError(f"head_dim: sphere RoPE needs an even head dimension of at least 6 (one pair per axis), got {head_dim!r}")
-        for name, v in (("rope_scale", scale), ("rope_base", base)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise PanoInputError(f"{name}: expected a positive number, got {v!r}")
+        positive(scale, "rope_scale")
+        positive(base, "rope_base")
         if base <= 1:
             raise PanoInputError(f"rope_base: expected a frequency base above 1, got {base!r}")
         self.head_dim = head_dim
