@@ -28,6 +28,7 @@ LOADERS: dict[str, list[tuple[int, tuple[str, ...]]]] = {
     "DualCLIPLoader": [(0, ("text_encoders", "clip")), (1, ("text_encoders", "clip"))],
     "CLIPLoader": [(0, ("text_encoders", "clip"))],
     "VAELoader": [(0, ("vae",))],
+    "Pano360SanaLoader": [(0, ("diffusers", "sana"))],  # a diffusers folder
 }
 
 # file name -> (what it is and where to get it, licence, approximate size)
@@ -44,6 +45,9 @@ KNOWN_WEIGHTS: dict[str, tuple[str, str, str]] = {
                                "9.8 GB"),
     "ae.safetensors": ("FLUX VAE, ae.safetensors of black-forest-labs/FLUX.1-schnell (Apache-2.0) or FLUX.1-dev",
                        "Apache-2.0 (schnell copy)", "0.3 GB"),
+    "SANA1.5_1.6B_1024px_diffusers": (
+        "Sana 1.5 1.6B as a diffusers folder, Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers (a folder, "
+        "not a file)", "the licence on its model card (NVIDIA's own terms; read them before use)", ""),
 }
 
 
@@ -77,7 +81,7 @@ def workflow_needs(workflow: dict) -> list[ModelNeed]:
 def _find(comfyui: Path, need: ModelNeed) -> Path | None:
     for folder in need.folders:
         p = comfyui / "models" / folder / need.file
-        if p.is_file():
+        if p.is_file() or (p.is_dir() and any(p.iterdir())):  # diffusers models are folders
             return p
     return None
 

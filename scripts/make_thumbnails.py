@@ -37,6 +37,12 @@ ILLUSTRATION = {  # workflow -> (example image, banner lines)
                                                    "needs FLUX.1-dev + DiT360 LoRA (~34 GB of weights)"]),
     "pole_refine": ("snow_village_erp.png", ["ILLUSTRATION: the example input (poles to refine)",
                                              "model branch needs FLUX.1-dev (~34 GB of weights)"]),
+    "jopano_text_to_panorama": ("snow_village_erp.png", ["ILLUSTRATION - not a result of this workflow",
+                                                         "needs the Sana 1.5 1.6B diffusers weights"]),
+    "jopano_multi_text": ("chalet_erp.png", ["ILLUSTRATION - not a result of this workflow",
+                                             "needs the Sana 1.5 1.6B diffusers weights"]),
+    "jopano_view_to_panorama": ("chalet_erp.png", ["ILLUSTRATION: the example input photo",
+                                                   "needs the Sana 1.5 1.6B diffusers weights"]),
 }
 MASKED = {"dit360_inpaint", "dit360_outpaint"}
 

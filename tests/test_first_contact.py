@@ -165,5 +165,7 @@ def test_weight_needing_templates_name_weights_folders_and_licences():
             assert need.file in notes, (wf.name, need.file)
             assert need.folders[0] in notes, (wf.name, need.folders[0])
             assert need.file in KNOWN_WEIGHTS, need.file  # doctor knows where it comes from
-        assert "Non-Commercial" in notes and "doctor" in notes, wf.name
-    assert n_weighty == 5
+        assert "doctor" in notes, wf.name
+        if any(n.file == "flux1-dev.safetensors" for n in needs):
+            assert "Non-Commercial" in notes, wf.name  # FLUX.1-dev's licence is named
+    assert n_weighty >= 5
