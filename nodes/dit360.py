@@ -42,9 +42,12 @@ class Pano360DiT360Patch:
                 "id_mode": (list(ID_MODES), {"default": "wrapped", "tooltip":
                     "wrapped (DiT360): padded columns carry the position ids of the opposite edge; "
                     "linear: ids continue past the edge."}),
-                "resync": (list(patch.RESYNC_MODES), {"default": "none", "tooltip":
-                    "none (DiT360): padded columns evolve freely with the sampler; per step: rebuilt "
-                    "from the current opposite edge before every model call (stronger seam coupling)."}),
+                "resync": (list(patch.RESYNC_MODES), {"default": "per step", "tooltip":
+                    "per step (default): the padded columns are rebuilt from the current opposite edge before "
+                    "every model call, so a padded token always equals its source token, also with samplers "
+                    "that add noise (euler_ancestral, dpmpp_sde, ...); with wrapped ids and a deterministic "
+                    "sampler it gives the same result as none. none (the official DiT360 behaviour): the "
+                    "padded columns evolve freely with the sampler."}),
             }
         }
 
@@ -57,7 +60,7 @@ class Pano360DiT360Patch:
         "KSamplerAdvanced, SamplerCustomAdvanced, noise masks, Flux Fill and Kontext reference latents."
     )
 
-    def patch(self, model, padding=1, id_mode="wrapped", resync="none"):
+    def patch(self, model, padding=1, id_mode="wrapped", resync="per step"):
         return (patch.apply_dit360_patch(model, padding, id_mode, resync),)
 
 

@@ -151,6 +151,58 @@ def test_position_ids_token_by_token(pack, model, cond, id_mode):
             assert t[2] == expected, (r, c, t)
 
 
+def _padded_column_gap(calls, h, w, p):
+    """Largest |padded token - its source token| over every recorded model call (tokens after the
+    image embedding, which is per token: equal latent patches give equal embedded tokens)."""
+    gap = 0.0
+    for c in calls:
+        img = c["img"][:, : h * (w + 2 * p)]
+        g = img.reshape(img.shape[0], h, w + 2 * p, img.shape[-1])
+        left = (g[:, :, :p] - g[:, :, w : w + p]).abs().max().item()  # left pad <- last p interior columns
+        right = (g[:, :, w + p :] - g[:, :, p : 2 * p]).abs().max().item()  # right pad <- first p columns
+        gap = max(gap, left, right)
+    return gap
+
+
+# one sampler per family of ComfyUI's k-diffusion samplers: first order, CFG++, second order,
+# ancestral, SDE (single/multistep), multistep ODE, DDPM/LCM/DDIM, predictor-corrector, SEEDS, SA
+SAMPLER_FAMILIES = ("euler", "euler_cfg_pp", "euler_ancestral", "heun", "dpm_2_ancestral", "lms",
+                    "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddpm",
+                    "lcm", "ipndm", "deis", "res_multistep_ancestral", "gradient_estimation", "er_sde",
+                    "seeds_2", "sa_solver", "ddim", "uni_pc")
+
+
+def test_padded_columns_equal_their_source_at_every_model_call_for_every_sampler(pack, model, cond):
+    """Default ``resync = per step``: with a sampler of every family (deterministic, ancestral,
+    SDE, multistep, CFG++ ...) each padded token column equals the column it was copied from at
+    every model call, so two tokens never share a position (wrapped ids) with different content.
+    With ``resync = none`` (DiT360's free-running columns) samplers that add noise break this,
+    deterministic ones do not."""
+    import comfy.samplers
+
+    p = 1
+    h, w = LAT_H // 2, LAT_W // 2
+    assert pack.Pano360DiT360Patch.INPUT_TYPES()["required"]["resync"][1]["default"] == "per step"
+    assert set(SAMPLER_FAMILIES) <= set(comfy.samplers.KSampler.SAMPLERS)
+
+    def gap(sampler, resync):
+        spy = _IdsSpy()
+        m = _patch(pack, model, p, "wrapped", resync).clone()
+        m.set_model_post_input_patch(spy)
+        out = _sample(m, cond, sampler=sampler, steps=2)
+        assert spy.calls and torch.isfinite(out).all(), sampler
+        return _padded_column_gap(spy.calls, h, w, p)
+
+    for sampler in SAMPLER_FAMILIES:
+        assert gap(sampler, "per step") < 1e-6, sampler
+    # the failure the default prevents: noise-adding samplers desynchronise free-running columns
+    for sampler in ("euler_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde"):
+        assert gap(sampler, "none") > 1e-2, sampler
+    # deterministic samplers keep the copies equal even without re-sync (wrapped ids)
+    for sampler in ("euler", "dpmpp_2m"):
+        assert gap(sampler, "none") < 1e-4, sampler
+
+
 def test_reference_latents_are_left_alone(pack, model, cond):
     """Kontext-style ref latents: only the image grid is padded; ref tokens keep their ids."""
     import node_helpers
