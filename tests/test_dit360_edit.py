@@ -168,7 +168,13 @@ def test_edit_keeps_unmasked_and_changes_masked(pipe, image, mask):
     assert kept_err < masked_err
 
 
-def test_feature_replacement_pulls_edit_branch_to_source(pipe):
+@pytest.mark.parametrize("replace", ["attention", "block"])
+def test_feature_replacement_modes(pipe, replace):
+    """``attention`` (official DiT360): exactly the attention input of every block (the states Q/K/V
+    come from; in single blocks the image part of the joined [text, image] sequence) takes the
+    source's at kept tokens, while the block inputs (residual stream) stay the edit branch's own.
+    ``block``: the block inputs themselves are replaced (residual stream too), which pulls the kept
+    region of the edit branch much closer to the source."""
     lat = torch.randn(1, 16, 8, 16, generator=torch.Generator().manual_seed(0))
     vel = editing._FluxVelocity(pipe, lat.shape, padding=1, guidance=2.8)
     pe_s, pool_s, txt = vel.encode("")
@@ -176,20 +182,72 @@ def test_feature_replacement_pulls_edit_branch_to_source(pipe):
     pe, pooled = torch.cat([pe_s, pe_e]), torch.cat([pool_s, pool_e])
     m = torch.zeros(1, 1, 8, 16)
     m[..., :, 8:] = 1  # right half is edited, left half kept
-    keep = keep_mask_for_tokens(latent_mask_to_tokens(m), 4, 8, 4 * 10)
+    n_img = 4 * 10
+    keep = keep_mask_for_tokens(latent_mask_to_tokens(m), 4, 8, n_img)
     x = torch.cat([lat, lat + 0.5 * torch.randn_like(lat)])
-    rep = FeatureReplacer(vel.tr, keep)
+    blocks = list(vel.tr.transformer_blocks) + list(vel.tr.single_transformer_blocks)
+    seen = {"block": [], "attention": []}
+
+    def spy(kind):
+        def hook(module, args, kwargs):
+            hs = kwargs.get("hidden_states", args[0] if args else None)
+            seen[kind].append(hs[:, -n_img:].detach().clone())  # image tokens are at the end
+        return hook
+
+    rep = FeatureReplacer(vel.tr, keep, replace=replace)
     with rep:
         rep.enabled = False
         v_off = vel(x, 0.8, pe, pooled, txt)
+        handles = [b.register_forward_pre_hook(spy("block"), with_kwargs=True) for b in blocks]
+        handles += [b.attn.register_forward_pre_hook(spy("attention"), with_kwargs=True) for b in blocks]
         rep.enabled = True
-        v_on = vel(x, 0.8, pe, pooled, txt)
+        try:
+            v_on = vel(x, 0.8, pe, pooled, txt)
+        finally:
+            for h in handles:
+                h.remove()
     assert rep.calls == 2  # one double + one single block
-    kept = (1 - m).bool().expand_as(lat)
-    d_off = (v_off[1] - v_off[0])[kept[0]].abs().mean()
-    d_on = (v_on[1] - v_on[0])[kept[0]].abs().mean()
-    assert d_on < 0.5 * d_off
+    k = keep[0]
+    for kind, states in seen.items():
+        assert len(states) == 2
+        for i, hs in enumerate(states):
+            src, ed = hs[0], hs[1]
+            if kind == replace:
+                assert torch.equal(ed[k], src[k]), (kind, i)  # kept tokens: the source's
+                assert not torch.allclose(ed[~k], src[~k]), (kind, i)  # edited tokens: its own
+            elif kind == "block" and i > 0:  # attention mode: the residual stream stays its own
+                assert not torch.allclose(ed[k], src[k], atol=1e-4), (kind, i)
     assert torch.equal(v_on[0], v_off[0])  # the source branch is untouched
+    assert not torch.allclose(v_on[1], v_off[1])
+    kept = (1 - m).bool().expand_as(lat)[0]
+    d_off = (v_off[1] - v_off[0])[kept].abs().mean()
+    d_on = (v_on[1] - v_on[0])[kept].abs().mean()
+    if replace == "block":
+        assert d_on < 0.5 * d_off
+    with pytest.raises(PanoInputError, match="replace"):
+        FeatureReplacer(vel.tr, keep, replace="qkv")
+
+
+def test_feature_replacement_on_the_joined_text_image_layout(pipe):
+    """diffusers 0.32-0.34 feed single blocks the joined [text, image] sequence: only the image
+    tokens at the end are replaced; a sequence that is neither layout is a clear error."""
+    from pano_core.dit360.attention import image_part
+
+    assert image_part(40, 40, 512) == 0
+    assert image_part(552, 40, 512) == 512
+    with pytest.raises(PanoInputError, match="mask has 40 tokens, the model sees 60"):
+        image_part(60, 40, 512)
+    keep = torch.zeros(1, 4, dtype=torch.bool)
+    keep[0, :2] = True
+    rep = FeatureReplacer(pipe.transformer, keep, replace="block")
+    rep.enabled, rep.txt_len = True, 3
+    hs = torch.arange(2 * 7, dtype=torch.float32).view(2, 7, 1).repeat(1, 1, 2)
+    _, kw = rep._hook(None, (), {"hidden_states": hs})
+    out = kw["hidden_states"]
+    assert torch.equal(out[0], hs[0])  # source untouched
+    assert torch.equal(out[1, :3], hs[1, :3])  # text tokens untouched
+    assert torch.equal(out[1, 3:5], hs[0, 3:5])  # kept image tokens from the source
+    assert torch.equal(out[1, 5:], hs[1, 5:])  # edited image tokens stay
 
 
 def test_velocity_is_one_padded_transformer_call(pipe):

@@ -132,7 +132,8 @@ def register(subparsers) -> None:
                    help="position ids of the padded columns (default wrapped = DiT360)")
     p.add_argument("--resync", action="store_true", help="rebuild the padded columns from the opposite edge every step")
     p.add_argument("--circular-decode", action="store_true", help="VAE-decode with wrapped latent columns (no edge seam from the decoder)")
-    p.add_argument("--decode-pad", type=positive_int, default=4, help="latent columns wrapped per side for --circular-decode (default 4)")
+    p.add_argument("--decode-pad", type=positive_int, default=None,
+                   help="latent columns wrapped per side for --circular-decode (default 8, at most half the latent width)")
     p.add_argument("--max-sequence-length", type=positive_int, default=512, help="T5 tokens (default 512)")
     p.add_argument("--view", default=None, metavar="PHOTO", help="perspective photo to build the panorama around")
     p.add_argument("--fov", type=finite_float, default=None, help="horizontal field of view of --view, degrees")
