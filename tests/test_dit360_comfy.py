@@ -502,6 +502,51 @@ def test_circular_vae_decode(pack, tiny_models):
     assert torch.equal(node.decode(samples, vae, 0)[0], plain)
 
 
+def _edge_error(x, ref, cols, dim=-1):
+    """Mean |x - ref| over the ``cols`` columns at each edge of dimension ``dim``."""
+    d = (x - ref).abs()
+    n = d.shape[dim]
+    return float(torch.cat([d.narrow(dim, 0, cols), d.narrow(dim, n - cols, cols)], dim).mean())
+
+
+def test_circular_vae_encode_and_decode_against_the_tiled_reference(pack, tiny_models):
+    """VAE Encode / Decode (circular, panorama) against a perfectly circular reference (the input
+    tiled three times side by side, middle third): the error at the panorama's edges falls with
+    the wrapped columns, and the default (8) is far below a plain encode/decode and the former 4.
+    A plain encode bakes a seam into the latent (``wrap_seam_ratio`` of the latent well above the
+    reference's), the circular encode does not. Numbers for Flux's VAE: benchmarks/RESULTS.md."""
+    from pano_core.io import read_image
+
+    C = importlib.import_module(f"{PACK_NAME}.pano_core.diffusion.circular")
+    metrics = importlib.import_module(f"{PACK_NAME}.pano_core.seams.metrics")
+    vae = tiny_models.build_tiny_vae(0)
+    img = read_image(ROOT / "tests" / "assets" / "snow_village_erp.png")[:, :3]
+    img = torch.nn.functional.interpolate(img, size=(128, 256), mode="area").movedim(1, -1)
+    enc, dec = pack.Pano360CircularVAEEncode(), pack.Pano360CircularVAEDecode()
+    assert enc.INPUT_TYPES()["required"]["wrap_columns"][1]["default"] == 8
+    assert dec.INPUT_TYPES()["required"]["wrap_columns"][1]["default"] == 8
+    assert pack.NODE_DISPLAY_NAME_MAPPINGS["Pano360CircularVAEEncode"] == "VAE Encode (circular, panorama)"
+
+    z_ref = C.periodic_reference(vae.encode, img, scale=1 / 8, channels_last=True, out_channels_last=False)
+    z = {c: enc.encode(img, vae, c)[0]["samples"] for c in (0, 4, 8)}
+    assert torch.equal(z[0], vae.encode(img))  # 0 = plain VAE Encode
+    assert torch.equal(enc.encode(img, vae)[0]["samples"], z[8])  # default
+    e = {c: _edge_error(z[c], z_ref, 2) for c in z}
+    print("encode edge error vs tiled reference (0 / 4 / 8 columns):", e)
+    assert e[8] < 0.1 * e[4] < 0.1 * e[0]
+    seam = {k: metrics.wrap_seam_ratio(v) for k, v in (("plain", z[0]), ("circular", z[8]), ("reference", z_ref))}
+    print("latent wrap_seam_ratio:", seam)
+    assert seam["plain"] > 2 * seam["reference"] and abs(seam["circular"] - seam["reference"]) < 0.1 * seam["reference"]
+
+    x_ref = C.periodic_reference(vae.decode, z_ref, scale=8, out_channels_last=True)
+    x = {c: dec.decode({"samples": z_ref}, vae, c)[0] for c in (0, 4, 8)}
+    d = {c: _edge_error(x[c], x_ref, 16, dim=2) for c in x}
+    print("decode edge error vs tiled reference (0 / 4 / 8 columns):", d)
+    assert d[8] < 0.1 * d[4] < 0.1 * d[0]
+    with pytest.raises(Exception, match="wrap_columns"):
+        enc.encode(img, vae, 64)
+
+
 # ------------------------------------------------------------ spatial conditioning and the padding
 # ControlNet hints, area conditioning (absolute and percentage) and cond masks must line up with
 # the wrap-padded latent the patch samples on, as they line up with the plain latent without the

@@ -76,6 +76,7 @@ def cmd_generate(args) -> int:
             prompt=prompt,
             height=args.height,
             width=args.width,
+            preset=args.view_preset,
             steps=args.steps,
             guidance=args.guidance,
             seed=args.seed,
@@ -88,8 +89,8 @@ def cmd_generate(args) -> int:
             args.prompt,
             width=args.width,
             height=args.height,
-            steps=args.steps,
-            guidance=args.guidance,
+            steps=args.steps or 28,
+            guidance=2.8 if args.guidance is None else args.guidance,
             seed=args.seed,
             pad=args.pad,
             id_mode=args.id_mode,
@@ -123,8 +124,11 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--output", required=True, help="output image (.png or .jpg); never overwritten without --force")
     p.add_argument("--width", type=positive_int, default=2048, help="panorama width in pixels, multiple of 16 (default 2048)")
     p.add_argument("--height", type=positive_int, default=1024, help="panorama height, width/2 (default 1024)")
-    p.add_argument("--steps", type=positive_int, default=28, help="sampling steps (default 28)")
-    p.add_argument("--guidance", type=finite_float, default=2.8, help="FLUX.1-dev distilled guidance (default 2.8)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="sampling steps (default 28; with --view: the --view-preset's, pano360 28, official 50)")
+    p.add_argument("--guidance", type=finite_float, default=None,
+                   help="FLUX.1-dev distilled guidance (default 2.8; with --view: the --view-preset's, pano360 2.8, "
+                        "official 3.5)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0); same seed -> same panorama")
     _dit360.add_model_args(p)
     _dit360.add_pad_arg(p)
@@ -139,5 +143,8 @@ def register(subparsers) -> None:
     p.add_argument("--fov", type=finite_float, default=None, help="horizontal field of view of --view, degrees")
     p.add_argument("--view-yaw", type=angle, default=0.0, help="where the photo looks: yaw in degrees (default 0 = centre)")
     p.add_argument("--view-pitch", type=angle, default=0.0, help="where the photo looks: pitch in degrees (default 0)")
+    p.add_argument("--view-preset", choices=("pano360", "official"), default="pano360",
+                   help="editing settings of --view (outpainting): pano360 (default, ours) or official (the official "
+                        "DiT360 editing code's; see pano360 edit --preset)")
     _dit360.add_output_args(p)
     p.set_defaults(func=cmd_generate)

@@ -159,20 +159,25 @@ def encode_circular(encode, image: torch.Tensor, cols: int, scale: int = 8, chan
     return crop_latent(z, cols)
 
 
-def periodic_reference(fn, x: torch.Tensor, scale: float = 1, channels_last: bool = False) -> torch.Tensor:
+def periodic_reference(
+    fn, x: torch.Tensor, scale: float = 1, channels_last: bool = False, out_channels_last: bool | None = None
+) -> torch.Tensor:
     """``fn`` applied to ``x`` tiled three times side by side, middle third of the result.
 
     For a VAE decode (``scale`` = pixels per latent column) or encode (``scale`` = 1 / pixels per
     latent column) this is what a perfectly circular version gives: the panorama's own opposite
     edge is next to both borders at a full receptive field's distance. The reference that
-    :func:`decode_circular` / :func:`encode_circular` are measured against.
+    :func:`decode_circular` / :func:`encode_circular` are measured against. ``channels_last``:
+    ``x`` is ``(..., H, W, C)``; ``out_channels_last``: the same for ``fn``'s output (default:
+    ``channels_last``; ComfyUI's encode takes channels-last images and returns ``(B, C, h, w)``).
     """
     if not isinstance(x, torch.Tensor) or x.ndim < 2:
         raise PanoInputError(f"x: expected a tensor (..., H, W), got {getattr(x, 'shape', type(x))}")
     dim = x.ndim - 2 if channels_last else x.ndim - 1
     w = x.shape[dim]
     y = fn(torch.cat([x, x, x], dim=dim))
-    ydim = y.ndim - 2 if channels_last else y.ndim - 1
+    out_cl = channels_last if out_channels_last is None else out_channels_last
+    ydim = y.ndim - 2 if out_cl else y.ndim - 1
     out_w = int(round(w * scale))
     if y.shape[ydim] != 3 * out_w:
         raise PanoInputError(f"fn: expected an output {3 * out_w} wide for a tiled input, got shape {tuple(y.shape)}")
