@@ -250,6 +250,99 @@ def test_feature_replacement_on_the_joined_text_image_layout(pipe):
     assert torch.equal(out[1, 5:], hs[1, 5:])  # edited image tokens stay
 
 
+def test_presets_official_and_pano360():
+    """``official`` is exactly the official DiT360 editing settings (DESIGN.md section 5); ``pano360``
+    ours; single options override a preset."""
+    off = editing.edit_settings("official")
+    assert (off.steps, off.guidance, off.inversion_guidance, off.inversion_prompt, off.gamma) == (50, 3.5, 0.0, "empty", 1.0)
+    assert eta_schedule(off.steps, off.eta, off.eta_start, off.eta_stop) == [1.0] * 49 + [0.0]  # eta 1 on [0, 49)
+    assert (off.tau, off.inpaint_start, off.mu_tokens, off.replace, off.circular_encode, off.padding) == (
+        0.5, "noise", "unpadded", "attention", False, 1)
+    ours = editing.edit_settings()
+    assert ours == editing.PRESETS["pano360"] == editing.EditSettings()
+    assert (ours.steps, ours.guidance, ours.inversion_guidance, ours.gamma, ours.eta) == (28, 2.8, None, 0.5, 0.9)
+    assert (ours.inpaint_start, ours.mu_tokens, ours.replace, ours.circular_encode) == ("inverted", "padded", "attention", True)
+    assert editing.edit_settings("official", steps=3, guidance=None).steps == 3
+    with pytest.raises(PanoInputError, match="preset"):
+        editing.edit_settings("dit360")
+    with pytest.raises(PanoInputError, match="replace"):
+        editing.edit_settings(replace="qkv")
+    with pytest.raises(PanoInputError, match="stepz"):
+        editing.edit_settings(stepz=3)
+
+
+def test_official_preset_runs_the_official_settings(pipe, image, mask, monkeypatch):
+    """The official preset inverts with an empty prompt at guidance 0 and a plain VAE encode, edits
+    at guidance 3.5 from fresh noise (inpaint too) with mu from the unpadded token count."""
+    calls = []
+
+    def spy(module, args, kwargs):
+        calls.append((float(kwargs["guidance"][0]), kwargs["encoder_hidden_states"].detach().clone(),
+                      float(kwargs["timestep"][0])))
+
+    encoded = []
+    orig_encode = editing.encode_image
+    monkeypatch.setattr(editing, "encode_image", lambda p, im, circular_encode=True, encode_pad=None: (
+        encoded.append(circular_encode), orig_encode(p, im, circular_encode, encode_pad))[1])
+    h = pipe.transformer.register_forward_pre_hook(spy, with_kwargs=True)
+    try:
+        res = editing.inpaint(pipe, image, mask, prompt="a lake", source_prompt="a village", preset="official",
+                              steps=3, seed=2, progress=False, output="latent")
+    finally:
+        h.remove()
+    assert encoded == [False]
+    assert [c[0] for c in calls] == [0.0] * 3 + [3.5] * 3
+    vel = editing._FluxVelocity(pipe, (1, 16, H // 8, W // 8), 1, 0.0)
+    empty = vel.encode("").prompt_embeds
+    source = vel.encode("a village").prompt_embeds
+    for c in calls[:3]:  # inversion: the empty prompt, not the source prompt
+        assert torch.allclose(c[1], empty, atol=1e-4) and not torch.allclose(c[1], source, atol=1e-2)
+    # mu from the unpadded token count: the edit calls run at its sigmas
+    un = editing.flux_sigmas(pipe, 3, (H // 8, W // 8), 1, "unpadded")
+    pad = editing.flux_sigmas(pipe, 3, (H // 8, W // 8), 1, "padded")
+    assert not torch.allclose(un, pad)
+    assert [c[2] for c in calls[3:]] == pytest.approx(un[:-1].tolist(), abs=1e-6)
+    # fresh noise in the white region, as outpaint: same result
+    res2 = editing.outpaint(pipe, image, mask, prompt="a lake", source_prompt="a village", preset="official",
+                            steps=3, seed=2, progress=False, output="latent")
+    assert torch.equal(res.edit, res2.edit)
+
+
+def test_circular_vae_against_the_tiled_reference(pipe):
+    """diffusers path: the editing encode is circular by default (8 wrapped latent columns); against
+    the perfectly circular reference (input tiled three times, middle third) the edge error of the
+    encode falls from a plain one over 4 columns to 8 and the decode's is far below a plain decode
+    (Flux VAE numbers: benchmarks/RESULTS.md); the plain encode's latent has a seam the circular
+    one has not."""
+    from pano_core.diffusion.circular import periodic_reference
+    from pano_core.diffusion.vae import vae_decode, vae_encode
+    from pano_core.io import read_image
+    from pano_core.seams.metrics import wrap_seam_ratio
+
+    img = read_image("tests/assets/snow_village_erp.png")[:, :3]
+    img = torch.nn.functional.interpolate(img, size=(64, 256), mode="area")
+    vae = pipe.vae
+    z = {c: vae_encode(vae, img, wrap_cols=c).float() for c in (0, 4, 8)}
+    assert torch.equal(editing.encode_image(pipe, img), z[8])  # editing's default
+    assert torch.equal(editing.encode_image(pipe, img, circular_encode=False), z[0])
+    z_ref = periodic_reference(lambda x: vae_encode(vae, x).float(), img, scale=1 / 8)
+
+    def edge(x, ref, k):
+        d = (x - ref).abs()
+        return float(torch.cat([d[..., :k], d[..., -k:]], -1).mean())
+
+    e = {c: edge(z[c], z_ref, 2) for c in z}
+    assert e[8] < e[4] < e[0], e
+    assert wrap_seam_ratio(z[0]) > 1.15 * wrap_seam_ratio(z_ref)
+    assert abs(wrap_seam_ratio(z[8]) - wrap_seam_ratio(z_ref)) < 0.05 * wrap_seam_ratio(z_ref)
+    x_ref = periodic_reference(lambda t: vae_decode(vae, t), z_ref, scale=8)
+    d = {c: edge(vae_decode(vae, z_ref, wrap_cols=c), x_ref, 16) for c in (0, 4, 8)}
+    # this VAE's decoder has a global attention mid-block: wrapped copies shift its softmax, so the
+    # decode gain is not monotone here (it is on convolutional decoders, test_dit360_comfy.py)
+    assert max(d[4], d[8]) < 0.5 * d[0], d
+    assert torch.equal(vae_decode(vae, z_ref, wrap_cols=None), vae_decode(vae, z_ref, wrap_cols=8))
+
+
 def test_velocity_is_one_padded_transformer_call(pipe):
     """The editing velocity (built on DiT360Pipeline's pieces) is exactly one transformer call on
     the packed, circularly padded tokens with wrapped ids, timestep sigma and the guidance,
