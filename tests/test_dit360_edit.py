@@ -329,7 +329,7 @@ def test_circular_vae_against_the_tiled_reference(pipe):
 
     def edge(x, ref, k):
         d = (x - ref).abs()
-    return float(torch.cat([d[..., :k], d[..., -k:]], -1).mean().detach())
+        return float(torch.cat([d[..., :k], d[..., -k:]], -1).mean().detach())
 
     e = {c: edge(z[c], z_ref, 2) for c in z}
     assert e[8] < e[4] < e[0], e
