@@ -413,6 +413,62 @@ def test_seam_per_step_resync_beats_no_padding(pack, tiny_models, cond):
     assert padded < 0.95 * none, scores
 
 
+class _OutRecorder:
+    """A DIFFUSION_MODEL wrapper that records every model output (padded, before cropping)."""
+
+    def __init__(self):
+        self.outs = []
+
+    def __call__(self, executor, x, *args, **kwargs):
+        out = executor(x, *args, **kwargs)
+        self.outs.append(out.detach().clone())
+        return out
+
+
+def test_seam_with_the_default_wrapped_ids(pack, tiny_models, cond):
+    """What the default (DiT360: padding 1, ``wrapped`` ids, re-sync per step) does and does not do.
+
+    1. Every padded column's model output equals the output of the column it copies, at every
+       call: with wrapped ids a padded token has its source's content *and* position, so the
+       model treats it exactly like its source (linear ids give it a new position: outputs differ).
+    2. Hence, on a model that has not learnt the wrap, wrapped padding does not couple the two
+       edges: the padded token is no closer in RoPE to the opposite edge than its source, so the
+       seam (``wrap_seam_ratio``, position-local tiny Flux, 3 seeds) stays that of no padding
+       (within 15 %), while linear ids + per-step re-sync (the other seam test) lower it. Closing
+       the seam with wrapped ids is what DiT360's LoRA learns from panoramas; it cannot be shown
+       with random weights."""
+    import comfy.patcher_extension
+
+    metrics = importlib.import_module(f"{PACK_NAME}.pano_core.seams.metrics")
+    p, h, w = 1, 8, 32
+    outs = {}
+    for id_mode in ("wrapped", "linear"):
+        m = _patch(pack, _position_local_flux(tiny_models, 0), p, id_mode, "per step").clone()
+        rec = _OutRecorder()
+        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test_out", rec)
+        _sample(m, cond, noise=_noise(h=16, w=64, seed=0), steps=3)
+        gaps = []
+        for o in rec.outs:
+            assert o.shape[-1] == 64 + 4 * p
+            c = 2 * p  # latent columns per side
+            gaps.append(max(float((o[..., :c] - o[..., -2 * c:-c]).abs().max()),
+                            float((o[..., -c:] - o[..., c:2 * c]).abs().max())))
+        outs[id_mode] = max(gaps)
+    assert outs["wrapped"] < 1e-4 < outs["linear"], outs
+    scores = {"none": [], "wrapped": [], "linear": []}
+    for seed in range(3):
+        m = _position_local_flux(tiny_models, seed)
+        noise = _noise(h=16, w=64, seed=seed)
+        for key, mm in (("none", m), ("wrapped", _patch(pack, m)), ("linear", _patch(pack, m, 4, "linear"))):
+            out = _sample(mm, cond, noise=noise, steps=8)
+            scores[key].append(metrics.wrap_seam_ratio(torch.nn.functional.avg_pool2d(out - noise, 2)))
+    mean = {k: sum(v) / 3 for k, v in scores.items()}
+    print(f"seam score (1 = seamless): none {mean['none']:.3f}, default wrapped {mean['wrapped']:.3f}, "
+          f"linear 4 + per step {mean['linear']:.3f}")
+    assert abs(mean["wrapped"] - mean["none"]) < 0.15 * mean["none"], scores
+    assert mean["linear"] < mean["wrapped"], scores
+
+
 # --------------------------------------------------------------------------- bad input
 
 
