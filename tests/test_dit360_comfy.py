@@ -440,7 +440,7 @@ def test_seam_with_the_default_wrapped_ids(pack, tiny_models, cond):
     import comfy.patcher_extension
 
     metrics = importlib.import_module(f"{PACK_NAME}.pano_core.seams.metrics")
-    p, h, w = 1, 8, 32
+    p = 1
     outs = {}
     for id_mode in ("wrapped", "linear"):
         m = _patch(pack, _position_local_flux(tiny_models, 0), p, id_mode, "per step").clone()
