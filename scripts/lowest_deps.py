@@ -27,11 +27,12 @@ TESTS = ("tests/test_dit360_edit.py", "tests/test_dit360_pipeline.py")
 
 
 def minimum(text: str, name: str) -> str:
-    """The ``>=`` version of ``name`` in pyproject text (first occurrence)."""
-    m = re.search(rf'"{re.escape(name)}\s*>=\s*([0-9][0-9A-Za-z.]*)', text)
-    if not m:
+    """The lowest version of ``name`` pyproject text allows: the highest of its ``>=`` bounds (the
+    dependencies and the test extra may both name it)."""
+    found = re.findall(rf'"{re.escape(name)}\s*>=\s*([0-9][0-9A-Za-z.]*)', text)
+    if not found:
         raise SystemExit(f"lowest_deps: no '{name}>=' requirement in pyproject.toml")
-    return m.group(1)
+    return max(found, key=lambda v: [int(x) for x in re.findall(r"\d+", v)])
 
 
 def requires(dist_info: Path, name: str) -> str | None:
