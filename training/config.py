@@ -126,9 +126,15 @@ def _unknown(cfg: Mapping, key: str) -> str:
 
 def _parse_value(text: str) -> Any:
     try:
-        return _yaml().safe_load(text) if text.strip() else ""
+        value = _yaml().safe_load(text) if text.strip() else ""
     except Exception:  # noqa: BLE001 - an unparsable value is taken as a plain string
         return text
+    if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+        try:
+            return float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
+        except ValueError:
+            return value
+    return value
 
 
 def _compatible(old: Any, new: Any) -> bool:
