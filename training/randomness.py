@@ -32,9 +32,9 @@ def sample_generator(seed: int, index: int, purpose: str) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(derive_seed(int(seed), int(index), purpose))
 
 
-def data_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+def data_order(seed: int, epoch: int, n: int, purpose: str = "order") -> torch.Tensor:
     """The permutation of ``n`` dataset items used in ``epoch`` (same on every process)."""
-    g = torch.Generator("cpu").manual_seed(derive_seed(int(seed), int(epoch), "order"))
+    g = torch.Generator("cpu").manual_seed(derive_seed(int(seed), int(epoch), purpose))
     return torch.randperm(n, generator=g)
 
 
