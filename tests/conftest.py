@@ -143,3 +143,19 @@ def tiny_models(comfy_inprocess):
     import tiny_models as tm
 
     return tm
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(tmp_path_factory):
+    """A tiny random FLUX.1 pipeline saved in diffusers layout (tests/tiny_diffusers.py)."""
+    import tiny_diffusers as td
+
+    return td.save_tiny_flux_pipeline(tmp_path_factory.mktemp("tiny_flux") / "flux", seed=0)
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """A tiny prepared training set (tests/training_helpers.py)."""
+    import training_helpers
+
+    return training_helpers.make_prepared_set(tmp_path_factory.mktemp("train_data"))

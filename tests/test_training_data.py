@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from pano360_training import cli
 from pano360_training.config import (
     ConfigError,
@@ -20,6 +19,7 @@ from pano360_training.config import (
     shipped_configs,
 )
 from pano360_training.prepare import DataCheckError, prepare_dataset, read_manifest
+
 from pano_core.io import read_image, write_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,7 +184,7 @@ def test_prepare_folder_with_masks_refinement_and_photos(tmp_path):
 
 
 def test_prepare_jsonl_longest_caption_and_cli(tmp_path, capsys):
-    raw = _raw_set(tmp_path / "raw", n=2)
+    _raw_set(tmp_path / "raw", n=2)
     lines = [
         {"image": "raw/pano0.png", "caption": ["short", "the longest of the captions", "mid one"], "mask": None},
         {"image": "raw/pano1.png", "caption": "plain caption"},

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from pano360_training import losses as L
 from pano360_training.randomness import data_order, draw_sample, sample_generator
 

@@ -40,7 +40,7 @@ from pano_core.errors import PanoInputError
 from pano_core.io import read_image
 
 from . import losses as L
-from .caches import LatentCache, TextCache, cache_dir, input_hash, remove
+from .caches import LatentCache, TextCache, cache_dir, input_hash
 from .checkpoints import list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 from .config import get, load_config, save_config
 from .lora_export import add_lora, export_lora, lora_parameters, lora_state_dict
@@ -640,7 +640,12 @@ def _accelerator(cfg: dict, run: Path):
         kw["log_with"] = "tensorboard"
     elif logger not in ("none", None):
         raise PanoInputError(f"log.logger: expected tensorboard or none, got {logger!r}")
+    # Several processes without CUDA (torchrun / `accelerate launch --multi_gpu` on a CPU machine):
+    # DDP over gloo on the CPU. (accelerate's own `--cpu` launcher starts one process unless mpirun
+    # is configured.)
+    cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     return Accelerator(
+        cpu=cpu,
         mixed_precision=mp,
         gradient_accumulation_steps=int(get(cfg, "train.gradient_accumulation")),
         project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / "logs")),
@@ -754,6 +759,7 @@ def train(cfg: dict, resume: str | None = None, progress: bool = True) -> dict:
     every_sample, every_log = int(get(cfg, "sample.every")), max(1, int(get(cfg, "log.every")))
     grad_dump = get(cfg, "debug.grad_dump")
     stop_at = get(cfg, "debug.stop_at_step", None)
+    overfit = int(get(cfg, "debug.overfit_batches", 0) or 0)
     max_norm = get(cfg, "train.max_grad_norm")
 
     def save(step_):
@@ -781,7 +787,8 @@ def train(cfg: dict, resume: str | None = None, progress: bool = True) -> dict:
         for k in range(ga):
             # dropout draws: from (seed, micro-step, rank), so a resumed run draws the same
             torch.manual_seed(derive_seed(seed, micro + k, acc.process_index, "dropout"))
-            base_n = samples_seen + acc.process_index * B
+            stream = samples_seen % (overfit * world * B) if overfit else samples_seen
+            base_n = stream + acc.process_index * B
             idx = list(range(base_n, base_n + B))
             batch = _make_batch(cfg, src, plan, idx, pipe, grid, dev, cdt)
             with acc.accumulate(model):
