@@ -209,3 +209,37 @@ def test_read_manifest_errors(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "pano360-prepared", "items": []}))
     with pytest.raises(ValueError, match="is empty"):
         read_manifest(tmp_path)
+
+
+def test_prepare_refines_poles_with_a_diffusers_inpainter(tmp_path):
+    """--refine-poles diffusers:PATH uses pano_core's diffusers inpainter (a tiny SD inpainting
+    pipeline saved here) and writes refined copies next to the untouched prepared images."""
+    from diffusers import StableDiffusionInpaintPipeline
+    from test_poles_diffusers import _tiny_sd_components
+
+    pipe = StableDiffusionInpaintPipeline(**_tiny_sd_components(tmp_path / "sd", 9))
+    pipe.save_pretrained(tmp_path / "sd" / "pipe", safe_serialization=True)
+    raw = _raw_set(tmp_path / "raw", n=1, h=32)
+    rc = cli.main(["prepare", "--data", str(raw), "--output", str(tmp_path / "p"), "--resolution", "32",
+                   "--refine-poles", f"diffusers:{tmp_path / 'sd' / 'pipe'}", "--no-progress"])
+    assert rc == 0
+    (it,) = read_manifest(tmp_path / "p")["items"]
+    img, ref = read_image(tmp_path / "p" / it["image"]), read_image(tmp_path / "p" / it["refined"])
+    assert torch.allclose(ref[..., 12:20, :], img[..., 12:20, :], atol=1 / 255)  # equator untouched
+    assert not torch.allclose(ref[..., :2, :], img[..., :2, :], atol=2 / 255)  # poles inpainted
+    rc = cli.main(["prepare", "--data", str(raw), "--output", str(tmp_path / "q"), "--resolution", "32",
+                   "--refine-poles", "magic"])
+    assert rc == 2
+
+
+def test_packaging_declares_the_training_package():
+    import tomllib
+
+    py = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert py["project"]["scripts"]["pano360-train"] == "pano360_training.cli:main"
+    assert {"accelerate", "tensorboard", "matplotlib", "pyyaml"} <= {
+        d.split(">")[0].split("=")[0].strip().lower() for d in py["project"]["optional-dependencies"]["train"]}
+    assert "configs/*.yaml" in py["tool"]["setuptools"]["package-data"]["pano360_training"]
+    setup = (ROOT / "setup.py").read_text()
+    assert '"pano360_training": "training"' in setup
+    assert ",train]" in (ROOT / "scripts" / "pano360-dev").read_text()  # the test command installs the extra

@@ -259,3 +259,17 @@ def test_ddp_two_processes_give_the_gradients_of_one_batch_of_two(tiny_flux, pre
     (ck,) = (tmp_path / "ddp" / "checkpoints").iterdir()
     assert json.loads((ck / "state.json").read_text())["world_size"] == 2
     assert json.loads((tmp_path / "one" / "checkpoints" / ck.name / "state.json").read_text())["world_size"] == 1
+
+
+def test_prepare_with_model_prebuilds_the_caches(tiny_flux, tmp_path):
+    from training_helpers import make_prepared_set
+
+    data = make_prepared_set(tmp_path)
+    rc = cli.main(["prepare", "--data", str(tmp_path / "raw"), "--output", str(tmp_path / "again"), "--resolution",
+                   str(RES), "--model", str(tiny_flux), "--no-progress"])
+    assert rc == 0
+    (cache,) = (tmp_path / "again" / "caches").iterdir()
+    assert (cache / "latents.json").is_file() and (cache / "text.json").is_file()
+    rec = json.loads((cache / "latents.json").read_text())
+    assert rec["model"] == str(tiny_flux) and rec["resolution"] == RES and rec["items"] == 3
+    assert data.is_dir()
