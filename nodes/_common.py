@@ -6,11 +6,23 @@ pano_core: (B, C, H, W).
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from ..pano_core.errors import PanoInputError
 
+log = logging.getLogger("pano360")
+"""The one logger of the pack (``pano360``)."""
+
 CATEGORY = "Pano360"
+CAT_GEOMETRY = f"{CATEGORY}/geometry"
+CAT_SEAMS = f"{CATEGORY}/seams"
+CAT_POLES = f"{CATEGORY}/poles"
+CAT_DIT360 = f"{CATEGORY}/dit360"
+CAT_JOPANO = f"{CATEGORY}/jopano"
+CAT_IO = f"{CATEGORY}/io"
+CAT_VIEW = f"{CATEGORY}/view"
 
 
 def image_to_bchw(image: torch.Tensor, name: str = "image") -> torch.Tensor:

@@ -1,6 +1,7 @@
 """ComfyUI side of the DiT360 circular-padding patch (wrappers on a cloned ModelPatcher).
 
-How it works (all tensor math is in :mod:`pano_core.seams.circular`):
+How it works (all tensor math is in :class:`pano_core.diffusion.tokens.TokenGrid` and
+:mod:`pano_core.diffusion.circular`):
 
 1. ``OUTER_SAMPLE`` wrapper (around ``CFGGuider.outer_sample``): the whole sampling runs on a
    latent that is wider by ``2p`` latent columns (``p`` token columns) per side. The initial
@@ -10,8 +11,9 @@ How it works (all tensor math is in :mod:`pano_core.seams.circular`):
    (on copies of the ControlNet chain, resized first as ComfyUI would resize them for the
    unpadded latent), and cond areas are shifted by the padding; the result and the preview/x0 callbacks
    are cropped back. As in DiT360, the padded columns are part of the sampler state and
-   evolve with it ("re-sync none"). The wrapper also puts the grid size into
-   ``transformer_options["pano360_dit360"]`` of this sampling run only.
+   evolve with it ("re-sync none"). The wrapper also puts the :class:`TokenGrid` into
+   ``transformer_options["pano360_dit360"]["grid"]`` of this sampling run only (the model
+   wrapper and the editing nodes read the padding from there: :func:`active_grid`).
 2. ``DIFFUSION_MODEL`` wrapper (around ``Flux._forward``): for a padded input it (optionally,
    "re-sync per step") rebuilds the padded columns from the current opposite edge of the input
    (all channels, so inpainting ``c_concat`` channels too), and adds a per-call ``post_input``
@@ -25,21 +27,20 @@ touched, and ``transformer_options`` dicts are copied before they are changed.
 
 from __future__ import annotations
 
-import logging
-
 import comfy.patcher_extension
 import comfy.sampler_helpers
 import torch
 
+from ..pano_core.diffusion.circular import pad_latent, pad_span
+from ..pano_core.diffusion.schedules import shift_mu
+from ..pano_core.diffusion.tokens import ID_MODES, TokenGrid, check_padding
 from ..pano_core.errors import PanoInputError
-from ..pano_core.seams import circular
+from ..pano_core.validate import check_choice, check_int
+from ._common import log
 
 KEY = "pano360_dit360"
 OPT_KEY = "pano360_dit360"
-ID_MODES = ("wrapped", "linear")
 RESYNC_MODES = ("none", "per step")
-
-log = logging.getLogger("pano360")
 
 
 def flux_model_or_error(model, user: str = "the DiT360 panorama patch") -> torch.nn.Module:
@@ -61,29 +62,37 @@ def flux_model_or_error(model, user: str = "the DiT360 panorama patch") -> torch
     return dm
 
 
-def _check_latent_size(h_lat: int, w_lat: int, p: int) -> tuple[int, int]:
+def _grid(h_lat: int, w_lat: int, p: int, id_mode: str = "wrapped") -> TokenGrid:
+    """The token grid of a Flux latent ``h_lat x w_lat`` with ``p`` padded token columns per side."""
     if w_lat % 2 or h_lat % 2:
         raise PanoInputError(
             f"latent: the panorama width and height must be multiples of 16 px for Flux (2x2 patches of "
             f"8x downscaled latents); got a latent of {w_lat}x{h_lat} (= {w_lat * 8}x{h_lat * 8} px)"
         )
     w_tok = w_lat // 2
-    circular.check_padding(w_tok, p, name=f"padding (panorama {w_tok} tokens wide)")
-    return h_lat // 2, w_tok
+    check_padding(w_tok, p, name=f"padding (panorama {w_tok} tokens wide)")
+    return TokenGrid(h=h_lat // 2, w=w_tok, p=p, id_mode=id_mode)
+
+
+def active_grid(model_options: dict | None) -> TokenGrid | None:
+    """The :class:`TokenGrid` the DiT360 patch set for the sampling run these ``model_options``
+    belong to (None when the model is not patched or its padding is 0)."""
+    info = ((model_options or {}).get("transformer_options") or {}).get(OPT_KEY)
+    return info["grid"] if info else None
 
 
 def _pad_concat(c: dict, w_lat: int, cols: int) -> None:
     img = c.get("concat_latent_image")
     if isinstance(img, torch.Tensor) and img.ndim == 4:
         if img.shape[-1] == w_lat:
-            c["concat_latent_image"] = circular.pad_latent(img, cols)
+            c["concat_latent_image"] = pad_latent(img, cols)
         else:
             log.warning("Pano360 DiT360 patch: concat_latent_image width %d != latent width %d; not padded",
                         img.shape[-1], w_lat)
     m = c.get("concat_mask")
     if isinstance(m, torch.Tensor) and m.ndim >= 2:
         if m.shape[-1] % w_lat == 0:
-            c["concat_mask"] = circular.pad_latent(m, cols * (m.shape[-1] // w_lat))
+            c["concat_mask"] = pad_latent(m, cols * (m.shape[-1] // w_lat))
         else:
             log.warning("Pano360 DiT360 patch: concat_mask width %d is not a multiple of the latent width %d; "
                         "not padded", m.shape[-1], w_lat)
@@ -101,7 +110,7 @@ def _pad_area(area, dims: tuple[int, int], cols: int):
         a = [max(1, round(v[0] * h_lat)), max(1, round(v[1] * w_lat)), round(v[2] * h_lat), round(v[3] * w_lat)]
     if len(a) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) for v in a):
         return None
-    x, w = circular.pad_span(a[3], a[1], w_lat, cols)
+    x, w = pad_span(a[3], a[1], w_lat, cols)
     return (a[0], w, a[2], x)
 
 
@@ -117,7 +126,7 @@ def _pad_mask(mask: torch.Tensor, dims: tuple[int, int], cols: int) -> torch.Ten
             m = comfy.utils.common_upscale(m.unsqueeze(1), w_lat, h_lat, "bilinear", "none").squeeze(1)
         else:
             m = comfy.utils.common_upscale(m, w_lat, h_lat, "bilinear", "none")
-    return circular.pad_latent(m, cols)
+    return pad_latent(m, cols)
 
 
 def _pad_hint(t: torch.Tensor, h: int, w: int, cols: int, algo: str) -> torch.Tensor:
@@ -126,7 +135,7 @@ def _pad_hint(t: torch.Tensor, h: int, w: int, cols: int, algo: str) -> torch.Te
 
     if t.ndim < 4 or (t.shape[-1] == 1 and t.shape[-2] == 1):
         return t  # a constant (e.g. the all-ones mask of inpainting ControlNets): nothing to align
-    return circular.pad_latent(comfy.utils.common_upscale(t, w, h, algo, "center"), cols)
+    return pad_latent(comfy.utils.common_upscale(t, w, h, algo, "center"), cols)
 
 
 def _padded_control(control, dims: tuple[int, int], cols: int, memo: dict):
@@ -194,28 +203,28 @@ class OuterSampleWrapper:
         if noise.ndim != 4 or getattr(latent_image, "is_nested", False) or (latent_shapes and len(latent_shapes) > 1):
             raise PanoInputError("latent: the DiT360 panorama patch expects a single image latent (B, C, H, W)")
         b, ch, h_lat, w_lat = noise.shape
-        h, w = _check_latent_size(h_lat, w_lat, p)
+        grid = _grid(h_lat, w_lat, p, self.id_mode)
         if p == 0:
             return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed,
                             latent_shapes=latent_shapes)
-        cols = circular.latent_cols_for_tokens(p)
-        noise_p = circular.pad_latent(noise, cols)
-        latent_p = circular.pad_latent(latent_image, cols)
+        cols = grid.latent_cols
+        noise_p = grid.pad_latent(noise)
+        latent_p = grid.pad_latent(latent_image)
         mask_p = None
         if denoise_mask is not None:
             mask = comfy.sampler_helpers.prepare_mask(denoise_mask, noise.shape, noise.device)
-            mask_p = circular.pad_latent(mask, cols)
+            mask_p = grid.pad_latent(mask)
         _pad_conds(guider.conds, (h_lat, w_lat), cols)
 
         cb = None
         if callback is not None:
             def cb(step, x0, x, total_steps):
-                return callback(step, circular.crop_latent(x0, cols), circular.crop_latent(x, cols), total_steps)
+                return callback(step, grid.crop_latent(x0), grid.crop_latent(x), total_steps)
 
         topts = guider.model_options.setdefault("transformer_options", {})
         had = OPT_KEY in topts
         old = topts.get(OPT_KEY)
-        topts[OPT_KEY] = {"h": h, "w": w, "p": p, "id_mode": self.id_mode, "resync": self.resync}
+        topts[OPT_KEY] = {"grid": grid, "resync": self.resync}
         try:
             out = executor(noise_p, latent_p, sampler, sigmas, mask_p, cb, disable_pbar, seed,
                            latent_shapes=[noise_p.shape])
@@ -224,20 +233,21 @@ class OuterSampleWrapper:
                 topts[OPT_KEY] = old
             else:
                 topts.pop(OPT_KEY, None)
-        return circular.crop_latent(out, cols)
+        return grid.crop_latent(out)
 
 
 class _IdsPatch:
     """Per-call ``post_input`` patch: rewrite the image grid's position ids."""
 
-    def __init__(self, h: int, w: int, p: int, mode: str):
-        self.h, self.w, self.p, self.mode = h, w, p, mode
+    def __init__(self, grid: TokenGrid):
+        self.grid = grid
         self.called = False
 
     def __call__(self, args: dict) -> dict:
         img_ids = args["img_ids"]
-        h, w, p = self.h, self.w, self.p
-        n = h * (w + 2 * p)
+        g = self.grid
+        h, w, p = g.h, g.w, g.p
+        n = g.padded_tokens
         if img_ids is None or img_ids.shape[1] < n or args["img"].shape[1] < n:
             raise PanoInputError(
                 f"model: expected at least {n} image tokens for a {h}x{w + 2 * p} padded token grid, "
@@ -245,7 +255,7 @@ class _IdsPatch:
             )
         grid = img_ids[:, :n].reshape(img_ids.shape[0], h, w + 2 * p, img_ids.shape[-1])
         base = grid[:, :, :w].reshape(img_ids.shape[0], h * w, img_ids.shape[-1])
-        new = circular.pad_ids(base, h, w, p, mode=self.mode)
+        new = g.pad_ids(base)
         out = dict(args)
         out["img_ids"] = torch.cat([new, img_ids[:, n:]], dim=1) if img_ids.shape[1] > n else new
         self.called = True
@@ -264,16 +274,15 @@ class DiffusionModelWrapper:
                  transformer_options=None, **kwargs):
         transformer_options = {} if transformer_options is None else transformer_options
         info = transformer_options.get(OPT_KEY)
-        if not info or info["p"] == 0:
+        if not info or info["grid"].p == 0:
             return executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs)
-        h, w, p = info["h"], info["w"], info["p"]
-        cols = circular.latent_cols_for_tokens(p)
-        if x.ndim != 4 or x.shape[-1] != 2 * (w + 2 * p) or x.shape[-2] != 2 * h:
+        grid = info["grid"]
+        if x.ndim != 4 or x.shape[-1] != 2 * grid.wp or x.shape[-2] != 2 * grid.h:
             # e.g. area conditioning crops the input: not the full padded grid, leave it alone
             return executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs)
         if info["resync"] == "per step":
-            x = circular.resync_latent(x, cols)
-        ids_patch = _IdsPatch(h, w, p, info["id_mode"])
+            x = grid.resync_latent(x)
+        ids_patch = _IdsPatch(grid)
         topts = dict(transformer_options)
         patches = dict(topts.get("patches", {}))
         patches["post_input"] = [ids_patch] + list(patches.get("post_input", []))
@@ -290,12 +299,9 @@ class DiffusionModelWrapper:
 def apply_dit360_patch(model, padding: int = 1, id_mode: str = "wrapped", resync: str = "none"):
     """Clone a ComfyUI Flux MODEL and add the circular-padding wrappers (replacing earlier ones)."""
     flux_model_or_error(model)
-    if id_mode not in ID_MODES:
-        raise PanoInputError(f"id_mode: expected one of {ID_MODES}, got {id_mode!r}")
-    if resync not in RESYNC_MODES:
-        raise PanoInputError(f"resync: expected one of {RESYNC_MODES}, got {resync!r}")
-    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-        raise PanoInputError(f"padding: expected an integer >= 0 (token columns per side), got {padding!r}")
+    check_choice(id_mode, "id_mode", ID_MODES)
+    check_choice(resync, "resync", RESYNC_MODES)
+    check_int(padding, "padding", 0, what="a number of token columns per side")
     m = model.clone()
     WMP = comfy.patcher_extension.WrappersMP
     m.remove_wrappers_with_key(WMP.OUTER_SAMPLE, KEY)
@@ -310,16 +316,16 @@ def apply_panorama_shift(model, width: int, height: int, padding: int, base_shif
     """Clone MODEL with FLUX's resolution-dependent shift computed from the padded token count.
 
     Same sampling class as ComfyUI's ``ModelSamplingFlux`` node; ``mu`` from
-    :func:`pano_core.seams.circular.flux_mu` of ``padded_token_count`` (DiT360's choice).
+    :func:`pano_core.diffusion.schedules.shift_mu` of the padded token count (DiT360's choice).
     """
     import comfy.model_sampling
 
     flux_model_or_error(model)
     if width % 16 or height % 16:
         raise PanoInputError(f"width/height: must be multiples of 16 px, got {width}x{height}")
-    h, w = height // 16, width // 16
-    circular.check_padding(w, padding)
-    mu = circular.flux_mu(circular.padded_token_count(h, w, padding), base_shift=base_shift, max_shift=max_shift)
+    check_padding(width // 16, padding)
+    grid = TokenGrid(h=height // 16, w=width // 16, p=padding)
+    mu = shift_mu(grid.padded_tokens, base_shift=base_shift, max_shift=max_shift)
 
     class ModelSamplingPanorama(comfy.model_sampling.ModelSamplingFlux, comfy.model_sampling.CONST):
         pass

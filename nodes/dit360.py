@@ -1,8 +1,8 @@
 """DiT360 panorama nodes (ComfyUI-native path): Flux MODEL patch, empty panorama latent,
 circular VAE decode, panorama prompt helper, panorama schedule shift.
 
-Thin adapters: the circular-padding math lives in :mod:`pano_core.seams.circular`, the
-ComfyUI wrappers in :mod:`nodes._dit360_patch`.
+Thin adapters: the token grid and circular padding live in :mod:`pano_core.diffusion`
+(``tokens``, ``circular``), the ComfyUI wrappers in :mod:`nodes._dit360_patch`.
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ from __future__ import annotations
 import comfy.model_management
 import torch
 
+from ..pano_core.diffusion.circular import decode_circular
+from ..pano_core.diffusion.prompts import PANORAMA_PREFIX, add_prompt_prefix
+from ..pano_core.diffusion.tokens import ID_MODES
 from ..pano_core.errors import PanoInputError
-from ..pano_core.seams import circular
+from ..pano_core.validate import check_choice
 from . import _dit360_patch as patch
-
-CATEGORY = "Pano360/DiT360"
-PANORAMA_PREFIX = "This is a panorama."
+from ._common import CAT_DIT360 as CATEGORY
 
 SIZE_PRESETS = {
     "1024x512": (1024, 512),
@@ -38,7 +39,7 @@ class Pano360DiT360Patch:
                 "padding": ("INT", {"default": 1, "min": 0, "max": 256, "tooltip":
                     "Token columns copied from the opposite edge to each side (1 token = 16 px). "
                     "1 = DiT360. At most a quarter of the panorama's token width. 0 = no effect."}),
-                "id_mode": (list(patch.ID_MODES), {"default": "wrapped", "tooltip":
+                "id_mode": (list(ID_MODES), {"default": "wrapped", "tooltip":
                     "wrapped (DiT360): padded columns carry the position ids of the opposite edge; "
                     "linear: ids continue past the edge."}),
                 "resync": (list(patch.RESYNC_MODES), {"default": "none", "tooltip":
@@ -111,8 +112,7 @@ class Pano360EmptyPanoramaLatent:
     CATEGORY = CATEGORY
 
     def generate(self, size, width=2048, height=1024, batch_size=1):
-        if size not in SIZE_PRESETS:
-            raise PanoInputError(f"size: expected one of {list(SIZE_PRESETS)}, got {size!r}")
+        check_choice(size, "size", list(SIZE_PRESETS))
         if SIZE_PRESETS[size] is not None:
             width, height = SIZE_PRESETS[size]
         if width % 16 or height % 16:
@@ -160,7 +160,7 @@ class Pano360CircularVAEDecode:
                                         overlap=overlap // scale)
         else:
             fn = vae.decode
-        img = circular.decode_circular(fn, lat, int(wrap_columns), scale=scale, channels_last=True)
+        img = decode_circular(fn, lat, int(wrap_columns), scale=scale, channels_last=True)
         return (img.contiguous(),)
 
 
@@ -183,11 +183,7 @@ class Pano360PanoramaPrompt:
     CATEGORY = CATEGORY
 
     def build(self, text, add_prefix=True, prefix=PANORAMA_PREFIX):
-        text = text.strip()
-        prefix = prefix.strip()
-        if not add_prefix or not prefix or text.startswith(prefix):
-            return (text,)
-        return (f"{prefix} {text}".strip(),)
+        return (add_prompt_prefix(text.strip(), prefix.strip() if add_prefix else None)[0],)
 
 
 NODE_CLASS_MAPPINGS = {

@@ -1,7 +1,8 @@
 """DiT360 editing nodes: RF-inversion, masked inpaint/outpaint, view placement (thin adapters).
 
 The ODE steps, blending, mask handling and feature replacement live in
-:mod:`pano_core.dit360.rf_inversion` and :mod:`pano_core.dit360.attention`; here the ComfyUI
+:mod:`pano_core.diffusion.rf_inversion`, :mod:`pano_core.diffusion.masks` and
+:mod:`pano_core.dit360.attention`; here the ComfyUI
 Flux ``MODEL`` (patched by "DiT360 Panorama Patch" or not) is called through
 ``comfy.samplers.CFGGuider`` (model loading, conditioning, wrappers, the patch's padding) and
 the feature replacement is installed as ``patches_replace["dit"]`` block patches.
@@ -16,20 +17,16 @@ import comfy.utils
 import node_helpers
 import torch
 
-from ..pano_core.dit360 import rf_inversion as rf
-from ..pano_core.dit360.attention import (
-    TokenSwap,
-    image_mask_to_latent,
-    latent_mask_to_tokens,
-    pad_mask_latent,
-)
-from ..pano_core.dit360.editing import place_view
+from ..pano_core.diffusion import rf_inversion as rf
+from ..pano_core.diffusion.circular import pad_latent
+from ..pano_core.diffusion.masks import image_mask_to_latent, latent_mask_to_tokens, place_view
+from ..pano_core.dit360.attention import TokenSwap
 from ..pano_core.errors import PanoInputError
-from ..pano_core.seams import circular
+from ..pano_core.validate import check_choice
+from ._common import CAT_DIT360 as CATEGORY
 from ._common import bchw_to_image, bchw_to_mask, image_to_bchw, mask_to_bchw
-from ._dit360_patch import flux_model_or_error
+from ._dit360_patch import active_grid, flux_model_or_error
 
-CATEGORY = "Pano360/DiT360"
 INV_KEY = "pano360_inversion"
 _F = "FLOAT"
 
@@ -124,11 +121,14 @@ class _EditSampler(comfy.samplers.Sampler):
 
     def sample(self, guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar=False):
         y0, z1 = latent_image, noise
-        diff = y0.shape[-1] - self.mask.shape[-1]
-        if diff < 0 or diff % 2:
-            raise PanoInputError(f"mask: latent width {self.mask.shape[-1]} does not fit the model latent {y0.shape[-1]}")
-        cols = diff // 2  # the DiT360 patch wrap-pads the latents: pad the mask exactly the same way
-        m = pad_mask_latent(self.mask, cols).to(device=y0.device, dtype=torch.float32)
+        grid = active_grid(extra_args["model_options"])  # set by the DiT360 patch for this run
+        cols = grid.latent_cols if grid is not None else 0
+        if y0.shape[-1] != self.mask.shape[-1] + 2 * cols:
+            raise PanoInputError(
+                f"mask: latent width {self.mask.shape[-1]} (+ {cols} padded columns per side) does not fit the model "
+                f"latent {y0.shape[-1]}"
+            )
+        m = pad_latent(self.mask, cols).to(device=y0.device, dtype=torch.float32)  # padded like the latents
         swap = TokenSwap(latent_mask_to_tokens(m), y0.shape[-2] // 2, y0.shape[-1] // 2)
         opts = _with_swap(extra_args["model_options"], swap, self.n_double, self.n_single)
         seed = extra_args.get("seed")
@@ -145,17 +145,14 @@ class _EditSampler(comfy.samplers.Sampler):
 
         init = None
         if self.fresh_seed is not None:
-            shape = (*z1.shape[:-1], z1.shape[-1] - 2 * cols)
-            fresh = circular.pad_latent(rf.seeded_noise(shape, self.fresh_seed, device=z1.device), cols)
-            init = m * fresh + (1 - m) * z1.float()
+            init = rf.outpaint_init(z1, m, self.fresh_seed, wrap_cols=cols)
         res = rf.edit_latent(pair, z1, y0, m, sigmas.cpu(), init_edit=init, callback=_progress(len(sigmas) - 1),
                              **self.settings)
         return res.edit
 
 
 def _sigmas(model, scheduler: str, steps: int) -> torch.Tensor:
-    if scheduler not in comfy.samplers.SCHEDULER_NAMES:
-        raise PanoInputError(f"scheduler: expected one of {comfy.samplers.SCHEDULER_NAMES}, got {scheduler!r}")
+    check_choice(scheduler, "scheduler", comfy.samplers.SCHEDULER_NAMES)
     return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
 
 

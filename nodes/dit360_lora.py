@@ -4,13 +4,12 @@ ComfyUI's ``LoraLoaderModelOnly`` logs ``lora key not loaded`` for keys that do 
 model and carries on, so a LoRA for another model silently does nothing. This node loads the
 same way (``comfy.utils.load_torch_file`` -> ``comfy.lora_convert.convert_lora`` ->
 ``comfy.lora.load_lora`` with ``model_lora_keys_unet`` -> ``clone`` + ``add_patches``), counts
-the LoRA modules that matched (:mod:`pano_core.dit360.lora_keys`) and raises a clear error (or
+the LoRA modules that matched (:mod:`pano_core.diffusion.lora`) and raises a clear error (or
 warns) when some did not. Weights are read from ``.safetensors`` files only.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 
 import comfy.lora
@@ -18,14 +17,13 @@ import comfy.lora_convert
 import comfy.utils
 import folder_paths
 
-from ..pano_core.dit360.lora_keys import match_lora_modules
+from ..pano_core.diffusion.lora import match_lora_modules
 from ..pano_core.errors import PanoInputError
+from ..pano_core.validate import check_choice
+from ._common import CAT_DIT360 as CATEGORY
+from ._common import log
 
-CATEGORY = "Pano360/DiT360"
 ON_MISMATCH = ("error", "warn")
-
-log = logging.getLogger("pano360")
-
 
 class Pano360DiT360LoraLoader:
     """LoraLoaderModelOnly with a check: errors (or warns) when LoRA modules do not match the model."""
@@ -72,8 +70,7 @@ class Pano360DiT360LoraLoader:
         return sd
 
     def load(self, model, lora_name, strength_model, on_mismatch="error"):
-        if on_mismatch not in ON_MISMATCH:
-            raise PanoInputError(f"on_mismatch: expected one of {', '.join(ON_MISMATCH)}, got {on_mismatch!r}")
+        check_choice(on_mismatch, "on_mismatch", ON_MISMATCH)
         path = folder_paths.get_full_path("loras", lora_name)
         if path is None:
             raise PanoInputError(f"lora_name: {lora_name} not found in the loras folder(s)")

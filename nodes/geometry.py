@@ -13,6 +13,7 @@ from ..pano_core.geometry import (
     e2c,
     e2p,
     faces_to_layout,
+    guess_layout,
     layout_to_faces,
     p2e,
     pole_mask,
@@ -21,10 +22,10 @@ from ..pano_core.geometry import (
     seam_mask,
     yaw_to_pixels,
 )
-from ..pano_core.validate import check_bchw, check_erp
-from ._common import CATEGORY, bchw_to_image, bchw_to_mask, image_to_bchw, mask_to_bchw
+from ..pano_core.validate import check_bchw, check_choice, check_erp
+from ._common import CAT_GEOMETRY as CAT
+from ._common import bchw_to_image, bchw_to_mask, image_to_bchw, mask_to_bchw
 
-CAT = f"{CATEGORY}/geometry"
 MODES = ["bilinear", "bicubic", "nearest"]
 IMAGE_CHANNELS = (1, 3, 4)
 
@@ -112,12 +113,9 @@ class CubemapToERP:
         if input_layout != "auto":
             return input_layout
         b, _, h, w = x.shape
-        if h == w and b % 6 == 0:
-            return "stack"
-        if w == 6 * h:
-            return "horizon"
-        if h % 3 == 0 and w % 4 == 0 and w // 4 == h // 3:
-            return "dice"
+        guess = guess_layout(h, w, batch=b)
+        if guess is not None:
+            return guess
         raise PanoInputError(
             f"image: cannot tell the cubemap layout of a batch of {b} images of {w}x{h}; expected a batch of "
             "6 square faces, a horizon (6:1) or a dice (4:3) image"
@@ -316,8 +314,7 @@ class SeamPoleMask:
     DESCRIPTION = "Seam bands (0°/360° wrap or cube-face edges) and pole caps as an ERP mask."
 
     def run(self, kind, width, band_px, feather_px, pole_lat, pole_feather_deg, face_size, image=None):
-        if kind not in self.KINDS:
-            raise PanoInputError(f"kind: expected one of {', '.join(self.KINDS)}, got {kind!r}")
+        check_choice(kind, "kind", self.KINDS)
         b = 1
         if image is not None:
             x = check_erp(_image(image), "image", IMAGE_CHANNELS)

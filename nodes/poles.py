@@ -6,7 +6,7 @@
   works), with the sampler's progress bar;
 - ``Pano360RefinePolesOpenCV``: no model (OpenCV Telea / Navier-Stokes).
 
-Thin adapters: the projection, masks and blending live in :mod:`pano_core.poles`.
+Thin adapters: the projection, masks, blending and channel handling live in :mod:`pano_core.poles`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import torch
 
 from ..pano_core import poles
 from ..pano_core.errors import PanoInputError
+from ._common import CAT_POLES as CATEGORY
 from ._common import bchw_to_image, bchw_to_mask, image_to_bchw, mask_to_bchw
-
-CATEGORY = "Pano360/Poles"
 
 _FRACTION = (
     "FLOAT",
@@ -118,15 +117,7 @@ class Pano360MergePoleFaces:
         erp = _erp(panorama)
         faces = image_to_bchw(pole_faces, "pole_faces")
         masks = mask_to_bchw(pole_masks, "pole_masks") if pole_masks is not None else None
-        rgb, _ = poles.split_rgb_alpha(erp)
-        if faces.shape[1] == 4:
-            faces = faces[:, :3]
-        elif faces.shape[1] == 1:
-            faces = faces.expand(-1, 3, -1, -1)
-        if faces.shape[1] != rgb.shape[1]:
-            raise PanoInputError(f"pole_faces: expected {rgb.shape[1]} channels like the panorama, got {faces.shape[1]}")
-        out = poles.merge_pole_faces(rgb, faces, masks, feather=feather, fraction=fraction)
-        return (bchw_to_image(poles.join_rgb_alpha(out, rgb, erp)),)
+        return (bchw_to_image(poles.merge_pole_faces_rgb(erp, faces, masks, feather=feather, fraction=fraction)),)
 
 
 class Pano360RefinePolesOpenCV:

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 
 import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from ..pano_core.xmp import XMP_PNG_KEYWORD, build_xmp, gpano_for_image, jpeg_embed_xmp
-from ._common import CATEGORY
-
-log = logging.getLogger("Pano360")
+from ..pano_core.xmp import XMP_PNG_KEYWORD, build_xmp, jpeg_embed_xmp, panorama_gpano
+from ._common import CAT_IO, log
 
 _EXIF_LIMIT = 65000
 
@@ -32,18 +29,6 @@ def _disable_metadata() -> bool:
         return bool(args.disable_metadata)
     except Exception:  # pragma: no cover - outside ComfyUI
         return False
-
-
-def panorama_gpano(width: int, height: int, heading: float | None):
-    """GPano values for a saved image: a full 2:1 panorama, or (any other shape) a centred crop of
-    the smallest 2:1 panorama containing it, plus a warning text."""
-    if width == 2 * height:
-        return gpano_for_image(width, height, heading=heading), ""
-    full_w = max(width, 2 * height)
-    warning = (
-        f"image is {width}x{height}, not 2:1: tagged as a partial panorama (crop of {full_w}x{full_w // 2})"
-    )
-    return gpano_for_image(width, height, full_width=full_w, heading=heading), warning
 
 
 def encode_png(img: Image.Image, xmp: str, texts: dict[str, str], compress_level: int = 4) -> bytes:
@@ -133,7 +118,7 @@ class Pano360SavePanorama:
     RETURN_TYPES = ()
     FUNCTION = "save"
     OUTPUT_NODE = True
-    CATEGORY = f"{CATEGORY}/io"
+    CATEGORY = CAT_IO
     DESCRIPTION = (
         "Saves panoramas to the output folder as PNG or JPEG with Google Photo Sphere (GPano) XMP "
         "metadata, keeping the prompt/workflow like SaveImage. Never overwrites."

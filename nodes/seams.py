@@ -9,7 +9,7 @@ from ..pano_core.seams.metrics import DEFAULT_BAND, format_metrics, seam_metrics
 from ..pano_core.seams.poisson import METHODS, blend_cube_faces
 from ..pano_core.seams.wrap import WRAP_METHODS, blend_erp_wrap
 from ..pano_core.validate import check_faces
-from ._common import CATEGORY, bchw_to_image, image_to_bchw
+from ._common import CAT_SEAMS, bchw_to_image, image_to_bchw
 
 CUBE_LAYOUTS = ("stack", "horizon", "dice")
 
@@ -19,7 +19,7 @@ class Pano360CubemapSeamBlend:
     blending): per face a Poisson equation with the face's own Laplacian as guidance and the
     average of the faces meeting at each edge pixel as boundary values."""
 
-    CATEGORY = f"{CATEGORY}/seams"
+    CATEGORY = CAT_SEAMS
     FUNCTION = "blend"
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("cubemap",)
@@ -52,7 +52,7 @@ class Pano360ERPWrapBlend:
     or feathered blend over a band of columns on each side of the wrap; every other pixel stays
     exactly as it was."""
 
-    CATEGORY = f"{CATEGORY}/seams"
+    CATEGORY = CAT_SEAMS
     FUNCTION = "blend"
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("panorama",)
@@ -79,7 +79,7 @@ class Pano360SeamMetrics:
     value jump across cube edges, the pole-seam metrics and the ERP wrap-seam ratio. Passes the
     image through unchanged, so it can sit inside a chain."""
 
-    CATEGORY = f"{CATEGORY}/seams"
+    CATEGORY = CAT_SEAMS
     FUNCTION = "measure"
     OUTPUT_NODE = True
     RETURN_TYPES = ("IMAGE", "STRING", "STRING", "FLOAT", "FLOAT", "FLOAT", "FLOAT", "FLOAT")

@@ -10,7 +10,6 @@ ERP → perspective node.
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 
@@ -20,9 +19,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..pano_core.errors import PanoInputError
-from ._common import CATEGORY, bchw_to_image, image_to_bchw
-
-log = logging.getLogger("Pano360")
+from ..pano_core.validate import check_choice
+from ._common import CAT_VIEW, bchw_to_image, image_to_bchw, log
 
 LAYOUTS = ["auto", "erp", "cubemap stack", "horizon", "dice"]
 MAX_STRIP = 32  # panoramas of a batch saved for the viewer's strip
@@ -31,18 +29,14 @@ PNG_MAX_PIXELS = 4096 * 2048  # above this the preview file is a JPEG (q 95): mu
 
 def detect_layout(x: torch.Tensor, layout: str = "auto") -> str:
     """The layout of a BCHW batch: 'erp', 'cubemap stack', 'horizon' or 'dice'."""
-    if layout not in LAYOUTS:
-        raise PanoInputError(f"input_layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
+    check_choice(layout, "input_layout", LAYOUTS)
     if layout != "auto":
         return layout
+    from ..pano_core.geometry import guess_layout
+
     b, _, h, w = x.shape
-    if b % 6 == 0 and h == w:
-        return "cubemap stack"
-    if w == 6 * h:
-        return "horizon"
-    if 4 * h == 3 * w and h % 3 == 0:
-        return "dice"
-    return "erp"
+    guess = guess_layout(h, w, batch=b)
+    return {"stack": "cubemap stack", None: "erp"}.get(guess, guess)
 
 
 def to_erp(x: torch.Tensor, layout: str = "auto") -> tuple[torch.Tensor, str, str]:
@@ -131,7 +125,7 @@ class Pano360Viewer:
     RETURN_NAMES = ("view", "yaw", "pitch", "fov")
     FUNCTION = "view"
     OUTPUT_NODE = True
-    CATEGORY = f"{CATEGORY}/view"
+    CATEGORY = CAT_VIEW
     DESCRIPTION = (
         "Interactive 360° viewer: drag to look, wheel to zoom, double-click for fullscreen. The view you frame "
         "is stored in yaw/pitch/fov and rendered to the 'view' output on the next run."

@@ -74,3 +74,23 @@ def check_same_size(faces: list[torch.Tensor], name: str = "faces") -> None:
     (h, w), = sizes
     if h != w:
         raise PanoInputError(f"{name}: cube faces must be square; got {w}x{h} (W x H)")
+
+
+def check_int(v: object, name: str, lo: int | None = None, hi: int | None = None, what: str = "an integer") -> int:
+    """An integer (not a bool; numpy integers accepted) in ``[lo, hi]``, else :class:`PanoInputError`
+    ``"<name>: expected <what> [>= lo] [<= hi], got <v>"``."""
+    import numbers
+
+    ok = isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    if ok and (lo is None or v >= lo) and (hi is None or v <= hi):
+        return int(v)
+    bounds = " and".join(s for s in (f" >= {lo}" if lo is not None else "", f" <= {hi}" if hi is not None else "") if s)
+    raise PanoInputError(f"{name}: expected {what}{bounds}, got {v!r}")
+
+
+def check_choice(v: object, name: str, choices) -> str:
+    """``v`` if it is one of ``choices``, else :class:`PanoInputError`
+    ``"<name>: expected one of a, b, c, got <v>"``."""
+    if v not in choices:
+        raise PanoInputError(f"{name}: expected one of {', '.join(map(str, choices))}, got {v!r}")
+    return v

@@ -122,6 +122,18 @@ def gpano_for_image(
     )
 
 
+def panorama_gpano(width: int, height: int, heading: float | None = None) -> tuple[GPano, str]:
+    """GPano values for a saved image of any shape, and a warning text (empty for 2:1): a full 2:1
+    panorama, or a centred crop of the smallest 2:1 panorama containing it (tagged partial)."""
+    if width == 2 * height:
+        return gpano_for_image(width, height, heading=heading), ""
+    full_w = max(width, 2 * height)
+    warning = (
+        f"image is {width}x{height}, not 2:1: tagged as a partial panorama (crop of {full_w}x{full_w // 2})"
+    )
+    return gpano_for_image(width, height, full_width=full_w, heading=heading), warning
+
+
 def build_xmp(gpano: GPano) -> str:
     """A complete XMP packet (``<?xpacket ...?>`` wrapped) holding the GPano properties."""
     props = []

@@ -343,9 +343,9 @@ def _position_local_flux(tiny_models, seed):
 def test_seam_per_step_resync_beats_no_padding(pack, tiny_models, cond):
     """With per-step re-sync the left and right edge tokens of the denoised latent agree more
     closely than without padding. Measured on the model-generated part of the latent (denoised
-    latent minus the initial noise, averaged per 2x2 token) with ``wrap_discontinuity``: the
+    latent minus the initial noise, averaged per 2x2 token) with ``wrap_seam_ratio``: the
     mean |column 0 - column w-1| over the mean |neighbouring columns| (1 = seamless)."""
-    circular = importlib.import_module(f"{PACK_NAME}.pano_core.seams.circular")
+    metrics = importlib.import_module(f"{PACK_NAME}.pano_core.seams.metrics")
     scores = {"none": [], "padded": []}
     for seed in range(3):
         m = _position_local_flux(tiny_models, seed)
@@ -353,7 +353,7 @@ def test_seam_per_step_resync_beats_no_padding(pack, tiny_models, cond):
         for key, mm in (("none", m), ("padded", _patch(pack, m, 4, "linear", "per step"))):
             out = _sample(mm, cond, noise=noise, steps=8)
             tok = torch.nn.functional.avg_pool2d(out - noise, 2)
-            scores[key].append(circular.wrap_discontinuity(tok))
+            scores[key].append(metrics.wrap_seam_ratio(tok))
     none = sum(scores["none"]) / 3
     padded = sum(scores["padded"]) / 3
     print(f"seam score (1 = seamless): no padding {none:.3f}, padding 4 linear ids + per-step re-sync {padded:.3f}")
@@ -411,8 +411,8 @@ def test_panorama_prompt(pack):
 
 def test_panorama_shift_uses_padded_token_count(pack, model):
     m, mu = pack.Pano360FluxPanoramaShift().patch(model, 2048, 1024, 1)
-    circular = importlib.import_module(f"{PACK_NAME}.pano_core.seams.circular")
-    assert mu == pytest.approx(circular.flux_mu(64 * 130))
+    schedules = importlib.import_module(f"{PACK_NAME}.pano_core.diffusion.schedules")
+    assert mu == pytest.approx(schedules.shift_mu(64 * 130))
     # same as ComfyUI's ModelSamplingFlux at the padded pixel size
     import comfy_extras.nodes_model_advanced as adv
 
@@ -426,7 +426,7 @@ def test_panorama_shift_uses_padded_token_count(pack, model):
 
 def test_circular_vae_decode(pack, tiny_models):
     vae = tiny_models.build_tiny_vae(0)
-    circular = importlib.import_module(f"{PACK_NAME}.pano_core.seams.circular")
+    metrics = importlib.import_module(f"{PACK_NAME}.pano_core.seams.metrics")
     g = torch.Generator().manual_seed(0)
     # a smooth periodic latent (no seam in the content itself)
     t = torch.linspace(0, 2 * torch.pi, 33)[:-1]
@@ -437,8 +437,8 @@ def test_circular_vae_decode(pack, tiny_models):
     plain = vae.decode(lat)
     circ = node.decode(samples, vae, 4)[0]
     assert circ.shape == plain.shape == (1, 64, 256, 3)
-    seam_plain = circular.wrap_discontinuity(plain.movedim(-1, 1))
-    seam_circ = circular.wrap_discontinuity(circ.movedim(-1, 1))
+    seam_plain = metrics.wrap_seam_ratio(plain.movedim(-1, 1))
+    seam_circ = metrics.wrap_seam_ratio(circ.movedim(-1, 1))
     assert seam_circ <= seam_plain + 1e-6
     # interior columns far from the border (beyond TAESD's receptive field) equal the plain decode
     assert torch.allclose(circ[:, :, 96:160], plain[:, :, 96:160], atol=1e-4)
@@ -460,7 +460,7 @@ COLS = 2  # latent columns per side for padding 1 (token columns) with Flux's 2x
 
 @pytest.fixture(scope="module")
 def circular(pack):
-    return importlib.import_module(f"{PACK_NAME}.pano_core.seams.circular")
+    return importlib.import_module(f"{PACK_NAME}.pano_core.diffusion.circular")
 
 
 @pytest.fixture(scope="module")

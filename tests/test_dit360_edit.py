@@ -1,20 +1,17 @@
-"""DiT360 editing (pano_core.dit360.editing / rf_inversion / attention) on the tiny diffusers Flux."""
+"""DiT360 editing (pano_core.dit360.editing / attention, pano_core.diffusion.rf_inversion / masks) on the tiny
+diffusers Flux."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from pano_core.diffusion.circular import pad_latent
+from pano_core.diffusion.masks import image_mask_to_latent, keep_mask_for_tokens, latent_mask_to_tokens
+from pano_core.diffusion.rf_inversion import edit_latent, eta_schedule, invert_latent, seeded_noise
+from pano_core.diffusion.tokens import TokenGrid
 from pano_core.dit360 import editing
-from pano_core.dit360.attention import (
-    FeatureReplacer,
-    image_mask_to_latent,
-    keep_mask_for_tokens,
-    latent_mask_to_tokens,
-    pad_mask_latent,
-    pad_token_mask,
-)
-from pano_core.dit360.rf_inversion import edit_latent, eta_schedule, invert_latent, seeded_noise
+from pano_core.dit360.attention import FeatureReplacer
 from pano_core.errors import PanoInputError
 
 H, W = 64, 128  # latent 8 x 16, tokens 4 x 8
@@ -48,7 +45,7 @@ def mask():
 def test_mask_is_wrap_padded_not_edge_repeated():
     m = torch.zeros(1, 1, 4, 8)
     m[..., :, 7] = 1.0  # only the right edge column is "edit"
-    p = pad_mask_latent(m, 2)
+    p = pad_latent(m, 2)
     assert p.shape[-1] == 12
     # left padding = last two columns (wrap), right padding = first two columns
     assert torch.equal(p[..., 0:2], m[..., 6:8])
@@ -57,7 +54,7 @@ def test_mask_is_wrap_padded_not_edge_repeated():
     # token masks: the padded columns carry the opposite edge
     tok = latent_mask_to_tokens(m)  # (1, 2*4)
     assert tok.shape == (1, 8)
-    padded = pad_token_mask(tok, 2, 4, 1).view(1, 2, 6)
+    padded = TokenGrid(h=2, w=4, p=1).pad(tok).view(1, 2, 6)
     assert padded[0, :, 0].all() and not padded[0, :, 5].any()
     keep = keep_mask_for_tokens(tok, 2, 4, 2 * 6)
     assert torch.equal(keep.view(1, 2, 6), ~padded)
@@ -199,8 +196,6 @@ def test_velocity_is_one_padded_transformer_call(pipe):
     """The editing velocity (built on DiT360Pipeline's pieces) is exactly one transformer call on
     the packed, circularly padded tokens with wrapped ids, timestep sigma and the guidance,
     cropped and unpacked: checked against a direct diffusers call assembled here by hand."""
-    from pano_core.seams import circular
-
     lat = torch.randn(2, 16, 8, 16, generator=torch.Generator().manual_seed(4))
     vel = editing._FluxVelocity(pipe, lat.shape, padding=2, guidance=3.25)
     pe, pooled, txt = vel.encode("a snowy street")
@@ -212,11 +207,12 @@ def test_velocity_is_one_padded_transformer_call(pipe):
     ids[..., 1] = torch.arange(h)[:, None]
     ids[..., 2] = torch.arange(w)[None, :]
     ids = ids.reshape(h * w, 3)
-    padded_ids = circular.pad_ids(ids, h, w, p, mode="wrapped")
+    grid = TokenGrid(h=h, w=w, p=p, id_mode="wrapped")
+    padded_ids = grid.pad_ids(ids)
     assert torch.equal(padded_ids.view(h, w + 2 * p, 3)[:, :p], ids.view(h, w, 3)[:, w - p:])
     with torch.no_grad():
         out = pipe.transformer(
-            hidden_states=circular.pad_tokens(tok, h, w, p),
+            hidden_states=grid.pad(tok),
             timestep=torch.full((2,), 0.6180339),
             guidance=torch.full((2,), 3.25),
             pooled_projections=pooled.expand(2, -1),
@@ -225,7 +221,7 @@ def test_velocity_is_one_padded_transformer_call(pipe):
             img_ids=padded_ids,
             return_dict=False,
         )[0]
-    out = circular.crop_tokens(out, h, w, p)
+    out = grid.crop(out)
     ref = out.view(2, h, w, 16, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(2, 16, 8, 16)
     assert torch.equal(got, ref)
     # a plain FluxPipeline is wrapped in a DiT360Pipeline; a DiT360Pipeline is used as it is

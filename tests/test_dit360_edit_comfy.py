@@ -233,7 +233,7 @@ def test_server_edit_graph_and_wrong_mask_error(comfy):
     edit_id = next(k for k, n in api.items() if n["class_type"] == "Pano360DiT360Edit")
     save_id = next(k for k, n in api.items() if n["class_type"] == "SaveImage")
     info = comfy.object_info("Pano360DiT360Edit")
-    assert info["category"] == "Pano360/DiT360"
+    assert info["category"] == "Pano360/dit360"
     # a mask of the wrong size is a clear execution error, and the server keeps serving
     bad = dict(api)
     bad["900"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 64}}

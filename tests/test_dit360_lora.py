@@ -1,4 +1,4 @@
-"""The checked LoRA loader: pano_core.dit360.lora_keys (pure key bookkeeping), the
+"""The checked LoRA loader: pano_core.diffusion.lora (pure key bookkeeping), the
 Pano360DiT360LoraLoader node in-process (tiny Flux, real comfy.lora) and in the server."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pano_core.dit360.lora_keys import group_lora_keys, lora_module, match_lora_modules
+from pano_core.diffusion.lora import group_lora_keys, lora_module, match_lora_modules
 from pano_core.errors import PanoInputError
 
 ROOT = Path(__file__).resolve().parents[1]

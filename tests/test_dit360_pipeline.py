@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from pano_core.diffusion.prompts import PANORAMA_PREFIX, add_prompt_prefix
+from pano_core.diffusion.schedules import schedule_mu
+from pano_core.diffusion.tokens import TokenGrid
 from pano_core.errors import PanoInputError
-from pano_core.seams import circular
 
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
@@ -115,7 +117,7 @@ def test_transformer_sees_padded_tokens_with_wrapped_ids(pipe):
     # the noise itself is FluxPipeline's noise for this seed
     g = pipe.grid(128, 64, pad=2)
     noise = pipe.prepare_latents(1, g, torch.Generator("cpu").manual_seed(1))
-    assert torch.equal(circular.crop_tokens(spy.calls[0]["hidden_states"], h, w, p), noise)
+    assert torch.equal(TokenGrid(h=h, w=w, p=p).crop(spy.calls[0]["hidden_states"]), noise)
 
 
 def test_linear_id_mode_extends_columns(pipe):
@@ -167,9 +169,9 @@ def test_mu_from_padded_token_count(pipe):
 
     cfg = pipe.scheduler.config
     for (h, w, p) in [(64, 128, 1), (2, 4, 1), (8, 16, 4)]:
-        n = circular.padded_token_count(h, w, p)
+        n = TokenGrid(h=h, w=w, p=p).padded_tokens
         assert n == h * (w + 2 * p)
-        assert P.schedule_mu(cfg, n) == pytest.approx(calculate_shift(n, 256, 4096, 0.5, 1.15), abs=1e-12)
+        assert schedule_mu(cfg, n) == pytest.approx(calculate_shift(n, 256, 4096, 0.5, 1.15), abs=1e-12)
     g1, g0 = pipe.grid(W, H, pad=1), pipe.grid(W, H, pad=0)
     assert pipe.mu(g1) == pytest.approx(calculate_shift(2 * (4 + 2), 256, 4096, 0.5, 1.15), abs=1e-12)
     assert pipe.mu(g1) > pipe.mu(g0)
@@ -181,7 +183,7 @@ def test_mu_from_padded_token_count(pipe):
     torch.testing.assert_close(used, s1.clone())
     assert not torch.allclose(used, s0)
     # FLUX.1-dev at 2048x1024 with DiT360's 1-column padding: 64 x (128 + 2) tokens
-    assert P.schedule_mu(cfg, circular.padded_token_count(64, 128, 1)) == pytest.approx(
+    assert schedule_mu(cfg, TokenGrid(h=64, w=128, p=1).padded_tokens) == pytest.approx(
         calculate_shift(64 * 130, 256, 4096, 0.5, 1.15)
     )
 
@@ -216,15 +218,15 @@ def test_true_cfg_negative_prompt_changes_output(pipe):
 
 # --------------------------------------------------------------------------- prompt prefix
 def test_prompt_prefix_option():
-    assert P.add_prompt_prefix("a cave") == ["This is a panorama. a cave"]
-    assert P.add_prompt_prefix("This is a panorama. a cave") == ["This is a panorama. a cave"]
-    assert P.add_prompt_prefix(["x", "y"], None) == ["x", "y"]
+    assert add_prompt_prefix("a cave") == ["This is a panorama. a cave"]
+    assert add_prompt_prefix("This is a panorama. a cave") == ["This is a panorama. a cave"]
+    assert add_prompt_prefix(["x", "y"], None) == ["x", "y"]
     with pytest.raises(PanoInputError, match="prompt"):
-        P.add_prompt_prefix([])
+        add_prompt_prefix([])
 
 
 def test_prefix_changes_conditioning(pipe):
-    a = pipe.encode_prompt("a cave", prompt_prefix=P.PANORAMA_PREFIX)
+    a = pipe.encode_prompt("a cave", prompt_prefix=PANORAMA_PREFIX)
     b = pipe.encode_prompt("a cave", prompt_prefix=None)
     c = pipe.encode_prompt("This is a panorama. a cave", prompt_prefix=None)
     assert not torch.allclose(a.prompt_embeds, b.prompt_embeds)

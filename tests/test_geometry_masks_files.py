@@ -103,6 +103,10 @@ def test_read_cubemap_errors(tmp_path):
         read_cubemap(tmp_path / "missing")
     assert guess_layout(8, 48) == "horizon" and guess_layout(24, 32) == "dice" and guess_layout(48, 8) == "stack"
     assert guess_layout(10, 15) is None
+    # with a batch (a tensor batch such as a ComfyUI IMAGE) "stack" is 6k square faces, not a 1:6 strip
+    assert guess_layout(8, 8, batch=12) == "stack" and guess_layout(8, 8, batch=5) is None
+    assert guess_layout(48, 8, batch=1) is None and guess_layout(8, 48, batch=2) == "horizon"
+    assert guess_layout(24, 32, batch=1) == "dice" and guess_layout(32, 64, batch=6) is None  # ERPs are no cubemap
 
 
 def test_stack_file_is_vertical(tmp_path):

@@ -21,6 +21,7 @@ from pano_core.xmp import (
     gpano_for_image,
     image_size,
     jpeg_read_xmp,
+    panorama_gpano,
     parse_gpano,
     png_set_text,
     png_text,
@@ -202,3 +203,13 @@ def test_cli_tag_bad_inputs(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert cli_main(["tag", str(jsrc), "-o", str(tmp_path / "o.png")]) == 2
     assert "format" in capsys.readouterr().err
+
+
+def test_panorama_gpano_full_or_partial():
+    gp, warning = panorama_gpano(200, 100, heading=370.0)
+    assert warning == "" and gp.FullPanoWidthPixels == 200 and gp.PoseHeadingDegrees == 10.0
+    gp, warning = panorama_gpano(300, 100)
+    assert "not 2:1" in warning and (gp.FullPanoWidthPixels, gp.FullPanoHeightPixels) == (300, 150)
+    assert (gp.CroppedAreaLeftPixels, gp.CroppedAreaTopPixels) == (0, 25)
+    gp, _ = panorama_gpano(100, 100)
+    assert (gp.FullPanoWidthPixels, gp.CroppedAreaLeftPixels) == (200, 50)

@@ -1,5 +1,8 @@
 """The ``pano360`` command.
 
+Lives here: argument parsing and file I/O of the subcommands. Not here: any panorama math or
+model code (the subcommands call ``pano_core``'s packages).
+
 Subcommands live in modules of this package; each module defines
 ``register(subparsers)`` which adds its parsers and sets ``func`` on them
 (``func(args) -> int``). Modules are discovered automatically.

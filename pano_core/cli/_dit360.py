@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..diffusion.prompts import PANORAMA_PREFIX
 from ._args import add_force, finite_float, nonneg_int
 
 
@@ -35,7 +36,7 @@ def add_pad_arg(p: argparse.ArgumentParser) -> None:
 def add_output_args(p: argparse.ArgumentParser) -> None:
     """--prefix, --bits, --local-files-only, --force, -q (in this order)."""
     p.add_argument("--prefix", action=argparse.BooleanOptionalAction, default=True,
-                   help='prefix the prompt(s) with "This is a panorama." as DiT360 does (default on; --no-prefix to disable)')
+                   help=f'prefix the prompt(s) with "{PANORAMA_PREFIX}" as DiT360 does (default on; --no-prefix to disable)')
     p.add_argument("--bits", type=int, choices=(8, 16), default=8, help="PNG bit depth (default 8)")
     p.add_argument("--local-files-only", action="store_true", help="never contact the hub (use cached/local files only)")
     add_force(p)

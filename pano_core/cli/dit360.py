@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 
+from ..diffusion.prompts import PANORAMA_PREFIX
 from ..errors import PanoInputError
 from ..io import check_writable, read_image, write_image
 from . import _dit360
@@ -33,7 +34,8 @@ def _load_generate_from_view():
 
 
 def cmd_generate(args) -> int:
-    from ..dit360.pipeline import PANORAMA_PREFIX, add_prompt_prefix, check_pano_size
+    from ..diffusion.prompts import add_prompt_prefix
+    from ..dit360.pipeline import check_pano_size
 
     # cheap checks first: nothing is loaded when the request cannot succeed
     if not args.prompt or not args.prompt.strip():
@@ -113,7 +115,7 @@ def register(subparsers) -> None:
             "Generate a seamless 2:1 equirectangular panorama with FLUX.1-dev + DiT360's LoRA and "
             "token-level circular padding. Defaults are DiT360's: 2048x1024, 28 steps, guidance 2.8, "
             "1 padded token column per side with wrapped position ids, prompt prefixed with "
-            '"This is a panorama.". With --view PHOTO --fov D the photo is placed on the panorama and '
+            f'"{PANORAMA_PREFIX}". With --view PHOTO --fov D the photo is placed on the panorama and '
             "the rest is outpainted."
         ),
     )

@@ -52,8 +52,8 @@ def cmd_edit(args) -> int:
     image, mask = _load_inputs(args)
     _dit360.check_pad(args.pad, image.shape[-1])
 
+    from ..diffusion.prompts import PANORAMA_PREFIX, add_prompt_prefix
     from ..dit360 import editing
-    from ..dit360.pipeline import PANORAMA_PREFIX, add_prompt_prefix
 
     t0 = time.time()
     pipe = _dit360.load_pipeline(args)

@@ -15,30 +15,33 @@ Mask convention: ``1`` (white) = generate anew, ``0`` (black) = keep.
   the edit branch starts from fresh seeded noise there (inverting blank canvas would bias the
   result toward flat content), the black region is kept.
 - :func:`generate_from_view`: place a perspective photo on the ERP canvas
-  (:func:`place_view`, with :func:`pano_core.geometry.p2e`) and outpaint the rest.
+  (:func:`pano_core.diffusion.masks.place_view`) and outpaint the rest.
 - :func:`invert` / :func:`edit`: the two stages separately (see
-  :mod:`pano_core.dit360.rf_inversion` for the algorithm).
+  :mod:`pano_core.diffusion.rf_inversion` for the algorithm).
 
 The model sees the latent circularly padded by ``padding`` token columns per side on every call
-(wrapped position ids, :mod:`pano_core.seams.circular`); the kept-token mask is padded exactly
-like the tokens (wrap), the schedule shift ``mu`` comes from the padded token count, the
-guidance value reaches the transformer's guidance embedding, and inversion noise is seeded.
+(wrapped position ids, :class:`pano_core.diffusion.tokens.TokenGrid`); the kept-token mask is
+padded exactly like the tokens (wrap), the schedule shift ``mu`` comes from the padded token
+count (:func:`pano_core.diffusion.schedules.sigma_schedule`), the guidance value reaches the
+transformer's guidance embedding, and inversion noise is seeded. VAE encode/decode are
+:func:`pano_core.diffusion.vae.vae_encode` / :func:`~pano_core.diffusion.vae.vae_decode`.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
+from ..diffusion.masks import image_mask_to_latent, keep_mask_for_tokens, latent_mask_to_tokens, place_view
+from ..diffusion.rf_inversion import InversionResult, edit_latent, invert_latent, outpaint_init
+from ..diffusion.schedules import sigma_schedule
+from ..diffusion.tokens import TokenGrid
+from ..diffusion.vae import vae_decode, vae_encode
 from ..errors import PanoInputError
-from ..seams import circular
-from ..validate import check_bchw, check_erp
-from .attention import FeatureReplacer, image_mask_to_latent, keep_mask_for_tokens, latent_mask_to_tokens
-from .rf_inversion import InversionResult, edit_latent, invert_latent, seeded_noise
+from ..validate import check_bchw, check_erp, check_int
+from .attention import FeatureReplacer
 
 __all__ = [
     "EditSettings",
@@ -90,15 +93,9 @@ def dit360_pipeline(pipe):
     return fp if isinstance(fp, DiT360Pipeline) else DiT360Pipeline(fp)
 
 
-def _latent_grid(d360, latent_hw: tuple[int, int], padding: int):
-    """The wrapped-id :class:`~pano_core.dit360.pipeline.TokenGrid` of a latent ``latent_hw``."""
-    from .pipeline import TokenGrid
-
-    lh, lw = int(latent_hw[0]), int(latent_hw[1])
-    f = d360.vae_scale_factor
-    h, w = lh // 2, lw // 2
-    p = circular.check_padding(w, int(padding))
-    return TokenGrid(height=lh * f, width=lw * f, latent_h=lh, latent_w=lw, h=h, w=w, p=p, id_mode="wrapped")
+def _latent_grid(d360, latent_hw: tuple[int, int], padding: int) -> TokenGrid:
+    """The wrapped-id :class:`~pano_core.diffusion.tokens.TokenGrid` of a latent ``latent_hw``."""
+    return TokenGrid.from_latent(latent_hw, int(padding), "wrapped", vae_factor=d360.vae_scale_factor)
 
 
 def _device(fp) -> torch.device:
@@ -118,17 +115,10 @@ def _check_image(image: torch.Tensor, name: str = "image") -> torch.Tensor:
 
 @torch.no_grad()
 def encode_image(pipe, image: torch.Tensor) -> torch.Tensor:
-    """VAE-encode an image ``(B, 3, H, W)`` in 0..1 to a scaled Flux latent ``(B, 16, H/8, W/8)``.
-
-    Uses the posterior mode (deterministic), then FLUX's shift and scaling factors.
-    """
+    """VAE-encode an image ``(B, 3, H, W)`` in 0..1 to a scaled Flux latent ``(B, 16, H/8, W/8)``
+    (posterior mode, FLUX's shift and scaling; :func:`pano_core.diffusion.vae.vae_encode`), float32."""
     fp = flux_components(pipe)
-    vae = fp.vae
-    x = image.to(device=_device(fp), dtype=vae.dtype) * 2.0 - 1.0
-    dist = vae.encode(x).latent_dist
-    lat = dist.mode() if hasattr(dist, "mode") else dist.mean
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return ((lat - shift) * vae.config.scaling_factor).float()
+    return vae_encode(fp.vae, image, device=_device(fp)).float()
 
 
 @torch.no_grad()
@@ -139,31 +129,16 @@ def decode_latent(pipe, latent: torch.Tensor, circular_decode: bool = False, dec
     crops the matching pixels after it (no seam from the decoder at 0/360 degrees).
     """
     fp = flux_components(pipe)
-    vae = fp.vae
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    z = latent.to(device=_device(fp), dtype=vae.dtype) / vae.config.scaling_factor + shift
-    cols = int(decode_pad) if circular_decode else 0
-    if cols:
-        z = circular.pad_latent(z, cols)
-    img = vae.decode(z, return_dict=False)[0]
-    if cols:
-        img = circular.crop_latent(img, cols * (img.shape[-1] // z.shape[-1]))
-    return ((img.float() + 1.0) / 2.0).clamp(0, 1)
+    return vae_decode(fp.vae, latent, wrap_cols=int(decode_pad) if circular_decode else 0, device=_device(fp))
 
 
 def flux_sigmas(pipe, steps: int, latent_hw: tuple[int, int], padding: int = 1) -> torch.Tensor:
     """FLUX.1-dev sigma schedule (``steps + 1`` values, 1 -> 0) for a latent of ``latent_hw``,
     with ``mu`` computed from the *padded* token count (as DiT360 does)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise PanoInputError(f"steps: expected an integer >= 1, got {steps!r}")
-    from .pipeline import schedule_mu
-
+    check_int(steps, "steps", 1)
     fp = flux_components(pipe)
-    h_tok, w_tok = latent_hw[0] // 2, latent_hw[1] // 2
-    sched = copy.deepcopy(fp.scheduler)
-    mu = schedule_mu(sched.config, circular.padded_token_count(h_tok, w_tok, padding))
-    sched.set_timesteps(sigmas=np.linspace(1.0, 1.0 / steps, steps), mu=mu, device="cpu")
-    return sched.sigmas.detach().float().cpu()
+    grid = TokenGrid.from_latent(latent_hw, int(padding))
+    return sigma_schedule(fp.scheduler, steps, grid.padded_tokens)
 
 
 class _FluxVelocity:
@@ -172,7 +147,7 @@ class _FluxVelocity:
     Built from :class:`~pano_core.dit360.pipeline.DiT360Pipeline`'s pieces (a plain diffusers
     ``FluxPipeline`` is wrapped in one): each call packs the latent into tokens
     (:meth:`~DiT360Pipeline.pack`), pads them circularly (``padding`` token columns per side,
-    wrapped ids: :meth:`~DiT360Pipeline.pad_tokens`, :meth:`~DiT360Pipeline.image_ids`), runs
+    wrapped ids: :meth:`TokenGrid.pad`, :meth:`~DiT360Pipeline.image_ids`), runs
     :meth:`~DiT360Pipeline.transformer_call` with the text embeddings and the guidance
     (:meth:`~DiT360Pipeline.guidance_tensor`), crops and unpacks the output.
     """
@@ -197,7 +172,7 @@ class _FluxVelocity:
 
         b = x.shape[0]
         d = self.pipe
-        tok = d.pad_tokens(d.pack(x.to(self.device)), self.grid).to(self.dtype)
+        tok = self.grid.pad(d.pack(x.to(self.device))).to(self.dtype)
         embeds = PromptEmbeds(
             prompt_embeds=pe.expand(b, -1, -1) if pe.shape[0] == 1 else pe,
             pooled=pooled.expand(b, -1) if pooled.shape[0] == 1 else pooled,
@@ -205,7 +180,7 @@ class _FluxVelocity:
         )
         t = torch.tensor(float(sigma), device=self.device)
         out = d.transformer_call(tok, t, embeds, d.guidance_tensor(self.guidance, b), self.img_ids, time_scale=1.0)
-        return d.unpack(d.crop_tokens(out, self.grid).float(), self.grid)
+        return d.unpack(self.grid.crop(out).float(), self.grid)
 
 
 def _progress(pipe, total: int, enabled: bool, desc: str):
@@ -298,11 +273,10 @@ def edit(
     n_steps = steps if steps is not None else len(inversion.sigmas) - 1
     sigmas = flux_sigmas(pipe, n_steps, y0.shape[-2:], vel.p)
     edit_tok = latent_mask_to_tokens(m).expand(y0.shape[0], -1)
-    keep = keep_mask_for_tokens(edit_tok, vel.h_tok, vel.w_tok, circular.padded_token_count(vel.h_tok, vel.w_tok, vel.p))
+    keep = keep_mask_for_tokens(edit_tok, vel.h_tok, vel.w_tok, vel.grid.padded_tokens)
     init = None
     if fresh_noise_seed is not None:
-        fresh = seeded_noise(z1.shape, int(fresh_noise_seed), device=z1.device)
-        init = m * fresh + (1 - m) * z1
+        init = outpaint_init(z1, m, int(fresh_noise_seed))
     bar = _progress(pipe, n_steps, progress, "DiT360 edit")
     replacer = FeatureReplacer(vel.tr, keep.to(vel.device))
 
@@ -360,38 +334,6 @@ def outpaint(pipe, image: torch.Tensor, mask: torch.Tensor, *, prompt: str, **op
     around the kept black region, starting from fresh seeded noise there. Same options as
     :func:`inpaint`."""
     return _run(pipe, image, mask, "outpaint", prompt=prompt, **opts)
-
-
-def place_view(
-    view: torch.Tensor,
-    fov_deg: float | tuple[float, float],
-    yaw: float = 0.0,
-    pitch: float = 0.0,
-    *,
-    height: int,
-    width: int | None = None,
-    fill: float = 0.5,
-    coverage_threshold: float = 0.999,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Place a perspective photo ``(B, C, h, w)`` on an ERP canvas (``height x 2*height``).
-
-    Projects with :func:`pano_core.geometry.p2e` (horizontal ``fov_deg``, ``yaw``, ``pitch``),
-    fills the uncovered part with grey ``fill``. Returns ``(canvas (B, C, H, W),
-    generate_mask (B, 1, H, W))`` where the mask is 1 wherever the photo does not fully cover
-    the pixel (the region outpainting must generate) and 0 on the photo.
-    """
-    from ..geometry import p2e
-
-    check_bchw(view, "view", channels=(1, 3, 4))
-    width = int(width) if width is not None else 2 * int(height)
-    if width != 2 * int(height):
-        raise PanoInputError(f"width/height: an ERP canvas must be 2:1, got {width}x{height}")
-    if isinstance(fov_deg, (int, float)) and not 0 < float(fov_deg) < 180:
-        raise PanoInputError(f"fov: expected a horizontal field of view in (0, 180) degrees, got {fov_deg}")
-    erp, cov = p2e(view.float(), fov_deg, yaw=yaw, pitch=pitch, erp_hw=(int(height), width))
-    keep = (cov >= coverage_threshold).to(erp.dtype)
-    canvas = erp * keep + fill * (1.0 - keep)
-    return canvas.clamp(0, 1), 1.0 - keep
 
 
 def generate_from_view(

@@ -14,14 +14,16 @@ hub id) and samples seamless equirectangular (2:1) panoramas the way DiT360 does
 4. the padded columns are cropped after the loop; the latent is decoded plainly or with a
    circular VAE decode (wrapped latent columns, decode, crop).
 
-The padding math lives in :mod:`pano_core.seams.circular` (shared with the ComfyUI patch).
+The model-agnostic pieces come from :mod:`pano_core.diffusion`: the token grid
+(:class:`~pano_core.diffusion.tokens.TokenGrid`, shared with the ComfyUI patch), the schedule
+(:mod:`~pano_core.diffusion.schedules`), the sampling loop (:func:`~pano_core.diffusion.sampling.sample`),
+the VAE helpers (:mod:`~pano_core.diffusion.vae`) and loading (:mod:`~pano_core.diffusion.loading`).
+Here: the Flux specifics (text encoders, packing, the transformer call, guidance embedding).
 
 The building blocks are public so the editing code (inversion, inpainting, view-to-panorama)
 reuses them: :meth:`DiT360Pipeline.grid`, :meth:`~DiT360Pipeline.encode_prompt`,
 :meth:`~DiT360Pipeline.prepare_latents`, :meth:`~DiT360Pipeline.image_ids`,
-:meth:`~DiT360Pipeline.pad_tokens` / :meth:`~DiT360Pipeline.crop_tokens` /
-:meth:`~DiT360Pipeline.resync_tokens`, :meth:`~DiT360Pipeline.timesteps` (mu from the padded
-count), :meth:`~DiT360Pipeline.guidance_tensor`, :meth:`~DiT360Pipeline.transformer_call` (one
+:meth:`~DiT360Pipeline.timesteps` (mu from the padded count), :meth:`~DiT360Pipeline.guidance_tensor`, :meth:`~DiT360Pipeline.transformer_call` (one
 call on padded tokens), :meth:`~DiT360Pipeline.denoise`, :meth:`~DiT360Pipeline.pack` /
 :meth:`~DiT360Pipeline.unpack`, :meth:`~DiT360Pipeline.encode_image` and
 :meth:`~DiT360Pipeline.decode`.
@@ -44,58 +46,30 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..diffusion import loading as dl
+from ..diffusion.generator import DiffusersGenerator
+from ..diffusion.lora import LoraReport
+from ..diffusion.prompts import PANORAMA_PREFIX, add_prompt_prefix
+from ..diffusion.sampling import sample, scheduler_step
+from ..diffusion.schedules import schedule_mu, set_timesteps
+from ..diffusion.tokens import TokenGrid
+from ..diffusion.vae import vae_decode, vae_encode
 from ..errors import PanoInputError
-from ..seams import circular
-from .loading import (
-    DEFAULT_LORA,
-    DEFAULT_LORA_WEIGHT_NAME,
-    DEFAULT_MODEL,
-    LoraReport,
-    load_flux_pipeline,
-    load_lora,
-    resolve_device,
-    resolve_dtype,
-)
+from ..validate import check_choice, check_int
+from .loading import DEFAULT_LORA, DEFAULT_MODEL, load_flux_pipeline
 
 __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_LORA",
-    "DEFAULT_LORA_WEIGHT_NAME",
-    "PANORAMA_PREFIX",
     "DEFAULTS",
-    "TokenGrid",
     "PromptEmbeds",
     "PanoramaOutput",
     "DiT360Pipeline",
-    "add_prompt_prefix",
     "check_pano_size",
-    "schedule_mu",
 ]
-
-PANORAMA_PREFIX = "This is a panorama."
 
 # DiT360's inference settings.
 DEFAULTS = dict(width=2048, height=1024, steps=28, guidance=2.8, pad=1, id_mode="wrapped", resync=False)
-
-OFFLOAD_MODES = ("none", "model", "sequential")
-
-
-def add_prompt_prefix(prompt: str | Sequence[str], prefix: str | None = PANORAMA_PREFIX) -> list[str]:
-    """Prefix every prompt with ``prefix`` (DiT360: "This is a panorama."), once.
-
-    Prompts already starting with the prefix are left alone; ``prefix=None`` or ``""`` only
-    turns a single prompt into a list.
-    """
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    if not prompts or not all(isinstance(p, str) for p in prompts):
-        raise PanoInputError(f"prompt: expected a string or a non-empty list of strings, got {prompt!r}")
-    if not prefix:
-        return prompts
-    out = []
-    for p in prompts:
-        s = p.strip()
-        out.append(s if s.startswith(prefix) else (f"{prefix} {s}" if s else prefix))
-    return out
 
 
 def check_pano_size(width: int, height: int, multiple: int = 16, require_2to1: bool = True) -> None:
@@ -115,55 +89,6 @@ def check_pano_size(width: int, height: int, multiple: int = 16, require_2to1: b
             f"size: an equirectangular panorama must be 2:1 (width = 2 x height); got {width}x{height}, "
             f"e.g. use {2 * height}x{height}"
         )
-
-
-def schedule_mu(scheduler_config, image_seq_len: int) -> float:
-    """FLUX's resolution-dependent shift ``mu`` for ``image_seq_len`` tokens, using the
-    scheduler's base/max sequence lengths and shifts (FLUX.1-dev: 256/4096, 0.5/1.15).
-
-    DiT360 passes the **padded** token count (:func:`pano_core.seams.circular.padded_token_count`).
-    """
-    get = scheduler_config.get if hasattr(scheduler_config, "get") else lambda k, d: getattr(scheduler_config, k, d)
-    return circular.flux_mu(
-        image_seq_len,
-        base_seq_len=get("base_image_seq_len", 256),
-        max_seq_len=get("max_image_seq_len", 4096),
-        base_shift=get("base_shift", 0.5),
-        max_shift=get("max_shift", 1.15),
-    )
-
-
-@dataclass(frozen=True)
-class TokenGrid:
-    """Geometry of one panorama in pixels, latent pixels and packed tokens, plus the padding.
-
-    ``h`` x ``w`` tokens (``w`` unpadded); ``p`` padded token columns per side; ``id_mode``
-    ``"wrapped"``/``"linear"``.
-    """
-
-    height: int
-    width: int
-    latent_h: int
-    latent_w: int
-    h: int
-    w: int
-    p: int = 0
-    id_mode: str = "wrapped"
-
-    @property
-    def wp(self) -> int:
-        """Padded token width ``w + 2p``."""
-        return self.w + 2 * self.p
-
-    @property
-    def tokens(self) -> int:
-        """Unpadded token count ``h * w``."""
-        return self.h * self.w
-
-    @property
-    def padded_tokens(self) -> int:
-        """Padded token count ``h * (w + 2p)`` (drives ``mu``)."""
-        return circular.padded_token_count(self.h, self.w, self.p)
 
 
 @dataclass
@@ -196,13 +121,16 @@ class PanoramaOutput:
     seed: int | None = None
 
 
-class DiT360Pipeline:
+class DiT360Pipeline(DiffusersGenerator):
     """Panorama sampling with DiT360's circular token padding on a diffusers ``FluxPipeline``.
 
     Build with :meth:`from_pretrained` (a model folder or hub id) or wrap an existing
     ``FluxPipeline`` (``DiT360Pipeline(flux)``). The wrapped pipeline stays usable as
-    ``self.flux``; its components are exposed as ``transformer``, ``vae``, ``scheduler``.
+    ``self.flux`` (= ``self.pipe``); components, memory placement and LoRA loading come from
+    :class:`~pano_core.diffusion.generator.DiffusersGenerator`.
     """
+
+    default_adapter = "dit360"
 
     def __init__(self, flux):
         from diffusers import FluxTransformer2DModel
@@ -211,11 +139,13 @@ class DiT360Pipeline:
             raise PanoInputError(
                 f"pipeline: expected a diffusers FluxPipeline with a FluxTransformer2DModel, got {type(flux).__name__}"
             )
-        self.flux = flux
-        self.lora_reports: dict[str, LoraReport] = {}
-        self._adapter_scales: dict[str, float] = {}
+        super().__init__(flux)
 
-    # ------------------------------------------------------------------ loading / memory
+    @property
+    def flux(self):
+        """The wrapped diffusers ``FluxPipeline``."""
+        return self.pipe
+
     @classmethod
     def from_pretrained(
         cls,
@@ -234,14 +164,14 @@ class DiT360Pipeline:
     ) -> DiT360Pipeline:
         """Load FLUX.1 (``model``: a diffusers folder or hub id, safetensors only), optionally a
         LoRA (``lora``: file, folder or hub id; DiT360's is :data:`DEFAULT_LORA`), and set the
-        device / memory options (see :meth:`set_memory`).
+        device / memory options (:meth:`set_memory`; FLUX.1-dev's transformer alone is ~24 GB
+        in bf16, so ``offload="model"`` on smaller GPUs).
 
         ``dtype`` ``None`` means bfloat16 on CUDA and float32 on the CPU.
         """
-        dev = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, dev)
-        if offload not in OFFLOAD_MODES:
-            raise PanoInputError(f"offload: expected one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
+        dev = dl.resolve_device(device)
+        torch_dtype = dl.resolve_dtype(dtype, dev)
+        check_choice(offload, "offload", dl.OFFLOAD_MODES)
         flux = load_flux_pipeline(model, torch_dtype=torch_dtype, revision=revision, local_files_only=local_files_only, **kwargs)
         pipe = cls(flux)
         if lora is not None:
@@ -249,99 +179,14 @@ class DiT360Pipeline:
         pipe.set_memory(dev, offload=offload, vae_tiling=vae_tiling)
         return pipe
 
-    def set_memory(self, device: str | torch.device = "auto", offload: str = "none", vae_tiling: bool = False) -> None:
-        """Place the models: ``offload="none"`` moves everything to ``device``; ``"model"``
-        keeps models on the CPU and moves each to the GPU while it runs (diffusers
-        ``enable_model_cpu_offload``; FLUX.1-dev's transformer alone is ~24 GB in bf16); ``"sequential"`` streams
-        layer by layer (``enable_sequential_cpu_offload``, slowest, smallest). ``vae_tiling``
-        decodes large panoramas in tiles."""
-        dev = resolve_device(device)
-        if offload not in OFFLOAD_MODES:
-            raise PanoInputError(f"offload: expected one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
-        if offload != "none" and dev.type == "cpu":
-            raise PanoInputError(f"offload: {offload} CPU offload needs a GPU device; with --device cpu use --offload none")
-        if offload == "none":
-            self.flux.to(dev)
-        elif offload == "model":
-            self.flux.enable_model_cpu_offload(device=dev)
-        else:
-            self.flux.enable_sequential_cpu_offload(device=dev)
-        if vae_tiling:
-            self.vae.enable_tiling()
-        else:
-            self.vae.disable_tiling()
-
-    def load_lora(
-        self,
-        lora: str | os.PathLike | dict = DEFAULT_LORA,
-        weight_name: str | None = None,
-        scale: float = 1.0,
-        adapter_name: str = "dit360",
-        strict: bool = True,
-        local_files_only: bool | None = None,
-    ) -> LoraReport:
-        """Load a PEFT/diffusers LoRA (default: DiT360's published one) with strength ``scale``.
-
-        Raises :class:`PanoInputError` naming how many of the file's keys matched the
-        transformer when they do not all match (``strict``) or none do.
-        """
-        report = load_lora(
-            self.flux, lora, weight_name=weight_name, adapter_name=adapter_name, strict=strict,
-            local_files_only=local_files_only,
-        )
-        report.scale = float(scale)
-        self.lora_reports[adapter_name] = report
-        self._adapter_scales[adapter_name] = float(scale)
-        self.flux.set_adapters(list(self._adapter_scales), adapter_weights=list(self._adapter_scales.values()))
-        return report
-
-    def set_lora_scale(self, scale: float, adapter_name: str = "dit360") -> None:
-        """Change the strength of a loaded adapter."""
-        if adapter_name not in self._adapter_scales:
-            raise PanoInputError(f"lora: no adapter named {adapter_name!r} is loaded")
-        self._adapter_scales[adapter_name] = float(scale)
-        self.flux.set_adapters(list(self._adapter_scales), adapter_weights=list(self._adapter_scales.values()))
-
-    # ------------------------------------------------------------------ components
-    @property
-    def transformer(self):
-        return self.flux.transformer
-
-    @property
-    def vae(self):
-        return self.flux.vae
-
-    @property
-    def scheduler(self):
-        return self.flux.scheduler
-
-    @property
-    def device(self) -> torch.device:
-        """Where the computation runs (the GPU under CPU offload)."""
-        return self.flux._execution_device
-
-    @property
-    def _execution_device(self) -> torch.device:
-        """Alias of :attr:`device` (the name diffusers pipelines use)."""
-        return self.flux._execution_device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return int(self.flux.vae_scale_factor)
+    def load_lora(self, lora=DEFAULT_LORA, weight_name=None, scale=1.0, adapter_name=None, strict=True,
+                  local_files_only=None) -> LoraReport:
+        """:meth:`DiffusersGenerator.load_lora` with DiT360's LoRA as the default."""
+        return super().load_lora(lora, weight_name, scale, adapter_name, strict, local_files_only)
 
     @property
     def latent_channels(self) -> int:
         return int(self.transformer.config.in_channels) // 4
-
-    def progress_bar(self, total: int, enabled: bool = True):
-        """diffusers' tqdm progress bar (respects ``flux.set_progress_bar_config``)."""
-        if not enabled:
-            return _NullBar()
-        return self.flux.progress_bar(total=total)
 
     # ------------------------------------------------------------------ geometry
     def grid(
@@ -356,12 +201,7 @@ class DiT360Pipeline:
         with ``pad`` token columns of circular padding per side (``0 <= pad <= w // 4``)."""
         f = self.vae_scale_factor
         check_pano_size(width, height, multiple=2 * f, require_2to1=require_2to1)
-        lh, lw = height // f, width // f
-        h, w = lh // 2, lw // 2
-        if id_mode not in ("wrapped", "linear"):
-            raise PanoInputError(f"id_mode: expected 'wrapped' (DiT360) or 'linear', got {id_mode!r}")
-        circular.check_padding(w, pad, name="pad")
-        return TokenGrid(height=height, width=width, latent_h=lh, latent_w=lw, h=h, w=w, p=pad, id_mode=id_mode)
+        return TokenGrid.from_pixels(height, width, pad, id_mode, patch=2, vae_factor=f)
 
     # ------------------------------------------------------------------ text
     def encode_prompt(
@@ -402,11 +242,11 @@ class DiT360Pipeline:
     def pack(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, 16, H/8, W/8) latents -> packed tokens (B, H/16 * W/16, 64)."""
         b, c, lh, lw = latents.shape
-        return self.flux._pack_latents(latents, b, c, lh, lw)
+        return TokenGrid.from_latent((lh, lw), vae_factor=self.vae_scale_factor).pack(latents)
 
     def unpack(self, tokens: torch.Tensor, grid: TokenGrid) -> torch.Tensor:
         """Packed unpadded tokens (B, h*w, 64) -> latents (B, 16, H/8, W/8)."""
-        return self.flux._unpack_latents(tokens, grid.height, grid.width, self.vae_scale_factor)
+        return grid.unpack(tokens)
 
     def prepare_latents(
         self,
@@ -438,21 +278,9 @@ class DiT360Pipeline:
 
     def image_ids(self, grid: TokenGrid, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Position ids (h*(w+2p), 3) of the padded grid: ``[0, row, col]``, padded columns
-        wrapped (DiT360) or linear, via :func:`pano_core.seams.circular.pad_ids`."""
+        wrapped (DiT360) or linear (:meth:`TokenGrid.pad_ids`)."""
         ids = self.flux._prepare_latent_image_ids(1, grid.h, grid.w, self.device, dtype or self.dtype)
-        return circular.pad_ids(ids, grid.h, grid.w, grid.p, mode=grid.id_mode)
-
-    def pad_tokens(self, tokens: torch.Tensor, grid: TokenGrid) -> torch.Tensor:
-        """(B, h*w, C) -> (B, h*(w+2p), C), circular (also for packed masks)."""
-        return circular.pad_tokens(tokens, grid.h, grid.w, grid.p)
-
-    def crop_tokens(self, tokens: torch.Tensor, grid: TokenGrid) -> torch.Tensor:
-        """(B, h*(w+2p), C) -> (B, h*w, C)."""
-        return circular.crop_tokens(tokens, grid.h, grid.w, grid.p)
-
-    def resync_tokens(self, tokens: torch.Tensor, grid: TokenGrid) -> torch.Tensor:
-        """Rebuild the padded columns of padded tokens from the current opposite edge."""
-        return circular.resync_tokens(tokens, grid.h, grid.w, grid.p)
+        return grid.pad_ids(ids)
 
     # ------------------------------------------------------------------ schedule
     def mu(self, grid: TokenGrid) -> float:
@@ -462,23 +290,9 @@ class DiT360Pipeline:
     def timesteps(
         self, steps: int, grid: TokenGrid, sigmas: Sequence[float] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Set the scheduler up for ``steps`` steps with ``mu`` from the padded token count.
-
-        Returns ``(timesteps, sigmas)`` (``sigmas`` has ``steps + 1`` entries, the last 0).
-        Sigmas default to FLUX's ``linspace(1, 1/steps, steps)`` before shifting. Resets the
-        scheduler's step index (``set_begin_index(0)``).
-        """
-        from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
-
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-            raise PanoInputError(f"steps: expected a positive integer, got {steps!r}")
-        if sigmas is None:
-            sigmas = np.linspace(1.0, 1 / steps, steps)
-        if getattr(self.scheduler.config, "use_flow_sigmas", False):
-            sigmas = None
-        ts, _ = retrieve_timesteps(self.scheduler, steps, self.device, sigmas=sigmas, mu=self.mu(grid))
-        self.scheduler.set_begin_index(0)
-        return ts, self.scheduler.sigmas
+        """Set the scheduler up for ``steps`` steps with ``mu`` from the padded token count
+        (:func:`pano_core.diffusion.schedules.set_timesteps`). Returns ``(timesteps, sigmas)``."""
+        return set_timesteps(self.scheduler, steps, grid.padded_tokens, self.device, sigmas=sigmas)
 
     def guidance_tensor(self, guidance: float, batch: int) -> torch.Tensor | None:
         """FLUX.1-dev's distilled guidance as a (B,) tensor, or None for models without it."""
@@ -509,7 +323,7 @@ class DiT360Pipeline:
         timestep = t.expand(b).to(tokens.dtype)
         if time_scale != 1.0:
             timestep = timestep / time_scale
-        ctx = self.transformer.cache_context(cache_name) if hasattr(self.transformer, "cache_context") else _null()
+        ctx = self.transformer.cache_context(cache_name) if hasattr(self.transformer, "cache_context") else contextlib.nullcontext()
         with ctx:
             return self.transformer(
                 hidden_states=tokens,
@@ -538,13 +352,16 @@ class DiT360Pipeline:
         joint_attention_kwargs: dict | None = None,
         callback: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
         progress: bool = True,
+        interrupt: Callable[[], bool | None] | None = None,
     ) -> torch.Tensor:
-        """Run the scheduler over ``timesteps`` on **padded** tokens (B, h*(w+2p), 64).
+        """Run the scheduler over ``timesteps`` on **padded** tokens (B, h*(w+2p), 64) with the
+        shared loop :func:`pano_core.diffusion.sampling.sample`.
 
         With ``resync`` the padded columns are rebuilt from the current opposite edge before
         every call. ``negative`` + ``true_cfg_scale > 1`` adds true classifier-free guidance
-        (a second call). ``callback(i, t, tokens)`` may return replacement tokens. Returns
-        the padded tokens after the last step (crop with :meth:`crop_tokens`).
+        (a second call). ``callback(i, t, tokens)`` may return replacement tokens; ``interrupt()``
+        runs before every step (raise to cancel). Returns the padded tokens after the last step
+        (crop with ``grid.crop``).
         """
         if img_ids is None:
             img_ids = self.image_ids(grid, dtype=embeds.text_ids.dtype)
@@ -553,22 +370,20 @@ class DiT360Pipeline:
                 f"tokens: expected {grid.padded_tokens} padded tokens for a {grid.h}x{grid.w} grid with pad "
                 f"{grid.p}, got {tokens.shape[1]}"
             )
-        do_cfg = negative is not None and true_cfg_scale > 1.0
-        with self.progress_bar(len(timesteps), enabled=progress) as bar:
-            for i, t in enumerate(timesteps):
-                if resync and grid.p > 0:
-                    tokens = self.resync_tokens(tokens, grid)
-                pred = self.transformer_call(tokens, t, embeds, guidance, img_ids, joint_attention_kwargs, "cond")
-                if do_cfg:
-                    neg = self.transformer_call(tokens, t, negative, guidance, img_ids, joint_attention_kwargs, "uncond")
-                    pred = neg + true_cfg_scale * (pred - neg)
-                tokens = self.scheduler.step(pred, t, tokens, return_dict=False)[0]
-                if callback is not None:
-                    new = callback(i, t, tokens)
-                    if new is not None:
-                        tokens = new
-                bar.update()
-        return tokens
+
+        def velocity(x, t):
+            return self.transformer_call(x, t, embeds, guidance, img_ids, joint_attention_kwargs, "cond")
+
+        uncond = None
+        if negative is not None:
+            def uncond(x, t):
+                return self.transformer_call(x, t, negative, guidance, img_ids, joint_attention_kwargs, "uncond")
+
+        return sample(
+            velocity, tokens, timesteps, uncond=uncond, cfg_scale=true_cfg_scale, step=scheduler_step(self.scheduler),
+            prepare=(lambda i, x: grid.resync(x)) if resync and grid.p > 0 else None,
+            callback=callback, interrupt=interrupt, progress=self.progress_bar(len(timesteps), enabled=progress),
+        )
 
     # ------------------------------------------------------------------ VAE
     def decode(
@@ -588,22 +403,11 @@ class DiT360Pipeline:
         return self.decode_latents(lat, circular_decode=circular_decode, decode_pad=decode_pad)
 
     def decode_latents(self, latents: torch.Tensor, circular_decode: bool = False, decode_pad: int = 4) -> torch.Tensor:
-        """Like :meth:`decode` for unpacked latents (B, 16, H/8, W/8) in transformer space."""
-        vae = self.vae
-        z = latents / vae.config.scaling_factor + vae.config.shift_factor
-        cols = 0
+        """Like :meth:`decode` for unpacked latents (B, 16, H/8, W/8) in transformer space
+        (:func:`pano_core.diffusion.vae.vae_decode`)."""
         if circular_decode:
-            cols = int(decode_pad)
-            if cols < 1 or cols > z.shape[-1] // 2:
-                raise PanoInputError(
-                    f"decode_pad: expected 1..{z.shape[-1] // 2} latent columns for a latent {z.shape[-1]} wide, got {decode_pad}"
-                )
-            z = circular.pad_latent(z, cols)
-        z = z.to(device=_module_device(vae, self.device), dtype=vae.dtype)
-        img = vae.decode(z, return_dict=False)[0]
-        if cols:
-            img = circular.crop_latent(img, cols * self.vae_scale_factor)
-        return (img.float() / 2 + 0.5).clamp(0, 1)
+            check_int(decode_pad, "decode_pad", 1, what="a number of latent columns")
+        return vae_decode(self.vae, latents, wrap_cols=int(decode_pad) if circular_decode else 0, device=self.device)
 
     def encode_image(
         self,
@@ -622,16 +426,8 @@ class DiT360Pipeline:
         check_bchw(image, "image", channels=(3,))
         f = self.vae_scale_factor
         check_pano_size(image.shape[-1], image.shape[-2], multiple=2 * f, require_2to1=False)
-        vae = self.vae
-        x = image.to(device=_module_device(vae, self.device), dtype=vae.dtype) * 2 - 1
-        cols = int(encode_pad) if circular_encode else 0
-        if cols:
-            x = circular.pad_latent(x, cols * f)
-        dist = vae.encode(x).latent_dist
-        z = dist.sample(generator) if sample else dist.mode()
-        if cols:
-            z = circular.crop_latent(z, cols)
-        z = (z - vae.config.shift_factor) * vae.config.scaling_factor
+        z = vae_encode(self.vae, image, sample=sample, generator=generator, vae_factor=f, device=self.device,
+                       wrap_cols=int(encode_pad) if circular_encode else 0)
         return self.pack(z.to(self.device, self.dtype))
 
     # ------------------------------------------------------------------ text-to-panorama
@@ -660,13 +456,15 @@ class DiT360Pipeline:
         output_type: str = "pt",
         callback: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
         progress: bool = True,
+        interrupt: Callable[[], bool | None] | None = None,
     ) -> PanoramaOutput:
         """Generate panoramas (DiT360 defaults: 2048x1024, 28 steps, guidance 2.8, pad 1,
         wrapped ids, no re-sync, prompt prefixed with "This is a panorama.").
 
         ``seed`` seeds a CPU ``torch.Generator`` (same seed -> same panorama on any device);
         pass ``generator`` instead for full control. ``pad=0`` is exactly diffusers'
-        ``FluxPipeline``. ``output_type="latent"`` skips the VAE.
+        ``FluxPipeline``. ``output_type="latent"`` skips the VAE. ``callback(i, t, tokens)`` after
+        every step (progress, previews; padded tokens), ``interrupt()`` before every step.
         """
         if output_type not in ("pt", "latent"):
             raise PanoInputError(f"output_type: expected 'pt' or 'latent', got {output_type!r}")
@@ -684,48 +482,20 @@ class DiT360Pipeline:
                 raise PanoInputError(f"negative_prompt: expected {embeds.batch // num_images_per_prompt} prompts, got {len(neg)}")
         b = embeds.batch
         noise = self.prepare_latents(b, grid, generator, latents, dtype=embeds.prompt_embeds.dtype)
-        tokens = self.pad_tokens(noise, grid)
+        tokens = grid.pad(noise)
         img_ids = self.image_ids(grid, dtype=embeds.text_ids.dtype)
         ts, _ = self.timesteps(steps, grid)
         g = self.guidance_tensor(guidance, b)
         tokens = self.denoise(
             tokens, grid, embeds, ts, g, img_ids=img_ids, resync=resync, negative=negative,
-            true_cfg_scale=true_cfg_scale, callback=callback, progress=progress,
+            true_cfg_scale=true_cfg_scale, callback=callback, progress=progress, interrupt=interrupt,
         )
-        tokens = self.crop_tokens(tokens, grid)
+        tokens = grid.crop(tokens)
         lat = self.unpack(tokens, grid)
         images = None
         if output_type == "pt":
             images = self.decode_latents(lat, circular_decode=circular_decode, decode_pad=decode_pad).cpu()
-        self.flux.maybe_free_model_hooks()
+        self.maybe_free_model_hooks()
         return PanoramaOutput(images=images, latents=lat.float().cpu(), seed=used_seed)
 
     generate = __call__
-
-
-class _NullBar:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-
-def _null():
-    return contextlib.nullcontext()
-
-
-def _module_device(module: torch.nn.Module, fallback: torch.device) -> torch.device:
-    """The device a module's weights live on (offloaded modules report the execution device)."""
-    try:
-        from diffusers.utils.torch_utils import get_module_execution_device
-
-        return get_module_execution_device(module)
-    except Exception:  # noqa: BLE001 - older diffusers
-        try:
-            return next(module.parameters()).device
-        except StopIteration:
-            return fallback

@@ -1,5 +1,8 @@
 """Panorama geometry: ERP <-> cubemap <-> perspective, rotations and unit-sphere directions.
 
+Lives here: projections, cube layouts (incl. :func:`guess_layout`, the one layout detector),
+cube padding, masks, cubemap files. Not here: seam blending (``seams``), anything diffusion.
+
 Conventions (the same as py360convert, followed by pytorch360convert and DreamCube):
 
 * **ERP** images are (B, C, H, W) with W = 2 H. Column ``c`` is at longitude
@@ -33,7 +36,7 @@ grad, CUDA/other devices and the rare mode/dtype OpenCV mishandles use ``torch.g
 results on the CPU path.
 """
 
-from .cube import DICE_XY, LAYOUTS, c2e, e2c, faces_to_layout, layout_to_faces
+from .cube import DICE_XY, LAYOUTS, c2e, e2c, faces_to_layout, guess_layout, layout_to_faces
 from .directions import (
     FACE_BASIS,
     FACE_NAMES,
@@ -46,7 +49,7 @@ from .directions import (
     perspective_directions,
     rotation_matrix,
 )
-from .files import FILE_LAYOUTS, guess_layout, read_cubemap, write_cubemap
+from .files import FILE_LAYOUTS, read_cubemap, write_cubemap
 from .masks import pole_mask, seam_mask
 from .perspective import e2p, p2e
 from .rotate import roll_erp, rotate_erp, yaw_to_pixels

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import PanoInputError
+from ..validate import check_choice
 from ._checks import check_bchw, check_erp, check_faces
 from .directions import FACE_NAMES, dirs_to_cube, dirs_to_lonlat, erp_directions, face_points
 from .fastgrid import build_c2e_plan, build_e2c_plan
@@ -37,9 +38,24 @@ DICE_XY = ((1, 1), (2, 1), (3, 1), (0, 1), (1, 0), (1, 2))
 
 
 def _check_layout(layout: str) -> str:
-    if layout not in LAYOUTS:
-        raise PanoInputError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
-    return layout
+    return check_choice(layout, "layout", LAYOUTS)
+
+
+def guess_layout(h: int, w: int, batch: int | None = None) -> str | None:
+    """The cubemap layout of an image shape, or None: ``"horizon"`` (6:1), ``"dice"`` (4:3, 4 x 3
+    square cells), ``"stack"``. With ``batch`` (a tensor batch, e.g. a ComfyUI IMAGE) ``"stack"``
+    is a batch of 6k square faces; without (one image file) it is a 1:6 vertical strip. The one
+    place these rules live (nodes, viewer, file readers and CLIs call it)."""
+    if batch is not None:
+        if h == w and batch % 6 == 0:
+            return "stack"
+    elif h == 6 * w:
+        return "stack"
+    if w == 6 * h:
+        return "horizon"
+    if h % 3 == 0 and w % 4 == 0 and w // 4 == h // 3:
+        return "dice"
+    return None
 
 
 def faces_to_layout(stack: torch.Tensor, layout: str = "stack"):

@@ -9,21 +9,11 @@ import torch
 
 from ..errors import PanoInputError
 from ..io import IMAGE_SUFFIXES, check_writable, image_bits, read_image, write_image
-from .cube import faces_to_layout, layout_to_faces
+from ..validate import check_choice
+from .cube import faces_to_layout, guess_layout, layout_to_faces
 from .directions import FACE_NAMES
 
 FILE_LAYOUTS = ("dict", "list", "horizon", "dice", "stack")
-
-
-def guess_layout(h: int, w: int) -> str | None:
-    """Layout of a single cubemap image from its shape (horizon 6:1, dice 4:3, stack 1:6)."""
-    if w == 6 * h:
-        return "horizon"
-    if h == 6 * w:
-        return "stack"
-    if h % 3 == 0 and w % 4 == 0 and w // 4 == h // 3:
-        return "dice"
-    return None
 
 
 def _face_file(folder: Path, name: str) -> Path | None:
@@ -43,8 +33,8 @@ def read_cubemap(path: str | os.PathLike, layout: str | None = None, name: str =
     ``layout`` ``None``/``dict``/``list`` for an image means: guess it from the aspect ratio.
     """
     p = Path(path)
-    if layout is not None and layout not in FILE_LAYOUTS:
-        raise PanoInputError(f"format: expected one of {', '.join(FILE_LAYOUTS)}, got {layout!r}")
+    if layout is not None:
+        check_choice(layout, "format", FILE_LAYOUTS)
     if p.is_dir():
         files = {}
         missing = []
@@ -102,8 +92,7 @@ def write_cubemap(
     """Write (6, C, S, S) faces: ``dict``/``list`` -> folder ``path`` with F.png R.png ... D.png;
     ``horizon``/``dice``/``stack`` -> one image at ``path`` (``stack``: faces top to bottom).
     Refuses to overwrite existing files unless ``force``; returns the written paths."""
-    if layout not in FILE_LAYOUTS:
-        raise PanoInputError(f"format: expected one of {', '.join(FILE_LAYOUTS)}, got {layout!r}")
+    check_choice(layout, "format", FILE_LAYOUTS)
     p = Path(path)
     if layout in ("dict", "list"):
         if p.exists() and not p.is_dir():

@@ -7,6 +7,7 @@ import math
 import torch
 
 from ..errors import PanoInputError
+from ..validate import check_choice
 from .directions import _check_size, dirs_to_cube, erp_directions, erp_lonlat
 
 SEAM_KINDS = ("wrap", "cube", "both")
@@ -49,8 +50,7 @@ def seam_mask(
     """
     _check_size(height, "height")
     _check_size(width, "width")
-    if kind not in SEAM_KINDS:
-        raise PanoInputError(f"kind: expected one of {', '.join(SEAM_KINDS)}, got {kind!r}")
+    check_choice(kind, "kind", SEAM_KINDS)
     half = _nonneg(band_px, "band_px") / 2
     feather = _nonneg(feather_px, "feather_px")
     out = torch.zeros(height, width, dtype=torch.float64, device=device)
@@ -82,8 +82,7 @@ def pole_mask(
     rising linearly from 0 at ``lat_deg - feather_deg``."""
     _check_size(height, "height")
     _check_size(width, "width")
-    if pole not in POLES:
-        raise PanoInputError(f"pole: expected one of {', '.join(POLES)}, got {pole!r}")
+    check_choice(pole, "pole", POLES)
     t = _nonneg(lat_deg, "lat_deg")
     if t > 90:
         raise PanoInputError(f"lat_deg: expected a latitude between 0 and 90, got {lat_deg!r}")

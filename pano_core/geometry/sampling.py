@@ -25,7 +25,7 @@ from collections.abc import Callable, Hashable
 import torch
 import torch.nn.functional as F
 
-from ..errors import PanoInputError
+from ..validate import check_choice
 
 MODES = ("nearest", "bilinear", "bicubic")
 
@@ -36,9 +36,7 @@ _limits = {"maxsize": 16, "max_bytes": 1 << 30}
 
 
 def check_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise PanoInputError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
-    return mode
+    return check_choice(mode, "mode", MODES)
 
 
 def clear_cache() -> None:

@@ -26,11 +26,15 @@ Summary keys: ``seam_ssim``, ``seam_sobel``, ``seam_jump`` (means over the 12 ed
 ``pole_seam_ssim`` / ``pole_seam_jump`` (the pole metric: means over the 8 edges that touch the U
 or D face, i.e. the seams around the two polar caps), and for the ERP 0°/360° wrap:
 
-* ``wrap_seam`` -- mean |first column - last column| divided by the mean absolute difference of
-  neighbouring column pairs next to the wrap (columns 0-1, 1-2, 2-3 and W-4..W-1). About 1 for a
-  seamless panorama (the wrap looks like any other column step); clearly > 1 for a visible seam.
-  0.5 grey levels are added to numerator and denominator so flat content gives about 1.
+* ``wrap_seam`` -- :func:`wrap_seam_ratio` of the grey image: mean |first column - last column|
+  divided by the mean absolute difference of neighbouring column pairs next to the wrap (columns
+  0-1, 1-2, 2-3 and W-4..W-1). About 1 for a seamless panorama (the wrap looks like any other
+  column step); clearly > 1 for a visible seam. 0.5 grey levels are added to numerator and
+  denominator so flat content gives about 1.
 * ``wrap_jump`` -- the numerator alone (0..255).
+
+:func:`wrap_seam_ratio` is the one wrap-seam measure of the package; on latents and token grids
+(any range) it is used with ``near=None`` (all column pairs) and no ``eps``.
 """
 
 from __future__ import annotations
@@ -40,10 +44,18 @@ import torch.nn.functional as F
 
 from ..errors import PanoInputError
 from ..geometry import FACE_NAMES, c2e, e2c, layout_to_faces
-from ..validate import check_bchw, check_erp, check_faces
+from ..validate import check_bchw, check_choice, check_erp, check_faces, check_int
 from .adjacency import cube_adjacency, side_band
 
-__all__ = ["DEFAULT_BAND", "grey255", "cube_seam_metrics", "erp_wrap_metrics", "seam_metrics", "format_metrics"]
+__all__ = [
+    "DEFAULT_BAND",
+    "grey255",
+    "wrap_seam_ratio",
+    "cube_seam_metrics",
+    "erp_wrap_metrics",
+    "seam_metrics",
+    "format_metrics",
+]
 
 DEFAULT_BAND = 8
 _C1 = (0.01 * 255) ** 2
@@ -92,8 +104,7 @@ def cube_seam_metrics(faces: torch.Tensor, band: int = DEFAULT_BAND) -> dict:
     s = faces.shape[-1]
     if s < 4:
         raise PanoInputError(f"faces: seam metrics need faces of at least 4x4 pixels, got {s}x{s}")
-    if isinstance(band, bool) or not isinstance(band, int) or band < 1:
-        raise PanoInputError(f"band: expected a positive integer number of pixels, got {band!r}")
+    check_int(band, "band", 1, what="a number of pixels")
     band = min(band, s - 1)
     adj = cube_adjacency(s)
     g = grey255(faces).reshape(-1, 6, s, s)
@@ -126,6 +137,30 @@ def cube_seam_metrics(faces: torch.Tensor, band: int = DEFAULT_BAND) -> dict:
     return out
 
 
+def wrap_seam_ratio(x: torch.Tensor, near: int | None = None, eps: float = 0.0, per_item: bool = False):
+    """Wrap-seam score of a panorama-like tensor ``(..., H, W)`` (image, grey image, latent, token grid).
+
+    Mean ``|x[..., 0] - x[..., -1]|`` (the 0/360 seam) over the mean absolute difference of
+    neighbouring column pairs: all of them (``near=None``) or the ``near`` pairs next to the wrap
+    on each side; ``eps`` is added to both means. About 1: the seam is no more visible than any
+    other column step; larger: a visible seam. ``per_item``: a ``(B,)`` tensor (one score per
+    leading index) instead of one float over everything.
+    """
+    if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[-1] < 3:
+        raise PanoInputError(f"x: expected a tensor (..., H, W) with W >= 3, got {getattr(x, 'shape', type(x))}")
+    x = x.detach()
+    x = x if x.dtype == torch.float64 else x.float()
+    seam = (x[..., 0] - x[..., -1]).abs()
+    steps = (x[..., 1:] - x[..., :-1]).abs()
+    if near is not None:
+        steps = torch.cat([steps[..., :near], steps[..., -near:]], dim=-1)
+    if per_item:
+        s = seam.reshape(seam.shape[0], -1).mean(-1)
+        n = steps.reshape(steps.shape[0], -1).mean(-1)
+        return (s + eps) / (n + eps).clamp_min(1e-12)
+    return float((seam.mean() + eps) / (steps.mean() + eps).clamp_min(1e-12))
+
+
 def erp_wrap_metrics(erp: torch.Tensor) -> dict:
     """0°/360° wrap metrics of an ERP (B, C, H, 2H) in 0..1: ``wrap_seam`` (ratio) and ``wrap_jump``."""
     erp = check_erp(erp, "panorama")
@@ -133,13 +168,10 @@ def erp_wrap_metrics(erp: torch.Tensor) -> dict:
     w = g.shape[-1]
     if w < 8:
         raise PanoInputError(f"panorama: the wrap metric needs at least 8 columns, got {w}")
-    seam = (g[..., 0] - g[..., -1]).abs().mean(-1)  # (B,)
-    cols = [(0, 1), (1, 2), (2, 3), (w - 4, w - 3), (w - 3, w - 2), (w - 2, w - 1)]
-    neigh = torch.stack([(g[..., i] - g[..., j]).abs().mean(-1) for i, j in cols]).mean(0)
     eps = 0.5  # grey levels: keeps the ratio near 1 on flat content (sky, sea)
     return {
-        "wrap_seam": float(((seam + eps) / (neigh + eps)).mean()),
-        "wrap_jump": float(seam.mean()),
+        "wrap_seam": float(wrap_seam_ratio(g, near=3, eps=eps, per_item=True).mean()),
+        "wrap_jump": float((g[..., 0] - g[..., -1]).abs().mean(-1).mean()),
     }
 
 
@@ -165,7 +197,7 @@ def seam_metrics(image: torch.Tensor, layout: str = "erp", band: int = DEFAULT_B
         faces = check_faces(layout_to_faces(image, layout, "cubemap"), "cubemap")
         erp = c2e(faces)
     else:
-        raise PanoInputError(f"layout: expected one of erp, stack, horizon, dice, got {layout!r}")
+        check_choice(layout, "layout", ("erp", "stack", "horizon", "dice"))
     out = cube_seam_metrics(faces, band)
     out.update(erp_wrap_metrics(erp))
     out["input"] = layout

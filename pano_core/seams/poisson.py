@@ -28,7 +28,7 @@ import torch
 
 from ..errors import PanoInputError
 from ..geometry import FACE_NAMES
-from ..validate import check_faces
+from ..validate import check_choice, check_faces, check_int
 from .adjacency import cube_adjacency
 from .solvers import solve_exact, solve_gauss_seidel, solve_gauss_seidel_spectral
 
@@ -95,14 +95,10 @@ def blend_cube_faces(
         Blended faces, same shape, dtype and device. Values are not clamped.
     """
     faces = check_faces(faces, "faces")
-    if method not in METHODS:
-        raise PanoInputError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
-    if gs_impl not in GS_IMPLS:
-        raise PanoInputError(f"gs_impl: expected one of {', '.join(GS_IMPLS)}, got {gs_impl!r}")
-    if backend not in ("auto", "scipy", "torch"):
-        raise PanoInputError(f"backend: expected 'auto', 'scipy' or 'torch', got {backend!r}")
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-        raise PanoInputError(f"iterations: expected an integer >= 0, got {iterations!r}")
+    check_choice(method, "method", METHODS)
+    check_choice(gs_impl, "gs_impl", GS_IMPLS)
+    check_choice(backend, "backend", ("auto", "scipy", "torch"))
+    check_int(iterations, "iterations", 0)
     keep_mask = _keep_mask(keep)
     n6, c, s, _ = faces.shape
     if s < 2:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import PanoInputError
-from ..validate import check_erp
+from ..validate import check_choice, check_erp, check_int
 from .solvers import solve_exact
 
 __all__ = ["WRAP_METHODS", "blend_erp_wrap", "wrap_jump"]
@@ -65,11 +65,9 @@ def blend_erp_wrap(erp: torch.Tensor, band: int = 32, method: str = "poisson", b
         bit-identical to the input.
     """
     erp = check_erp(erp, "panorama")
-    if method not in WRAP_METHODS:
-        raise PanoInputError(f"method: expected one of {', '.join(WRAP_METHODS)}, got {method!r}")
+    check_choice(method, "method", WRAP_METHODS)
     _, _, h, w = erp.shape
-    if isinstance(band, bool) or not isinstance(band, int) or band < 1 or band > w // 2 - 1:
-        raise PanoInputError(f"band: expected an integer from 1 to {w // 2 - 1} (W/2 - 1) pixels, got {band!r}")
+    check_int(band, "band", 1, w // 2 - 1, what="a number of pixels (W/2 - 1 at most)")
     if w < 4:
         raise PanoInputError(f"panorama: too small to blend the wrap ({w}x{h})")
     orig_dtype = erp.dtype

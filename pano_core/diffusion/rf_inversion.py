@@ -1,7 +1,8 @@
 """RF-inversion (controlled forward/reverse rectified-flow ODEs) and DiT360's masked editing loop.
 
 Model-agnostic: everything here works on *velocity functions*, so the diffusers pipeline and
-the ComfyUI ``MODEL`` share the same ODE steps, blending and mask logic.
+the ComfyUI ``MODEL`` share the same ODE steps, blending and mask logic; both loops run on the
+shared :func:`pano_core.diffusion.sampling.sample` (Euler steps on the sigmas).
 
 Conventions (Flux / rectified flow):
 
@@ -36,6 +37,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import PanoInputError
+from ..validate import check_int
+from .circular import pad_latent
+from .sampling import sample
 
 __all__ = [
     "VelocityFn",
@@ -50,6 +54,7 @@ __all__ = [
     "EditResult",
     "invert_latent",
     "edit_latent",
+    "outpaint_init",
     "velocity_from_denoiser",
 ]
 
@@ -77,8 +82,7 @@ def seeded_noise(
     Always drawn on the CPU in float32 and then moved, so the same seed gives the same noise on
     every device and dtype (DiT360 upstream drew unseeded noise, making inversion unrepeatable).
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise PanoInputError(f"seed: expected an integer, got {seed!r}")
+    check_int(seed, "seed")
     g = torch.Generator(device="cpu")
     g.manual_seed(int(seed) & 0xFFFFFFFFFFFFFFFF)
     return torch.randn(tuple(shape), generator=g, dtype=torch.float32).to(device=device, dtype=dtype)
@@ -189,15 +193,23 @@ def invert_latent(
     up = s[::-1]
     n = len(up) - 1
     traj = [x.clone()] if keep_trajectory else []
-    for i in range(n):
-        s_cur, s_next = up[i], up[i + 1]
-        v = velocity(x, s_cur).float()
-        u = controlled_forward_velocity(v, x, y1, s_cur, gamma)
-        x = x + (s_next - s_cur) * u
+    step = [0]
+
+    def prepare(i, x):
+        step[0] = i
+        return x
+
+    def controlled(x, t):
+        s_cur = up[step[0]]
+        return controlled_forward_velocity(velocity(x, s_cur).float(), x, y1, s_cur, gamma)
+
+    def after(i, t, x):
         if keep_trajectory:
             traj.append(x.clone())
         if callback is not None:
-            callback(i, n, {"x": x, "sigma": s_next})
+            callback(i, n, {"x": x, "sigma": up[i + 1]})
+
+    x = sample(controlled, x, up[:-1], up, prepare=prepare, callback=after)
     return InversionResult(latent=x, source=y0.float(), target=y1, sigmas=s, gamma=gamma, seed=int(seed),
                            trajectory=traj)
 
@@ -255,21 +267,47 @@ def edit_latent(
     x_edit = (init_edit if init_edit is not None else inverted).float().clone()
     if x_edit.shape != x_src.shape:
         raise PanoInputError(f"init_edit: expected shape {tuple(x_src.shape)}, got {tuple(x_edit.shape)}")
-    last_replace = -1
-    for i in range(n):
-        s_cur, s_next = s[i], s[i + 1]
+    b = x_src.shape[0]
+    last_replace = [-1]
+    step = [0]
+
+    def prepare(i, x):
+        step[0] = i
+        return x
+
+    def pair(x, t):
+        i = step[0]
+        s_cur = s[i]
         replace = s_cur > tau
-        v_src, v_edit = velocity(x_src, x_edit, s_cur, replace)
-        v_src = controlled_reverse_velocity(v_src.float(), x_src, y0, s_cur, etas[i])
-        x_src = x_src + (s_next - s_cur) * v_src
-        x_edit = x_edit + (s_next - s_cur) * v_edit.float()
-        if s_cur > blend_until:
+        v_src, v_edit = velocity(x[:b], x[b:], s_cur, replace)
+        v_src = controlled_reverse_velocity(v_src.float(), x[:b], y0, s_cur, etas[i])
+        return torch.cat([v_src, v_edit.float()])
+
+    def after(i, t, x):
+        x_src, x_edit = x[:b], x[b:]
+        if s[i] > blend_until:
             x_edit = m * x_edit + (1.0 - m) * x_src
+        replace = s[i] > tau
         if replace:
-            last_replace = i
+            last_replace[0] = i
         if callback is not None:
-            callback(i, n, {"x_src": x_src, "x_edit": x_edit, "sigma": s_next, "replaced": replace})
-    return EditResult(edit=x_edit, source=x_src, mask=m, last_replace_step=last_replace)
+            callback(i, n, {"x_src": x_src, "x_edit": x_edit, "sigma": s[i + 1], "replaced": replace})
+        return torch.cat([x_src, x_edit])
+
+    x = sample(pair, torch.cat([x_src, x_edit]), s[:-1], s, prepare=prepare, callback=after)
+    x_src, x_edit = x[:b], x[b:]
+    return EditResult(edit=x_edit, source=x_src, mask=m, last_replace_step=last_replace[0])
+
+
+def outpaint_init(inverted: torch.Tensor, mask: torch.Tensor, seed: int, wrap_cols: int = 0) -> torch.Tensor:
+    """Start of the edit branch for outpainting: fresh seeded noise where ``mask`` is 1 (the
+    unknown region; inverting blank canvas would bias it toward flat content), the inverted
+    latent where it is 0. ``wrap_cols``: the latents are wrap-padded by that many columns per side;
+    the noise is drawn at the unpadded size and padded the same way, so a seed gives the same
+    panorama with or without padding."""
+    shape = (*inverted.shape[:-1], inverted.shape[-1] - 2 * int(wrap_cols))
+    fresh = pad_latent(seeded_noise(shape, int(seed), device=inverted.device), int(wrap_cols))
+    return mask * fresh + (1 - mask) * inverted.float()
 
 
 def velocity_from_denoiser(

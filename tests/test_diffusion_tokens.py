@@ -1,12 +1,19 @@
-"""Unit tests of pano_core.seams.circular (token/id/latent circular padding)."""
+"""Unit tests of the token grid and circular padding (pano_core.diffusion.tokens / .circular)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from pano_core.diffusion import circular as C
+from pano_core.diffusion.schedules import shift_mu
+from pano_core.diffusion.tokens import TokenGrid
 from pano_core.errors import PanoInputError
-from pano_core.seams import circular as C
+from pano_core.seams.metrics import wrap_seam_ratio
+
+
+def G(h, w, p, mode="wrapped", **kw):  # noqa: N802 - reads like the grid it builds
+    return TokenGrid(h=h, w=w, p=p, id_mode=mode, **kw)
 
 
 def _flux_ids(h: int, w: int, batch: int | None = 2) -> torch.Tensor:
@@ -28,7 +35,7 @@ def _pack(lat: torch.Tensor) -> torch.Tensor:
 def test_pad_tokens_token_by_token(p):
     h, w, ch = 3, 16, 5
     tok = torch.randn(2, h * w, ch)
-    out = C.pad_tokens(tok, h, w, p)
+    out = G(h, w, p).pad(tok)
     assert out.shape == (2, h * (w + 2 * p), ch)
     g = tok.reshape(2, h, w, ch)
     wp = w + 2 * p
@@ -36,19 +43,19 @@ def test_pad_tokens_token_by_token(p):
         for c in range(wp):
             src = (c - p) % w  # padded column c comes from this original column
             assert torch.equal(out[:, r * wp + c], g[:, r, src]), (r, c)
-    assert torch.equal(C.crop_tokens(out, h, w, p), tok)
+    assert torch.equal(G(h, w, p).crop(out), tok)
 
 
 def test_pad_tokens_zero_is_identity_object():
     tok = torch.randn(1, 8 * 4, 3)
-    assert C.pad_tokens(tok, 4, 8, 0) is tok
+    assert G(4, 8, 0).pad(tok) is tok
 
 
 @pytest.mark.parametrize("batched", [True, False])
 def test_wrapped_ids_token_by_token(batched):
     h, w, p = 4, 12, 3
     ids = _flux_ids(h, w, 2 if batched else None)
-    out = C.pad_ids(ids, h, w, p, mode="wrapped")
+    out = G(h, w, p, "wrapped").pad_ids(ids)
     wp = w + 2 * p
     assert out.shape[-2] == h * wp and out.dtype == ids.dtype
     flat = out if not batched else out[1]
@@ -57,19 +64,19 @@ def test_wrapped_ids_token_by_token(batched):
             t = flat[r * wp + c]
             assert t[0] == 0 and t[1] == r
             assert t[2] == (c - p) % w, (r, c, t)
-    assert torch.equal(C.crop_ids(out, h, w, p), ids)
+    assert torch.equal(G(h, w, p).crop_ids(out), ids)
 
 
 def test_linear_ids_extend_column():
     h, w, p = 2, 8, 2
     ids = _flux_ids(h, w)
-    out = C.pad_ids(ids, h, w, p, mode="linear")
+    out = G(h, w, p, "linear").pad_ids(ids)
     wp = w + 2 * p
     for r in range(h):
         cols = out[0, r * wp : (r + 1) * wp, 2].tolist()
         assert cols == list(range(-p, w + p))
         assert out[0, r * wp : (r + 1) * wp, 1].tolist() == [r] * wp
-    assert torch.equal(C.crop_ids(out, h, w, p), ids)
+    assert torch.equal(G(h, w, p).crop_ids(out), ids)
 
 
 def test_linear_ids_respect_offset_and_step():
@@ -77,7 +84,7 @@ def test_linear_ids_respect_offset_and_step():
     h, w, p = 1, 6, 1
     ids = _flux_ids(h, w, None)
     ids[:, 2] = ids[:, 2] * 2 + 10
-    out = C.pad_ids(ids, h, w, p, mode="linear")
+    out = G(h, w, p, "linear").pad_ids(ids)
     assert out[:, 2].tolist() == [8, 10, 12, 14, 16, 18, 20, 22]
 
 
@@ -85,20 +92,20 @@ def test_tokens_and_ids_match_packing_of_wrapped_latent():
     """Padding latent columns by 2p then packing == packing then padding tokens by p."""
     lat = torch.randn(2, 16, 8, 24)
     p = 2
-    a = _pack(C.pad_latent(lat, C.latent_cols_for_tokens(p)))
-    b = C.pad_tokens(_pack(lat), 4, 12, p)
+    a = _pack(G(4, 12, p).pad_latent(lat))
+    b = G(4, 12, p).pad(_pack(lat))
     assert torch.equal(a, b)
 
 
 def test_resync_tokens_rebuilds_from_current_edges():
     h, w, p = 2, 8, 2
-    tok = C.pad_tokens(torch.randn(1, h * w, 4), h, w, p)
+    tok = G(h, w, p).pad(torch.randn(1, h * w, 4))
     g = tok.reshape(1, h, w + 2 * p, 4).clone()
     g[:, :, :p] += 5.0  # padded columns drift away
     g[:, :, -p:] -= 3.0
     g[:, :, p] += 1.0  # interior first column changes
     drifted = g.reshape(1, -1, 4)
-    out = C.resync_tokens(drifted, h, w, p).reshape(1, h, w + 2 * p, 4)
+    out = G(h, w, p).resync(drifted).reshape(1, h, w + 2 * p, 4)
     assert torch.equal(out[:, :, p : p + w], g[:, :, p : p + w])
     assert torch.equal(out[:, :, :p], g[:, :, w : w + p])  # last interior columns
     assert torch.equal(out[:, :, -p:], g[:, :, p : 2 * p])  # first interior columns (changed)
@@ -121,38 +128,39 @@ def test_latent_pad_crop_resync():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float8_e4m3fn])
 def test_dtype_agnostic(dtype):
     tok = torch.randn(1, 2 * 8, 4).to(dtype)
-    out = C.pad_tokens(tok, 2, 8, 1)
+    out = G(2, 8, 1).pad(tok)
     assert out.dtype == dtype
-    assert torch.equal(C.crop_tokens(out, 2, 8, 1).float(), tok.float())
+    assert torch.equal(G(2, 8, 1).crop(out).float(), tok.float())
 
 
 def test_shift_helpers():
-    assert C.padded_token_count(64, 128, 1) == 64 * 130
-    assert C.padded_pixel_size(2048, 1024, 1) == (2080, 1024)
-    w, h = C.padded_pixel_size(2048, 1024, 1)
-    assert C.padded_token_count(64, 128, 1) == (w // 16) * (h // 16)
-    assert C.flux_mu(256) == pytest.approx(0.5)
-    assert C.flux_mu(4096) == pytest.approx(1.15)
-    assert C.flux_mu(64 * 130) > C.flux_mu(64 * 128)
+    g = TokenGrid.from_pixels(1024, 2048, 1)
+    assert g.padded_tokens == 64 * 130
+    assert g.padded_pixel_size() == (2080, 1024)
+    w, h = g.padded_pixel_size()
+    assert g.padded_tokens == (w // 16) * (h // 16)
+    assert shift_mu(256) == pytest.approx(0.5)
+    assert shift_mu(4096) == pytest.approx(1.15)
+    assert shift_mu(64 * 130) > shift_mu(64 * 128)
 
 
 def test_errors_name_the_input():
     tok = torch.randn(1, 2 * 8, 4)
     with pytest.raises(PanoInputError, match="padding"):
-        C.pad_tokens(tok, 2, 8, 3)  # > w // 4
+        G(2, 8, 3).pad(tok)  # > w // 4
     with pytest.raises(PanoInputError, match="padding"):
-        C.pad_tokens(tok, 2, 8, -1)
+        G(2, 8, -1).pad(tok)
     with pytest.raises(PanoInputError, match="tokens"):
-        C.pad_tokens(tok, 3, 8, 1)
-    with pytest.raises(PanoInputError, match="id mode"):
-        C.pad_ids(_flux_ids(2, 8), 2, 8, 1, mode="mirror")
+        G(3, 8, 1).pad(tok)
+    with pytest.raises(PanoInputError, match="id_mode"):
+        G(2, 8, 1, "mirror").pad_ids(_flux_ids(2, 8))
     with pytest.raises(PanoInputError, match="latent"):
         C.pad_latent(torch.randn(1, 1, 2, 3), 4)
 
 
 def test_differentiable():
     tok = torch.randn(1, 2 * 8, 3, requires_grad=True)
-    C.pad_tokens(tok, 2, 8, 2).sum().backward()
+    G(2, 8, 2).pad(tok).sum().backward()
     g = tok.grad.reshape(2, 8, 3)
     # the first two and last two columns are used twice
     assert torch.all(g[:, :2] == 2) and torch.all(g[:, -2:] == 2) and torch.all(g[:, 2:-2] == 1)
@@ -181,8 +189,69 @@ def test_decode_circular_crops_and_sees_the_wrap():
         C.decode_circular(decode, lat, 2, scale=8)
 
 
-def test_wrap_discontinuity():
+def test_wrap_seam_ratio():
     x = torch.linspace(0, 1, 64).repeat(3, 1)  # ramp: big jump at the wrap
-    assert C.wrap_discontinuity(x) > 10
+    assert wrap_seam_ratio(x) > 10
     t = torch.linspace(0, 2 * torch.pi, 65)[:-1]
-    assert C.wrap_discontinuity(torch.sin(t).repeat(3, 1)) < 2  # periodic: no worse than |cos| peaks
+    assert wrap_seam_ratio(torch.sin(t).repeat(3, 1)) < 2  # periodic: no worse than |cos| peaks
+
+
+# --------------------------------------------------------------------------- TokenGrid generality
+
+
+def test_pack_matches_diffusers_flux_packing():
+    from diffusers import FluxPipeline
+
+    lat = torch.randn(2, 16, 8, 24)
+    g = TokenGrid.from_latent((8, 24))
+    ref = FluxPipeline._pack_latents(lat, 2, 16, 8, 24)
+    assert torch.equal(g.pack(lat), ref) and torch.equal(_pack(lat), ref)
+    assert torch.equal(g.unpack(ref), FluxPipeline._unpack_latents(ref, 64, 192, 8))
+
+
+def test_patch_one_grid_pads_latent_and_tokens_alike():
+    """Patch size 1 (Sana-style: the model takes latents): padding latent columns by p and
+    flattening == flattening and padding tokens by p; ids too."""
+    lat = torch.randn(1, 4, 6, 16)
+    g = TokenGrid.from_latent((6, 16), 3, patch=1, vae_factor=32)
+    assert (g.h, g.w, g.latent_cols, g.width, g.height) == (6, 16, 3, 512, 192)
+    tok = g.pack(lat)
+    assert tok.shape == (1, 96, 4) and torch.equal(tok, lat.flatten(2).transpose(1, 2))
+    padded_lat = g.pad_latent(lat)
+    assert torch.equal(g.pad(tok), padded_lat.flatten(2).transpose(1, 2))
+    assert torch.equal(g.crop_latent(padded_lat), lat)
+    assert torch.equal(g.unpack(tok), lat)
+
+
+def test_video_grid_pads_every_frame_row():
+    """(B, C, T, H, W) latents: every (frame, row) is padded like an image row; round trips."""
+    t, lh, lw, p = 3, 4, 16, 2
+    lat = torch.randn(2, 5, t, lh, lw)
+    g = TokenGrid.from_latent((lh, lw), p, frames=t)
+    tok = g.pack(lat)
+    assert tok.shape == (2, t * 2 * 8, 20) and g.tokens == t * 2 * 8
+    assert g.padded_tokens == t * 2 * (8 + 2 * p)
+    # per frame, the video grid does what the image grid does
+    img = TokenGrid.from_latent((lh, lw), p)
+    per_frame = torch.cat([img.pad(img.pack(lat[:, :, k])) for k in range(t)], dim=1)
+    assert torch.equal(g.pad(tok), per_frame)
+    assert torch.equal(g.crop(g.pad(tok)), tok)
+    assert torch.equal(g.unpack(tok), lat)
+    ids = torch.zeros(t, 2, 8, 3)
+    ids[..., 0] = torch.arange(t)[:, None, None]
+    ids[..., 1] = torch.arange(2)[None, :, None]
+    ids[..., 2] = torch.arange(8)[None, None, :]
+    padded = g.pad_ids(ids.reshape(-1, 3)).reshape(t, 2, 8 + 2 * p, 3)
+    assert padded[..., 2].tolist() == [[[6, 7, *range(8), 0, 1]] * 2] * t  # wrapped columns
+    assert torch.equal(padded[..., 0], ids[..., :1, 0].expand(t, 2, 8 + 2 * p))  # frame kept
+
+
+def test_grid_is_checked_once_at_construction():
+    with pytest.raises(PanoInputError, match="padding"):
+        TokenGrid(h=2, w=8, p=3)
+    with pytest.raises(PanoInputError, match="patch"):
+        TokenGrid.from_latent((6, 15), 1)
+    with pytest.raises(PanoInputError, match="width"):
+        TokenGrid.from_pixels(64, 120, 1)
+    with pytest.raises(PanoInputError, match="latents"):
+        TokenGrid.from_latent((8, 16)).pack(torch.randn(1, 16, 8, 18))
