@@ -8,10 +8,10 @@ One optimizer step, as DiT360's official code (``train.py``, ``src/dit360.py``) 
    dropout, timestep, noise, yaw-loss angle) comes from ``(seed, sample index)``;
 2. the latent is the cached **circular** VAE encode (flip = the cached encode of the flipped
    image), rolled by whole token columns;
-3. flow matching: ``x_t = (1 - s) x0 + s n`` with ``s`` from the configured timestep sampling
-   and shift, target ``n - x0``;
+3. flow matching (``pano_core.diffusion.schedules``): ``x_t = (1 - s) x0 + s n`` with ``s``
+   from the configured timestep sampling and shift (``sample_sigmas``), target ``n - x0``;
 4. the packed tokens are circularly padded (``padding.pad`` token columns per side, wrapped
-   position ids: the DiT360 token grid), the transformer predicts on the padded tokens, the
+   position ids: ``pano_core.diffusion.tokens.TokenGrid``), the transformer predicts on the padded tokens, the
    prediction is cropped and unpacked before the loss;
 5. loss = base MSE + yaw loss (published or equivariance form) + cube loss for panoramas (each
    from its epoch/step), perspective masked MSE for the perspective-guidance canvases
@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from pano_core.diffusion.schedules import add_noise, velocity_target
 from pano_core.errors import PanoInputError
 from pano_core.io import read_image
 
@@ -111,7 +112,7 @@ class DataPlan:
 
 
 def _device_dtype(cfg: dict, device: torch.device) -> tuple[torch.dtype, torch.dtype]:
-    from pano_core.dit360.loading import resolve_dtype
+    from pano_core.diffusion.loading import resolve_dtype
 
     dt = resolve_dtype(get(cfg, "model.dtype"), device)
     vdt = resolve_dtype(get(cfg, "model.vae_dtype"), device)
@@ -158,7 +159,7 @@ def _check_resolution(cfg: dict, manifest: dict, folder: str) -> int:
 
 
 def _caption_text(cfg: dict, caption: str) -> str:
-    from pano_core.dit360.pipeline import add_prompt_prefix
+    from pano_core.diffusion.prompts import add_prompt_prefix
 
     trigger = get(cfg, "data.trigger") or None
     return add_prompt_prefix(caption, trigger)[0]
@@ -376,31 +377,26 @@ class _Batch:
     indices: list[int]
 
 
-def _sigma(cfg: dict, u: float, pipe, grid) -> float:
-    """The timestep (sigma in 0..1) of a uniform draw ``u``: sampling, then the shift."""
+def _sigma(cfg: dict, seed: int, index: int, pipe, grid) -> float:
+    """The training timestep (sigma in 0..1) of global sample ``index``: the configured sampling,
+    then the shift (``pano_core.diffusion.schedules.sample_sigmas``), drawn from (seed, index)."""
+    from pano_core.diffusion.schedules import sample_sigmas, schedule_mu
+
     mode = get(cfg, "flow.timestep_sampling")
-    u = min(max(u, 1e-6), 1 - 1e-6)
-    if mode == "uniform":
-        s = u
-    elif mode == "logit_normal":
-        z = get(cfg, "flow.logit_mean") + get(cfg, "flow.logit_std") * math.sqrt(2) * torch.erfinv(
-            torch.tensor(2 * u - 1, dtype=torch.float64)).item()
-        s = 1 / (1 + math.exp(-z))
-    else:
+    if mode not in ("uniform", "logit_normal"):
         raise PanoInputError(f"flow.timestep_sampling: expected uniform or logit_normal, got {mode!r}")
     shift = get(cfg, "flow.shift")
-    if shift in (None, "none", 0):
-        return s
+    kw = {}
     if shift == "auto":
-        from pano_core.dit360.pipeline import schedule_mu
-
-        mu = schedule_mu(pipe.scheduler.config, grid.padded_tokens)
-        return float(pipe.scheduler.time_shift(mu, 1.0, torch.tensor(s, dtype=torch.float64)))
-    try:
-        k = float(shift)
-    except (TypeError, ValueError):
-        raise PanoInputError(f"flow.shift: expected none, auto or a number, got {shift!r}") from None
-    return k * s / (1 + (k - 1) * s)
+        kw["mu"] = schedule_mu(pipe.scheduler.config, grid.padded_tokens)
+    elif shift not in (None, "none", 0):
+        try:
+            kw["shift"] = float(shift)
+        except (TypeError, ValueError):
+            raise PanoInputError(f"flow.shift: expected none, auto or a number, got {shift!r}") from None
+    s = sample_sigmas(1, mode=mode, mean=float(get(cfg, "flow.logit_mean")), std=float(get(cfg, "flow.logit_std")),
+                      generator=sample_generator(seed, index, "sigma"), **kw)
+    return float(s[0])
 
 
 def _make_batch(cfg: dict, src: _Source, plan: DataPlan, indices: list[int], pipe, grid, device,
@@ -423,7 +419,7 @@ def _make_batch(cfg: dict, src: _Source, plan: DataPlan, indices: list[int], pip
         masks.append(m)
         xs.append(x0)
         ns.append(torch.randn(x0.shape, generator=sample_generator(seed, n, "noise")))
-        sig.append(_sigma(cfg, d.u, pipe, grid))
+        sig.append(_sigma(cfg, seed, n, pipe, grid))
         pe, pooled = src.text("" if d.drop_caption else src.caption(it.kind, it.index))
         pes.append(pe)
         pools.append(pooled)
@@ -448,7 +444,7 @@ def _make_batch(cfg: dict, src: _Source, plan: DataPlan, indices: list[int], pip
 
 def _velocity(model, pipe, grid, latents: torch.Tensor, sigma: torch.Tensor, prompt_embeds, pooled, img_ids, guidance):
     """Velocity on circularly padded tokens, cropped and unpacked: (B, 16, lh, lw) -> same."""
-    tokens = pipe.pad_tokens(pipe.pack(latents), grid)
+    tokens = grid.pad(grid.pack(latents))
     dt = prompt_embeds.dtype
     out = model(
         hidden_states=tokens.to(dt),
@@ -460,7 +456,7 @@ def _velocity(model, pipe, grid, latents: torch.Tensor, sigma: torch.Tensor, pro
         img_ids=img_ids,
         return_dict=False,
     )[0]
-    return pipe.unpack(pipe.crop_tokens(out, grid), grid).float()
+    return grid.unpack(grid.crop(out)).float()
 
 
 def _active(cfg: dict, term: str, step: int, epoch: int) -> bool:
@@ -478,8 +474,8 @@ LOSS_TERMS = ("base", "yaw", "cube", "perspective")
 def compute_loss(cfg: dict, model, pipe, grid, b: _Batch, step: int, img_ids, guidance) -> tuple[torch.Tensor, dict]:
     """The total loss of a batch (mean over its samples) and each term's mean over the samples
     it applies to (0 when none; always the same keys, for the all-reduce of the logs)."""
-    x_t = L.noisy_latent(b.x0, b.noise, b.sigma)
-    target = L.flow_target(b.x0, b.noise)
+    x_t = add_noise(b.x0, b.noise, b.sigma)
+    target = velocity_target(b.x0, b.noise)
     nb = x_t.shape[0]
     pano = (~b.is_persp).float()
     persp = b.is_persp.float()
@@ -540,12 +536,12 @@ def render_samples(pipe, grid_h: int, embeds: list, seeds: list[int], steps: int
     for e in embeds:
         for s in seeds:
             noise = pipe.prepare_latents(1, grid, torch.Generator("cpu").manual_seed(int(s)), dtype=e.prompt_embeds.dtype)
-            tokens = pipe.pad_tokens(noise, grid)
+            tokens = grid.pad(noise)
             ts, _ = pipe.timesteps(int(steps), grid)
             g = torch.full([1], float(guidance), device=dev) if pipe.transformer.config.guidance_embeds else None
             tokens = pipe.denoise(tokens, grid, e, ts, g, img_ids=pipe.image_ids(grid, dtype=e.text_ids.dtype),
                                   progress=False)
-            lat = pipe.unpack(pipe.crop_tokens(tokens, grid), grid)
+            lat = grid.unpack(grid.crop(tokens))
             out.append(pipe.decode_latents(lat, circular_decode=circular_decode).float().cpu())
     return torch.cat(out)
 
