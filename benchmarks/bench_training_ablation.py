@@ -139,7 +139,8 @@ def config_for(spec: dict) -> dict:
 def train_and_sample(name: str, spec: dict, data: torch.Tensor, steps: int, batch: int, seeds: list[int],
                      sample_steps: int) -> dict:
     from pano360_training import losses as L
-    from pano360_training.dit360 import _Batch, compute_loss
+    from pano360_training.dit360.data import Batch
+    from pano360_training.dit360.step import compute_loss
     from pano360_training.randomness import draw_sample, sample_generator
 
     from pano_core.diffusion.schedules import sample_sigmas
@@ -172,7 +173,7 @@ def train_and_sample(name: str, spec: dict, data: torch.Tensor, steps: int, batc
             sig.append(float(sample_sigmas(1, mode="uniform", generator=sample_generator(0, n, "sigma"))[0]))
             yaws.append(d.yaw_angle)
             n += 1
-        b = _Batch(x0=torch.stack(xs), noise=torch.stack(ns), sigma=torch.tensor(sig), prompt_embeds=pe, pooled=pooled,
+        b = Batch(x0=torch.stack(xs), noise=torch.stack(ns), sigma=torch.tensor(sig), prompt_embeds=pe, pooled=pooled,
                    mask=None, is_persp=torch.zeros(batch, dtype=torch.bool), epochs=[0] * batch, yaw_angles=yaws,
                    indices=list(range(n - batch, n)))
         loss, _ = compute_loss(cfg, model, pipe, grid, b, step, img_ids, None)
