@@ -10,8 +10,10 @@ How it works (all tensor math is in :class:`pano_core.diffusion.tokens.TokenGrid
    prepended, first appended) so they stay aligned; so are cond masks and ControlNet hints
    (on copies of the ControlNet chain, resized first as ComfyUI would resize them for the
    unpadded latent), and cond areas are shifted by the padding; the result and the preview/x0 callbacks
-   are cropped back. As in DiT360, the padded columns are part of the sampler state and
-   evolve with it ("re-sync none"). The wrapper also puts the :class:`TokenGrid` into
+   are cropped back. The padded columns are part of the sampler state and evolve with it;
+   a sampler that adds noise (ancestral, SDE) puts different noise into a padded column and its
+   source, so by default ("re-sync per step") the model wrapper rebuilds them before every call
+   ("re-sync none" is DiT360's free-running columns). The wrapper also puts the :class:`TokenGrid` into
    ``transformer_options["pano360_dit360"]["grid"]`` of this sampling run only (the model
    wrapper and the editing nodes read the padding from there: :func:`active_grid`).
 2. ``DIFFUSION_MODEL`` wrapper (around ``Flux._forward``): for a padded input it (optionally,
@@ -296,7 +298,7 @@ class DiffusionModelWrapper:
         return out
 
 
-def apply_dit360_patch(model, padding: int = 1, id_mode: str = "wrapped", resync: str = "none"):
+def apply_dit360_patch(model, padding: int = 1, id_mode: str = "wrapped", resync: str = "per step"):
     """Clone a ComfyUI Flux MODEL and add the circular-padding wrappers (replacing earlier ones)."""
     flux_model_or_error(model)
     check_choice(id_mode, "id_mode", ID_MODES)

@@ -5,7 +5,9 @@ model and carries on, so a LoRA for another model silently does nothing. This no
 same way (``comfy.utils.load_torch_file`` -> ``comfy.lora_convert.convert_lora`` ->
 ``comfy.lora.load_lora`` with ``model_lora_keys_unet`` -> ``clone`` + ``add_patches``), counts
 the LoRA modules that matched (:mod:`pano_core.diffusion.lora`) and raises a clear error (or
-warns) when some did not. Weights are read from ``.safetensors`` files only.
+warns) when some did not. Keys of a raw PEFT file (``base_model.model.<module>``), which ComfyUI
+does not map for Flux, are read as ``transformer.<module>`` (DiT360's official form). Weights are
+read from ``.safetensors`` files only.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import comfy.lora_convert
 import comfy.utils
 import folder_paths
 
-from ..pano_core.diffusion.lora import match_lora_modules
+from ..pano_core.diffusion.lora import match_lora_modules, peft_to_transformer_prefix
 from ..pano_core.errors import PanoInputError
 from ..pano_core.validate import check_choice
 from ._common import CAT_DIT360 as CATEGORY
@@ -74,7 +76,11 @@ class Pano360DiT360LoraLoader:
         path = folder_paths.get_full_path("loras", lora_name)
         if path is None:
             raise PanoInputError(f"lora_name: {lora_name} not found in the loras folder(s)")
-        lora = comfy.lora_convert.convert_lora(self._read(path, lora_name))
+        # raw PEFT files (base_model.model.<m>) -> transformer.<m>, which ComfyUI maps for Flux
+        sd, renamed = peft_to_transformer_prefix(self._read(path, lora_name))
+        if renamed:
+            log.info("Pano360 LoRA loader: %s: %d base_model.model. keys read as transformer.", lora_name, renamed)
+        lora = comfy.lora_convert.convert_lora(sd)
         key_map = comfy.lora.model_lora_keys_unet(model.model, {})
         loaded = comfy.lora.load_lora(lora, key_map, log_missing=False)
         report = match_lora_modules(lora.keys(), key_map, loaded.keys(), source=lora_name)
