@@ -1,0 +1,97 @@
+"""Tiny random DiTs of the families the panorama patch supports, built with ComfyUI's own classes
+(``model_config_from_unet_config`` -> ``get_model`` -> ``ModelPatcher``) and explicit init
+(ComfyUI's ops skip init). Test-only; configs mirror what ``comfy.model_detection`` derives
+from real checkpoints, with tiny widths/depths.
+
+``build(family, seed)`` -> (MODEL, cond_factory): ``cond_factory(batch, seed)`` returns a ComfyUI
+conditioning list with the extra inputs that family's ``extra_conds`` needs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tiny_models import _generator, init_module_
+
+H = 32  # hidden size
+CTX = 16  # text feature width
+
+CONFIGS: dict[str, dict] = {
+    "Flux2": {
+        "image_model": "flux2", "in_channels": 128, "out_channels": 128, "vec_in_dim": None,
+        "context_in_dim": CTX, "hidden_size": H, "mlp_ratio": 3.0, "num_heads": 2, "depth": 1,
+        "depth_single_blocks": 1, "axes_dim": [4, 4, 4, 4], "theta": 2000, "patch_size": 1, "qkv_bias": False,
+        "guidance_embed": True, "global_modulation": True, "mlp_silu_act": True, "ops_bias": False,
+        "default_ref_method": "index", "ref_index_scale": 10.0,
+    },
+    "Chroma": {
+        "image_model": "chroma", "in_channels": 64, "out_channels": 64, "context_in_dim": CTX, "hidden_size": H,
+        "mlp_ratio": 4.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1, "axes_dim": [4, 6, 6],
+        "theta": 10000, "patch_size": 2, "qkv_bias": True, "in_dim": 64, "out_dim": H, "hidden_dim": 32,
+        "n_layers": 1,
+    },
+    "QwenImage": {
+        "image_model": "qwen_image", "in_channels": 64, "out_channels": 16, "num_layers": 1, "attention_head_dim": 16,
+        "num_attention_heads": 2, "joint_attention_dim": CTX, "axes_dims_rope": (4, 6, 6),
+    },
+    "Lumina2": {
+        "image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": H, "cap_feat_dim": CTX, "n_layers": 1,
+        "n_refiner_layers": 1, "qk_norm": True, "n_heads": 2, "n_kv_heads": 2, "axes_dims": [4, 6, 6],
+        "axes_lens": [300, 64, 64], "rope_theta": 10000.0, "ffn_dim_multiplier": 1.0, "multiple_of": 16,
+    },
+    "WAN21": {
+        "image_model": "wan2.1", "model_type": "t2v", "dim": H, "out_dim": 16, "num_heads": 2, "ffn_dim": 64,
+        "num_layers": 1, "patch_size": (1, 2, 2), "freq_dim": 32, "window_size": (-1, -1), "qk_norm": True,
+        "cross_attn_norm": True, "eps": 1e-6, "in_dim": 16, "text_dim": CTX,
+    },
+    "HunyuanImage21": {
+        "image_model": "hunyuan_video", "in_channels": 64, "out_channels": 64, "patch_size": [1, 1],
+        "vec_in_dim": None, "axes_dim": [8, 8], "meanflow": False, "context_in_dim": CTX, "hidden_size": H,
+        "mlp_ratio": 4.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1, "theta": 256, "qkv_bias": True,
+        "byt5": False, "guidance_embed": False, "use_cond_type_embedding": False, "vision_in_dim": None,
+    },
+}
+"""family (ComfyUI model_base class name) -> tiny unet_config."""
+
+LATENT_CHANNELS = {"Flux2": 128, "Chroma": 16, "QwenImage": 16, "Lumina2": 16, "WAN21": 16, "HunyuanImage21": 64}
+VIDEO = {"WAN21", "QwenImage"}
+
+
+def build(family: str, seed: int = 0):
+    """A real ComfyUI MODEL (ModelPatcher) of ``family`` with tiny random float32 weights."""
+    import comfy.model_detection
+    import comfy.model_management
+    import comfy.model_patcher
+
+    cfg = dict(CONFIGS[family])
+    model_config = comfy.model_detection.model_config_from_unet_config(cfg)
+    if model_config is None:
+        raise RuntimeError(f"ComfyUI did not recognise the tiny {family} config")
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({}, "", device=comfy.model_management.unet_offload_device())
+    if type(model).__name__ != family:
+        raise RuntimeError(f"expected a {family} model, got {type(model).__name__}")
+    init_module_(model.diffusion_model, seed)
+    model.diffusion_model.to(dtype=torch.float32)
+    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def cond(family: str, seed: int = 0, tokens: int = 5) -> list:
+    """A ComfyUI conditioning list for ``family`` (random text features)."""
+    g = _generator(seed)
+    ctx = torch.randn(1, tokens, CTX, generator=g)
+    extra: dict = {}
+    if family == "Lumina2":
+        extra["attention_mask"] = torch.ones(1, tokens, dtype=torch.long)
+    if family in ("Flux2", "Chroma"):
+        extra["pooled_output"] = None
+    if family == "Flux2":
+        extra["guidance"] = 3.0
+    return [[ctx, extra]]
+
+
+def latent_shape(family: str, batch: int = 1, h: int = 8, w: int = 32) -> tuple[int, ...]:
+    c = LATENT_CHANNELS[family]
+    frames = 1 if family == "QwenImage" else 2  # Qwen-Image: one-frame 5-D latent
+    return (batch, c, frames, h, w) if family in VIDEO else (batch, c, h, w)
