@@ -1,0 +1,172 @@
+"""Pano360PanoramaPatch (latent-level circular padding) in-process with ComfyUI's real sampling code
+on tiny random DiTs of six families (tests/comfy_test_nodes/tiny_dits.py) and the tiny FLUX.1."""
+
+from __future__ import annotations
+
+import importlib
+import types
+
+import comfy_harness
+import pytest
+import torch
+
+PACK_NAME = "pano360_pack_panorama_under_test"
+FAMILIES = ("Flux2", "Chroma", "QwenImage", "Lumina2", "WAN21", "HunyuanImage21")
+
+
+@pytest.fixture(scope="module")
+def pack(comfy_inprocess):
+    comfy_harness.import_pack_inprocess(PACK_NAME)
+    return importlib.import_module(f"{PACK_NAME}.nodes.panorama")
+
+
+@pytest.fixture(scope="module")
+def P(pack):
+    return importlib.import_module(f"{PACK_NAME}.nodes._panorama_patch")
+
+
+@pytest.fixture(scope="module")
+def errors(pack):
+    return importlib.import_module(f"{PACK_NAME}.pano_core.errors")
+
+
+@pytest.fixture(scope="module")
+def dits(tiny_models):
+    import tiny_dits
+
+    return tiny_dits
+
+
+_MODELS: dict = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_models():
+    yield
+    _MODELS.clear()  # release the ModelPatchers while ComfyUI is still importable
+
+
+def _model(dits, fam):
+    if fam not in _MODELS:
+        _MODELS[fam] = dits.build(fam, 0)
+    return _MODELS[fam]
+
+
+def _sample(dits, model, fam, batch=1, steps=2, cfg=1.0, sampler="euler", seed=0, neg=None):
+    import comfy.sample
+
+    shape = dits.latent_shape(fam, batch)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    pos = dits.cond(fam, 0)
+    neg = pos if neg is None else neg
+    return comfy.sample.sample(model, noise, steps, cfg, sampler, "simple", pos, neg, torch.zeros_like(noise),
+                               seed=seed, disable_pbar=True)
+
+
+class _Spy:
+    """An APPLY_MODEL wrapper added after the panorama patch (so inside it): records what the model sees."""
+
+    def __init__(self):
+        self.xs = []
+
+    def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kw):
+        self.xs.append(x.detach().clone())
+        out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kw)
+        assert out.shape == x.shape
+        return out
+
+
+def _spied(model):
+    import comfy.patcher_extension
+
+    spy = _Spy()
+    m = model.clone()
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test_spy", spy)
+    return m, spy
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_padding_zero_equals_unpatched_and_padding_changes_result(pack, dits, fam):
+    model = _model(dits, fam)
+    ref = _sample(dits, model, fam)
+    p0 = pack.Pano360PanoramaPatch().patch(model, 0, "latent")[0]
+    assert torch.equal(_sample(dits, p0, fam), ref)
+    p1 = pack.Pano360PanoramaPatch().patch(model, 1, "auto")[0]
+    out = _sample(dits, p1, fam)
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    assert not torch.allclose(out, ref, atol=1e-6), "padding had no effect"
+    # non-destructive: the original model is unchanged (patched and unpatched in one graph)
+    assert torch.equal(_sample(dits, model, fam), ref)
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+@pytest.mark.parametrize("sampler", ["euler", "euler_ancestral"])
+def test_padded_columns_equal_source_at_every_call(pack, P, dits, fam, sampler):
+    model = _model(dits, fam)
+    pad = 2
+    patched = pack.Pano360PanoramaPatch().patch(model, pad, "latent")[0]
+    m, spy = _spied(patched)
+    shape = dits.latent_shape(fam, 2)
+    out = _sample(dits, m, fam, batch=2, steps=3, cfg=2.0, sampler=sampler, neg=dits.cond(fam, 1))
+    assert out.shape == shape
+    cols = pad * P.FAMILIES[fam].patch
+    assert len(spy.xs) == 3  # cond + uncond batched in one call per step
+    for x in spy.xs:
+        assert x.shape[-1] == shape[-1] + 2 * cols and x.shape[:-1][-1] == shape[-2]
+        assert x.shape[0] == 4  # batch 2 x (cond, uncond)
+        assert torch.equal(x[..., :cols], x[..., -2 * cols:-cols])  # left pad = last interior columns
+        assert torch.equal(x[..., -cols:], x[..., cols:2 * cols])  # right pad = first interior columns
+
+
+def test_flux1_levels(pack, tiny_models):
+    import comfy.patcher_extension
+
+    WMP = comfy.patcher_extension.WrappersMP
+    flux = tiny_models.build_tiny_flux(0, "dev")
+    auto = pack.Pano360PanoramaPatch().patch(flux, 1, "auto")[0]
+    assert auto.get_wrappers(WMP.DIFFUSION_MODEL, "pano360_dit360")  # token level (DiT360 wrapped ids)
+    assert not auto.get_wrappers(WMP.APPLY_MODEL, "pano360_panorama_latent")
+    lat = pack.Pano360PanoramaPatch().patch(flux, 1, "latent")[0]
+    assert lat.get_wrappers(WMP.APPLY_MODEL, "pano360_panorama_latent")
+    m, spy = _spied(lat)
+    import comfy.sample
+
+    noise = torch.randn(1, 16, 8, 32, generator=torch.Generator().manual_seed(0))
+    clip = tiny_models.build_tiny_clip(0)
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize("a panorama"))
+    out = comfy.sample.sample(m, noise, 2, 1.0, "euler", "simple", cond, cond, torch.zeros_like(noise), seed=0,
+                              disable_pbar=True)
+    assert out.shape == noise.shape and spy.xs[0].shape[-1] == 32 + 4
+
+
+def test_errors(pack, dits, errors):
+    E = errors.PanoInputError
+    fake = types.SimpleNamespace(model=torch.nn.Linear(1, 1))
+    with pytest.raises(E, match="supports FLUX.1.*Wan 2.2; got a Linear model"):
+        pack.Pano360PanoramaPatch().patch(fake, 1)
+    with pytest.raises(E, match="token-level wrapped ids are offered for FLUX.1 only"):
+        pack.Pano360PanoramaPatch().patch(_model(dits, "Lumina2"), 1, "token")
+    too_wide = pack.Pano360PanoramaPatch().patch(_model(dits, "Lumina2"), 5, "latent")[0]  # 16 tokens -> max 4
+    with pytest.raises(E, match="padding"):
+        _sample(dits, too_wide, "Lumina2")
+
+
+def test_c_concat_and_denoise_mask_are_padded(P, dits):
+    fam = P.FAMILIES["WAN22"]
+    w = P.ApplyModelWrapper(fam, 1)
+    seen = {}
+
+    def executor(x, t, c_concat, c_crossattn, control, topts, **kw):
+        seen.update(x=x, c_concat=c_concat, **kw)
+        return x * 2
+
+    x = torch.randn(1, 16, 2, 4, 8)
+    cc = torch.randn(1, 20, 2, 4, 8)
+    dm = torch.rand(1, 1, 2, 4, 8)
+    ref = [torch.randn(1, 16, 4, 4)]
+    out = w(executor, x, torch.ones(1), cc, None, None, {}, denoise_mask=dm, reference_latent=ref)
+    assert torch.equal(out, x * 2)  # cropped back
+    assert seen["x"].shape[-1] == 12 and torch.equal(seen["x"][..., :2], x[..., -2:])
+    assert torch.equal(seen["c_concat"][..., 2:10], cc) and torch.equal(seen["c_concat"][..., :2], cc[..., -2:])
+    assert torch.equal(seen["denoise_mask"][..., 10:], dm[..., :2])
+    assert seen["reference_latent"] is ref  # not spatial with the latent: left alone
