@@ -170,3 +170,34 @@ def test_c_concat_and_denoise_mask_are_padded(P, dits):
     assert torch.equal(seen["c_concat"][..., 2:10], cc) and torch.equal(seen["c_concat"][..., :2], cc[..., -2:])
     assert torch.equal(seen["denoise_mask"][..., 10:], dm[..., :2])
     assert seen["reference_latent"] is ref  # not spatial with the latent: left alone
+
+
+@pytest.mark.comfy
+@pytest.mark.timeout(300)
+def test_server_patched_and_unpatched_lumina2_in_one_graph(comfy):
+    import numpy as np
+
+    ks = {"seed": 1, "steps": 2, "cfg": 1.0, "sampler_name": "euler_ancestral", "scheduler": "simple",
+          "denoise": 1.0, "positive": ["1", 1], "negative": ["1", 1], "latent_image": ["2", 0]}
+    api = {
+        "1": {"class_type": "Pano360TestTinyDiT", "inputs": {"seed": 0, "family": "Lumina2"}},
+        "2": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 256, "height": 64, "batch_size": 1}},
+        "3": {"class_type": "Pano360PanoramaPatch", "inputs": {"model": ["1", 0], "padding": 2, "level": "auto"}},
+        "4": {"class_type": "KSampler", "inputs": {**ks, "model": ["3", 0]}},
+        "5": {"class_type": "KSampler", "inputs": {**ks, "model": ["1", 0]}},
+        "6": {"class_type": "Pano360TestTinyVAE", "inputs": {"seed": 0}},
+    }
+    saves = []
+    for src, nid in (("4", "7"), ("5", "8")):
+        api[f"{nid}d"] = {"class_type": "Pano360CircularVAEDecode",
+                          "inputs": {"samples": [src, 0], "vae": ["6", 0], "wrap_columns": 2, "tiled": False,
+                                     "tile_size": 512, "overlap": 64}}
+        api[f"{nid}s"] = {"class_type": "SaveImage", "inputs": {"images": [f"{nid}d", 0],
+                                                               "filename_prefix": f"pano_any_{nid}"}}
+        saves.append(f"{nid}s")
+    out = comfy.run(api, timeout=240)
+    (a,) = comfy.images(out, saves[0])
+    (b,) = comfy.images(out, saves[1])
+    assert a.shape == b.shape == (64, 256, 3)
+    assert np.isfinite(a).all() and a.std() > 0
+    assert np.abs(a.astype(int) - b.astype(int)).mean() > 0  # the patch changes the result

@@ -7,13 +7,14 @@ models that stand in for real weights when workflows run in tests:
 - ``Pano360TestTinyCLIP``   -> CLIP  (Flux tokenizer + tiny encoder; replaces DualCLIPLoader)
 - ``Pano360TestTinyVAE``    -> VAE   (TAESD architecture, 16 latent channels; replaces VAELoader)
 - ``Pano360TestTinyCheckpoint`` -> MODEL, CLIP, VAE (replaces CheckpointLoaderSimple)
+- ``Pano360TestTinyDiT``    -> MODEL, CONDITIONING (tiny FLUX.2/Chroma/Qwen-Image/Lumina 2/Wan/HunyuanImage)
 - ``Pano360TestRaise``      raises an exception with a given message (harness error tests)
 - ``Pano360TestSaveTinyLoRA`` writes a tiny DiT360-format LoRA into the ``loras`` folder
 """
 
 from __future__ import annotations
 
-from . import tiny_models
+from . import tiny_dits, tiny_models
 
 _SEED = ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF})
 _CATEGORY = "Pano360/testing"
@@ -135,7 +136,22 @@ class Pano360TestSaveTinyLoRA:
         return (tiny_models.save_tiny_dit360_lora(path, seed=seed, rank=rank),)
 
 
+class Pano360TestTinyDiT:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": _SEED, "family": (list(tiny_dits.CONFIGS), {"default": "Lumina2"})}}
+
+    RETURN_TYPES = ("MODEL", "CONDITIONING")
+    FUNCTION = "build"
+    CATEGORY = _CATEGORY
+    DESCRIPTION = "Tiny random DiT of a non-FLUX.1 family and a matching random conditioning (panorama patch tests)."
+
+    def build(self, seed, family="Lumina2"):
+        return (tiny_dits.build(family, seed), tiny_dits.cond(family, seed))
+
+
 NODE_CLASS_MAPPINGS = {
+    "Pano360TestTinyDiT": Pano360TestTinyDiT,
     "Pano360TestTinyFlux": Pano360TestTinyFlux,
     "Pano360TestTinyCLIP": Pano360TestTinyCLIP,
     "Pano360TestTinyVAE": Pano360TestTinyVAE,

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from tiny_models import _generator, init_module_
+try:  # inside the test node pack (server) / top-level module (in-process tests)
+    from .tiny_models import _generator, init_module_
+except ImportError:
+    from tiny_models import _generator, init_module_
 
 H = 32  # hidden size
 CTX = 16  # text feature width
