@@ -49,6 +49,39 @@ def _shield_root_package() -> None:
 _shield_root_package()
 
 
+def _use_checkout_training_package() -> None:
+    """Tests import this checkout's ``training/`` as ``pano360_training`` (the name pip installs
+    it under), also when the installed copy is another checkout's (worktrees) or not installed."""
+    import importlib.util
+
+    root = (comfy_harness.REPO_ROOT / "training").resolve()
+    spec = importlib.util.find_spec("pano360_training")
+    if spec is not None and spec.origin and Path(spec.origin).resolve().parent == root:
+        return
+    spec = importlib.util.spec_from_file_location(
+        "pano360_training", root / "__init__.py", submodule_search_locations=[str(root)]
+    )
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["pano360_training"] = mod
+    spec.loader.exec_module(mod)
+
+
+_use_checkout_training_package()
+
+
+@pytest.fixture(scope="session")
+def training_env(tmp_path_factory) -> dict:
+    """Environment for subprocesses (``python -m pano360_training``, ``accelerate launch``) that
+    resolves ``pano360_training`` and ``pano_core`` to this checkout."""
+    d = tmp_path_factory.mktemp("training_path")
+    (d / "pano360_training").symlink_to(comfy_harness.REPO_ROOT / "training", target_is_directory=True)
+    env = dict(os.environ)
+    parts = [str(d), str(comfy_harness.REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(parts)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
 @pytest.fixture(scope="session")
 def comfy(tmp_path_factory):
     try:
@@ -110,3 +143,19 @@ def tiny_models(comfy_inprocess):
     import tiny_models as tm
 
     return tm
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(tmp_path_factory):
+    """A tiny random FLUX.1 pipeline saved in diffusers layout (tests/tiny_diffusers.py)."""
+    import tiny_diffusers as td
+
+    return td.save_tiny_flux_pipeline(tmp_path_factory.mktemp("tiny_flux") / "flux", seed=0)
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """A tiny prepared training set (tests/training_helpers.py)."""
+    import training_helpers
+
+    return training_helpers.make_prepared_set(tmp_path_factory.mktemp("train_data"))

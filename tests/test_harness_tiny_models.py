@@ -10,10 +10,12 @@ pytestmark = pytest.mark.timeout(300)
 
 def _flux_forward(patcher, x, seed=0, ref_latents=None):
     """One diffusion-model call through ComfyUI's Flux (apply_model with a Flux cond)."""
+    import tiny_models
+
     model = patcher.model
     g = torch.Generator().manual_seed(seed)
-    ctx = torch.randn(x.shape[0], 8, 32, generator=g)
-    y = torch.randn(x.shape[0], 16, generator=g)
+    ctx = torch.randn(x.shape[0], 8, tiny_models.CONTEXT_DIM, generator=g)
+    y = torch.randn(x.shape[0], tiny_models.VEC_DIM, generator=g)
     t = torch.full((x.shape[0],), 0.5)
     kwargs = {}
     if ref_latents is not None:

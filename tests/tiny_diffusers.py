@@ -3,7 +3,9 @@
 ``build_tiny_flux_pipeline(seed)`` returns a :class:`diffusers.FluxPipeline` made of
 
 - a tiny ``FluxTransformer2DModel`` (patch 1, 64 input channels = 16 latent channels x 2x2
-  packing, 1 double + 1 single block, 2 heads of 16, RoPE axes (4, 6, 6), guidance embeds),
+  packing, 1 double + 1 single block, 2 heads of 32, RoPE axes (8, 12, 12), guidance embeds):
+  the architecture of the ComfyUI test builder (``tests/comfy_test_nodes/tiny_models.py``, whose
+  dimensions are read here), so weights and LoRAs carry over between the two,
 - a tiny ``AutoencoderKL`` (16 latent channels, 4 blocks -> downsampling by 8, FLUX's
   scaling/shift factors, no quant convs),
 - a tiny ``CLIPTextModel`` (hidden 32) and ``T5EncoderModel`` (d_model 32),
@@ -30,20 +32,37 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Transformer configuration of the tiny model (FLUX.1-dev's layout, tiny sizes).
+
+def _comfy_tiny_dims():
+    """tests/comfy_test_nodes/tiny_models.py (plain module: torch only at import time)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_pano360_tiny_dims", Path(__file__).resolve().parent / "comfy_test_nodes" / "tiny_models.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_DIMS = _comfy_tiny_dims()
+
+# Transformer configuration of the tiny model (FLUX.1-dev's layout, tiny sizes), the same
+# architecture as the ComfyUI tiny Flux (tiny_flux_unet_config("dev")).
 TINY_TRANSFORMER_CONFIG = dict(
     patch_size=1,
-    in_channels=64,
+    in_channels=4 * _DIMS.LATENT_CHANNELS,
     out_channels=None,
     num_layers=1,
     num_single_layers=1,
-    attention_head_dim=16,
-    num_attention_heads=2,
-    joint_attention_dim=32,
-    pooled_projection_dim=32,
+    attention_head_dim=_DIMS.HIDDEN_SIZE // _DIMS.NUM_HEADS,
+    num_attention_heads=_DIMS.NUM_HEADS,
+    joint_attention_dim=_DIMS.CONTEXT_DIM,
+    pooled_projection_dim=_DIMS.VEC_DIM,
     guidance_embeds=True,
-    axes_dims_rope=(4, 6, 6),
+    axes_dims_rope=tuple(_DIMS.AXES_DIM),
 )
+assert _DIMS.MLP_RATIO == 4.0, "diffusers' Flux blocks have MLP ratio 4"
 
 FLUX_SCHEDULER_CONFIG = dict(
     base_image_seq_len=256,
@@ -139,7 +158,7 @@ def build_tiny_flux_pipeline(seed: int = 0, tokenizers_dir: str | os.PathLike | 
     torch.manual_seed(seed + 2)
     clip_cfg = CLIPTextConfig(
         vocab_size=clip_vocab,
-        hidden_size=32,
+        hidden_size=_DIMS.VEC_DIM,  # FluxPipeline pools CLIP's hidden state: pooled_projection_dim
         intermediate_size=37,
         num_hidden_layers=2,
         num_attention_heads=4,
@@ -154,7 +173,7 @@ def build_tiny_flux_pipeline(seed: int = 0, tokenizers_dir: str | os.PathLike | 
     torch.manual_seed(seed + 3)
     t5_cfg = T5Config(
         vocab_size=t5_vocab,
-        d_model=32,
+        d_model=_DIMS.CONTEXT_DIM,
         d_kv=8,
         d_ff=37,
         num_layers=2,

@@ -28,12 +28,16 @@ import math
 
 import torch
 
-# Tiny Flux dimensions (shared with the tiny CLIP so conditioning matches).
+# Tiny Flux dimensions (shared with the tiny CLIP so conditioning matches). The diffusers test
+# builder (tests/tiny_diffusers.py) reads these too, so the ComfyUI and the diffusers tiny Flux
+# are the same architecture and a weight/LoRA file works in both (diffusers' Flux blocks have
+# MLP ratio 4, its pooled projection is the CLIP hidden size, 32).
 HIDDEN_SIZE = 64
 NUM_HEADS = 2
 AXES_DIM = [8, 12, 12]  # sums to HIDDEN_SIZE // NUM_HEADS = 32 (RoPE over [index, row, col])
 CONTEXT_DIM = 32  # text token features (T5 stand-in)
-VEC_DIM = 16  # pooled text vector (CLIP-L stand-in)
+VEC_DIM = 32  # pooled text vector (CLIP-L stand-in)
+MLP_RATIO = 4.0
 LATENT_CHANNELS = 16
 
 VARIANTS = ("dev", "schnell", "fill", "control")
@@ -81,7 +85,7 @@ def tiny_flux_unet_config(variant: str = "dev", depth: int = 1, depth_single_blo
         "vec_in_dim": VEC_DIM,
         "context_in_dim": CONTEXT_DIM,
         "hidden_size": HIDDEN_SIZE,
-        "mlp_ratio": 2.0,
+        "mlp_ratio": MLP_RATIO,
         "num_heads": NUM_HEADS,
         "depth": int(depth),
         "depth_single_blocks": int(depth_single_blocks),
