@@ -37,6 +37,14 @@ results on the CPU path.
 """
 
 from .cube import DICE_XY, LAYOUTS, c2e, e2c, faces_to_layout, guess_layout, layout_to_faces
+from .cube_padding import (
+    CUBE_PAD_MODES,
+    CubePadPlan,
+    cube_pad,
+    cube_pad_cache_clear,
+    cube_pad_plan,
+    face_cell_directions,
+)
 from .directions import (
     FACE_BASIS,
     FACE_NAMES,
@@ -56,6 +64,12 @@ from .rotate import roll_erp, rotate_erp, yaw_to_pixels
 from .sampling import MODES, cache_info, clear_cache, set_cache_limits
 
 __all__ = [
+    "CUBE_PAD_MODES",
+    "CubePadPlan",
+    "cube_pad",
+    "cube_pad_cache_clear",
+    "cube_pad_plan",
+    "face_cell_directions",
     "DICE_XY",
     "FACE_BASIS",
     "FACE_NAMES",
