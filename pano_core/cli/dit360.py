@@ -14,8 +14,8 @@ import time
 
 from ..diffusion.prompts import PANORAMA_PREFIX
 from ..errors import PanoInputError
-from ..io import check_writable, read_image, write_image
-from . import _dit360
+from ..io import check_writable, read_image
+from . import _batch, _dit360
 from ._args import angle, check_image_output, finite_float, nonneg_int, positive_int
 
 
@@ -34,14 +34,23 @@ def _load_generate_from_view():
 
 
 def cmd_generate(args) -> int:
-    from ..diffusion.prompts import add_prompt_prefix
     from ..dit360.pipeline import check_pano_size
 
     # cheap checks first: nothing is loaded when the request cannot succeed
-    if not args.prompt or not args.prompt.strip():
-        raise PanoInputError("--prompt: expected a non-empty text")
+    if args.prompts is not None:
+        if args.prompt is not None:
+            raise PanoInputError("--prompts: a prompt list excludes --prompt")
+        items = _batch.read_prompts_file(args.prompts, allow_faces=False, allow_negative=False)
+    else:
+        if not args.prompt or not args.prompt.strip():
+            raise PanoInputError("--prompt: expected a non-empty text (or --prompts FILE)")
+        items = [_batch.PromptItem(0, args.prompt, seed=args.seed)]
     check_pano_size(args.width, args.height)
-    out = check_image_output(args.output, args.force)
+    if args.prompts is not None:
+        items = _batch.process_share(items)
+        out_dir = _batch.check_batch_outputs(args.output, items, ".png", args.force)
+    else:
+        out = check_image_output(args.output, args.force)
     _dit360.check_pad(args.pad, args.width)
     view = None
     generate_from_view = None
@@ -59,14 +68,35 @@ def cmd_generate(args) -> int:
         raise PanoInputError("--fov/--view-yaw/--view-pitch: only meaningful with --view PHOTO")
 
     t0 = time.time()
+    if args.prompts is not None:
+        args.device = _batch.local_device(args.device)
     pipe = _dit360.load_pipeline(args)
     if not args.no_lora and not args.quiet:
         rep = pipe.lora_reports.get("dit360")
         if rep is not None:
             print(f"LoRA {rep.source}: {rep.summary()}", file=sys.stderr)
     prefix = PANORAMA_PREFIX if args.prefix else None
+    for it in items:
+        seed = it.seed if it.seed is not None else args.seed + it.index
+        image = _generate_one(args, pipe, it.prompt, seed, prefix, view, generate_from_view)
+        target = out if args.prompts is None else out_dir / f"{it.stem}.png"
+        if args.prompts is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(target, args.force)
+        settings = {"software": "Pano360 generate", "prompt": it.prompt, "seed": seed, "model": str(args.model),
+                    "lora": None if args.no_lora else str(args.lora), "lora_scale": args.lora_scale,
+                    "steps": args.steps, "guidance": args.guidance, "pad": args.pad,
+                    "prefix": PANORAMA_PREFIX if args.prefix else None}
+        _batch.write_panorama(target, image[:1], settings, bits=args.bits, force=args.force)
+        print(f"wrote {target} ({args.width}x{args.height}, seed {seed}, {time.time() - t0:.1f} s)")
+    return 0
+
+
+def _generate_one(args, pipe, prompt, seed, prefix, view, generate_from_view):
+    from ..diffusion.prompts import add_prompt_prefix
+
     if view is not None:
-        prompt = add_prompt_prefix(args.prompt, prefix)[0]
+        prompt = add_prompt_prefix(prompt, prefix)[0]
         image = generate_from_view(
             pipe.flux,
             view,
@@ -78,19 +108,19 @@ def cmd_generate(args) -> int:
             width=args.width,
             steps=args.steps,
             guidance=args.guidance,
-            seed=args.seed,
+            seed=seed,
             padding=args.pad,
             progress=not args.quiet,
         )
         image = image.float().cpu()
     else:
         res = pipe(
-            args.prompt,
+            prompt,
             width=args.width,
             height=args.height,
             steps=args.steps,
             guidance=args.guidance,
-            seed=args.seed,
+            seed=seed,
             pad=args.pad,
             id_mode=args.id_mode,
             resync=args.resync,
@@ -101,10 +131,7 @@ def cmd_generate(args) -> int:
             progress=not args.quiet,
         )
         image = res.images
-    check_writable(out, args.force)
-    write_image(out, image[:1], bits=args.bits, force=args.force)
-    print(f"wrote {out} ({args.width}x{args.height}, seed {args.seed}, {time.time() - t0:.1f} s)")
-    return 0
+    return image
 
 
 def register(subparsers) -> None:
@@ -119,8 +146,12 @@ def register(subparsers) -> None:
             "the rest is outpainted."
         ),
     )
-    p.add_argument("--prompt", required=True, help="text prompt")
-    p.add_argument("-o", "--output", required=True, help="output image (.png or .jpg); never overwritten without --force")
+    p.add_argument("--prompt", default=None, help="text prompt (or --prompts FILE)")
+    p.add_argument("--prompts", default=None, metavar="FILE",
+                   help="prompt list: one per line, or JSON lines {\"prompt\", \"seed\"}; -o is then a "
+                        "folder of 00000.png ...; split across processes under accelerate launch")
+    p.add_argument("-o", "--output", required=True,
+                   help="output image (.png or .jpg), or a folder with --prompts; never overwritten without --force")
     p.add_argument("--width", type=positive_int, default=2048, help="panorama width in pixels, multiple of 16 (default 2048)")
     p.add_argument("--height", type=positive_int, default=1024, help="panorama height, width/2 (default 1024)")
     p.add_argument("--steps", type=positive_int, default=28, help="sampling steps (default 28)")

@@ -9,6 +9,14 @@ Model pieces (this file lists them; the pipeline adds its own names below):
 * :mod:`.sync` -- :func:`joint_face_sync` (training-free joint-face sync of Sana and DC-AE).
 
 Cube padding itself is :func:`pano_core.geometry.cube_pad`.
+
+Pipeline (generation on diffusers' Sana):
+
+* :mod:`.pipeline` -- :class:`JoPanoPipeline` (modes adapter / sync / adapter+sync / independent,
+  T2P and V2P, multi-text, cross-face blending, ERP), :class:`JoPanoOutput`;
+* :mod:`.conditions` -- a given face, a perspective photo or an ERP + keep mask as cube faces with
+  coverage (:class:`FaceConditions`);
+* :mod:`.loading` -- Sana from diffusers folders, hub ids or a single-file transformer.
 """
 
 from .adapter import (
@@ -30,6 +38,9 @@ from .adapter import (
 )
 from .sphere_rope import DEFAULT_ROPE_BASE, DEFAULT_ROPE_SCALE, SphereRoPE, face_token_directions
 from .sync import cube_padded_convs, is_synced, joint_face_sync
+from .conditions import FaceConditions, erp_condition, face_condition, view_condition
+from .loading import load_sana_pipeline
+from .pipeline import DEFAULTS, MODES, GenerationInterrupted, JoPanoOutput, JoPanoPipeline, resolve_face_prompts
 
 __all__ = [
     "ADAPTER_FILE_NAME",
@@ -54,4 +65,16 @@ __all__ = [
     "read_adapter_config",
     "save_adapter_set",
     "transformer_dims",
+    # pipeline
+    "DEFAULTS",
+    "MODES",
+    "FaceConditions",
+    "GenerationInterrupted",
+    "JoPanoOutput",
+    "JoPanoPipeline",
+    "erp_condition",
+    "face_condition",
+    "load_sana_pipeline",
+    "resolve_face_prompts",
+    "view_condition",
 ]
