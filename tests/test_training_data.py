@@ -233,7 +233,10 @@ def test_prepare_refines_poles_with_a_diffusers_inpainter(tmp_path):
 
 
 def test_packaging_declares_the_training_package():
-    import tomllib
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        from pip._vendor import tomli as tomllib
 
     py = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert py["project"]["scripts"]["pano360-train"] == "pano360_training.cli:main"
