@@ -57,7 +57,7 @@ SANA15_SCHEDULER = ("FlowMatchEulerDiscreteScheduler", dict(num_train_timesteps=
 
 
 def looks_like_repo_id(s: str) -> bool:
-    from ..dit360.loading import looks_like_repo_id as _l
+    from ..diffusion.loading import looks_like_repo_id as _l
 
     return _l(s)
 

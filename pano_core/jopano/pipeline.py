@@ -165,13 +165,13 @@ class JoPanoOutput:
 
 
 def _resolve_device(device):
-    from ..dit360.loading import resolve_device
+    from ..diffusion.loading import resolve_device
 
     return resolve_device(device)
 
 
 def _resolve_dtype(dtype, dev):
-    from ..dit360.loading import resolve_dtype
+    from ..diffusion.loading import resolve_dtype
 
     return resolve_dtype(dtype, dev)
 
