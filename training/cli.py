@@ -7,6 +7,9 @@
     pano360-train dit360  --data PREPARED --output RUN [--config dit360_lora] [--model PATH_OR_ID]
                           [--max-steps N] [--resolution H] [--seed S] [--resume [CHECKPOINT]]
                           [--set key.sub=value ...]
+    pano360-train jopano  --data PREPARED --output RUN [--config jopano_adapter] [--model PATH_OR_ID]
+                          [--max-steps N] [--face-size S] [--seed S] [--resume [CHECKPOINT]]
+                          [--set key.sub=value ...]
     pano360-train sample  --run RUN [--step N] --prompts FILE [--output DIR]
 
 Several GPUs: ``accelerate launch --config_file training/configs/accelerate/ddp.yaml -m
@@ -43,14 +46,17 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
-def _add_trainer_flags(p: argparse.ArgumentParser, default_config: str) -> None:
+def _add_trainer_flags(p: argparse.ArgumentParser, default_config: str, face_size: bool = False) -> None:
     p.add_argument("--config", default=default_config,
                    help=f"YAML config file or shipped config name (default: {default_config})")
     p.add_argument("--model", help="base model: a diffusers folder or hub id (overrides model.path)")
     p.add_argument("--data", help="the prepared folder (pano360-train prepare --output)")
     p.add_argument("--output", help="run folder (config.yaml, checkpoints/, samples/, logs/, the LoRA)")
     p.add_argument("--max-steps", type=_positive_int, help="optimizer steps (overrides train.max_steps)")
-    p.add_argument("--resolution", type=_positive_int, help="ERP height in pixels; width is 2 x height")
+    if face_size:
+        p.add_argument("--face-size", type=_positive_int, help="cube face size in pixels (overrides data.face_size)")
+    else:
+        p.add_argument("--resolution", type=_positive_int, help="ERP height in pixels; width is 2 x height")
     p.add_argument("--seed", type=_int, help="seed of every random draw (overrides train.seed)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                    help="resume from a checkpoint folder; without a value: the latest in --output")
@@ -62,7 +68,7 @@ def _add_trainer_flags(p: argparse.ArgumentParser, default_config: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pano360-train",
-        description="Train panorama adapters (DiT360 LoRA for FLUX.1) that ComfyUI and Pano360 load.",
+        description="Train panorama adapters (DiT360 LoRA for FLUX.1, Joint-Face adapter for Sana) that ComfyUI and Pano360 load.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -76,11 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fov", type=float, default=90.0, help="field of view of a placed photo (default 90: a cube face)")
     p.add_argument("--seed", type=_int, default=0, help="seed of the photos' side-face choice")
     p.add_argument("--model", help="also build this model's latent/text caches (DiT360: a FLUX.1 folder or hub id)")
-    p.add_argument("--config", default="dit360_lora", help="trainer config used for the caches (with --model)")
+    p.add_argument("--config", default="dit360_lora", help="trainer config used for the caches (with --model): dit360_lora, jopano_adapter or a file")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = sub.add_parser("dit360", help="train a DiT360 LoRA for FLUX.1 (circular padding, yaw/cube/perspective losses)")
     _add_trainer_flags(p, "dit360_lora")
+
+    p = sub.add_parser("jopano", help="train a Joint-Face adapter for Sana (JoPano: T2P/V2P condition switching)")
+    _add_trainer_flags(p, "jopano_adapter", face_size=True)
 
     p = sub.add_parser("sample", help="render the configured sample prompts from a run's checkpoint")
     p.add_argument("--run", required=True, help="run folder written by pano360-train dit360")
@@ -102,7 +111,8 @@ def trainer_config(args: argparse.Namespace) -> dict:
         "model.path": args.model,
         "data.dir": args.data,
         "train.max_steps": args.max_steps,
-        "data.resolution": args.resolution,
+        "data.resolution": getattr(args, "resolution", None),
+        "data.face_size": getattr(args, "face_size", None),
         "train.seed": args.seed,
     }
     for key, value in flags.items():
@@ -127,12 +137,16 @@ def _run(args: argparse.Namespace) -> int:
         )
         if args.model:
             from .config import load_config, set_value
-            from .dit360 import build_caches
 
             cfg = load_config(args.config)
             set_value(cfg, "model.path", args.model)
             set_value(cfg, "data.dir", args.output)
-            set_value(cfg, "data.resolution", args.resolution)
+            if "condition" in cfg:  # a Joint-Face (jopano) config: face latents at data.face_size
+                from .jopano import build_caches
+            else:
+                from .dit360 import build_caches
+
+                set_value(cfg, "data.resolution", args.resolution)
             info = build_caches(cfg, progress=progress)
             print(f"caches for {args.model}: {info}")
         return 0
@@ -147,6 +161,17 @@ def _run(args: argparse.Namespace) -> int:
         result = train(cfg, resume=args.resume, progress=progress)
         if result.get("lora"):
             print(f"LoRA written to {result['lora']}")
+        return 0
+    if args.command == "jopano":
+        if not args.data:
+            raise PanoInputError("--data: the prepared folder is required (pano360-train prepare --output DIR)")
+        if not args.output:
+            raise PanoInputError("--output: a run folder is required")
+        from .jopano import train as train_jopano
+
+        result = train_jopano(trainer_config(args), resume=args.resume, progress=progress)
+        if result.get("adapter"):
+            print(f"Joint-Face adapter written to {result['adapter']}")
         return 0
     if args.command == "sample":
         from .dit360 import sample_from_run
