@@ -162,6 +162,15 @@ def test_training_overfits_and_writes_the_run_folder(sana, data, tmp_path):
     assert sd["blocks.0.out.weight"].abs().sum() > 0
     assert cli.main(["jopano", "--data", str(data), "--output", str(run), "--model", str(sana), "--no-progress",
                      "--face-size", str(S)]) == 2  # an existing run is never overwritten without --resume
+    # pano360-train sample renders T2P panoramas from the run's newest checkpoint adapter
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a snowy village\n\na desert\n")
+    assert cli.main(["sample", "--run", str(run), "--prompts", str(prompts), "--seed", "5", "--no-progress"]) == 0
+    out = run / "samples" / "manual-step-000006"
+    assert sorted(p.name for p in out.glob("*.png")) == ["0000-seed5.png", "0001-seed6.png"]
+    assert read_image(out / "0000-seed5.png").shape == (1, 3, 2 * S, 4 * S)
+    assert [json.loads(x)["mode"] for x in (out / "metrics.jsonl").read_text().splitlines()] == ["adapter"] * 2
+    assert cli.main(["sample", "--run", str(run), "--prompts", str(prompts), "--step", "2"]) == 2
 
 
 def test_resume_gives_the_losses_of_an_uninterrupted_run(sana, data, tmp_path):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from pano_core.errors import PanoInputError
 
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trainer_flags(p, "jopano_adapter", face_size=True)
 
     p = sub.add_parser("sample", help="render the configured sample prompts from a run's checkpoint")
-    p.add_argument("--run", required=True, help="run folder written by pano360-train dit360")
+    p.add_argument("--run", required=True, help="run folder written by pano360-train dit360 or jopano")
     p.add_argument("--step", type=_int, help="checkpoint step (default: the latest)")
     p.add_argument("--prompts", required=True, help="text file with one prompt per line")
     p.add_argument("--output", help="folder for the images (default: RUN/samples/manual-step-N)")
@@ -176,6 +177,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "sample":
         from .dit360 import sample_from_run
 
+        from .config import load_config
+        from .jopano import is_jopano_run
+
+        run_cfg = args.run and (Path(args.run) / "config.yaml")
+        if run_cfg and run_cfg.is_file() and is_jopano_run(load_config(run_cfg)):
+            from .jopano import sample_from_run
         written = sample_from_run(args.run, args.prompts, step=args.step, output=args.output, seed=args.seed,
                                   model=args.model, progress=progress)
         print(f"{len(written)} sample(s) written to {written[0].parent if written else args.output}")

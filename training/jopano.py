@@ -70,7 +70,7 @@ from .randomness import derive_seed, sample_generator
 from .samples import LossLog, append_metrics, plot_losses, write_sample_grid
 
 __all__ = ["TRAINER", "ADAPTER_FILE", "train", "build_caches", "quarter_yaw_map", "apply_quarter_yaw",
-           "compute_loss", "load_pipeline", "new_adapter_set"]
+           "compute_loss", "load_pipeline", "new_adapter_set", "sample_from_run", "is_jopano_run"]
 
 TRAINER = "jopano"
 ADAPTER_FILE = "jopano_adapter.safetensors"
@@ -431,7 +431,7 @@ def velocity(model, transformer, x_t: torch.Tensor, sigma: torch.Tensor, embeds,
     ts = sigma * 1000.0 * scale  # the schedulers' timesteps are sigma x num_train_timesteps (1000)
     dt = embeds.dtype
     out = model(transformer, hidden_states=x_t.to(dt), encoder_hidden_states=embeds, encoder_attention_mask=mask,
-                timestep=ts.to(dt), return_dict=False)[0].float()
+                timestep=ts.float(), return_dict=False)[0].float()  # float32 timesteps, as SanaPipeline passes them
     if cfg_t.out_channels // 2 == cfg_t.in_channels and cfg_t.out_channels != cfg_t.in_channels:
         out = out.chunk(2, dim=1)[0]
     return out
@@ -733,3 +733,54 @@ def _dump_grads_named(path: str, module: torch.nn.Module) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(grads, str(path))
 
+
+
+# ----------------------------------------------------------------------------------- sample command
+
+
+def is_jopano_run(cfg: dict) -> bool:
+    """Whether a run's resolved config is a Joint-Face adapter run (it has a ``condition`` section)."""
+    return isinstance(cfg.get("condition"), dict)
+
+
+def sample_from_run(run, prompts, step: int | None = None, output=None, seed: int = 0, model: str | None = None,
+                    progress: bool = True) -> list[Path]:
+    """``pano360-train sample`` for a jopano run: every line of ``prompts`` as a T2P panorama
+    (ERP PNG) with the adapter of the checkpoint at ``step`` (default the newest), the run's
+    sample settings and mode, and the seam metrics of each in ``metrics.jsonl``."""
+    from pano_core.io import write_image
+
+    from .checkpoints import list_checkpoints
+    from .config import load_config
+
+    run = Path(run)
+    cfg = load_config(run / "config.yaml")
+    found = {s_: p for s_, p in list_checkpoints(run)}
+    if not found:
+        raise PanoInputError(f"--run: {run} has no checkpoints")
+    step = max(found) if step is None else step
+    if step not in found:
+        raise PanoInputError(f"--step: {run} has no checkpoint at step {step} (has {', '.join(map(str, sorted(found)))})")
+    lines = [x.strip() for x in Path(prompts).read_text(encoding="utf-8").splitlines() if x.strip()] \
+        if Path(prompts).is_file() else None
+    if not lines:
+        raise PanoInputError(f"--prompts: {prompts} is not a text file with one prompt per line")
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    jp = load_pipeline(cfg, dev, model=model)
+    jp.load_adapter(str(found[step] / ADAPTER_FILE))
+    s = _face_size(cfg, jp)
+    out = Path(output) if output else run / "samples" / f"manual-step-{step:06d}"
+    out.mkdir(parents=True, exist_ok=True)
+    mode = _sample_mode(cfg)
+    written = []
+    bar = _bar(len(lines), "sample", progress)
+    for i, text in enumerate(lines):
+        res = jp(text, mode=mode, face_size=s, steps=int(get(cfg, "sample.steps")), cfg=float(get(cfg, "sample.cfg")),
+                 blend=str(get(cfg, "sample.blend")), seed=seed + i, progress=False)
+        path = write_image(out / f"{i:04d}-seed{seed + i}.png", res.erp, force=True)
+        append_metrics(out / "metrics.jsonl", [{"step": step, "prompt": text, "seed": seed + i, "mode": mode,
+                                                **res.metrics[0]}])
+        written.append(path)
+        bar.update()
+    bar.close()
+    return written
