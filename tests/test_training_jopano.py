@@ -258,3 +258,17 @@ def test_face_captions_are_prepared(data):
     assert (data / "captions" / "pano0.U.txt").read_text().strip() == "a blue sky"
     assert "face_captions" not in items["pano1"]["extra"]
     assert e2c(read_image(data / items["pano0"]["image"]), S).shape == (6, 3, S, S)
+
+
+def test_bad_input(sana, data, tmp_path, capsys):
+    def err(*argv):
+        assert cli.main(["jopano", "--data", str(data), "--model", str(sana), "--no-progress", *argv]) == 2
+        return capsys.readouterr().err
+
+    assert "face_size: must be a multiple of 4" in err("--output", str(tmp_path / "a"), "--face-size", "30",
+                                                       *_sets(FAST))
+    assert "condition.face: expected random or one of F R B L U D" in err(
+        "--output", str(tmp_path / "b"), *_sets(FAST + ["condition.face=X"]))
+    assert "set data.cache=false" in err("--output", str(tmp_path / "c"), *_sets(FAST + ["data.random_yaw=true"]))
+    assert "did you mean condition.v2p_probability" in err("--output", str(tmp_path / "d"), "--set", "v2p_probability=1")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing written for bad input

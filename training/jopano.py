@@ -569,14 +569,13 @@ def train(cfg: dict, resume: str | None = None, progress: bool = True) -> dict:
     read_manifest(get(cfg, "data.dir"))
     acc = _accelerator(cfg, run)
     main = acc.is_main_process
+    seed = int(get(cfg, "train.seed"))
+    dev = acc.device
+    jp = load_pipeline(cfg, dev)
+    s = _face_size(cfg, jp)  # checked before anything is written
     if main:
         run.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run / "config.yaml")
-    seed = int(get(cfg, "train.seed"))
-    dev = acc.device
-
-    jp = load_pipeline(cfg, dev)
-    s = _face_size(cfg, jp)
     transformer = jp.transformer
     cache_root = None
     if get(cfg, "data.cache"):
