@@ -174,7 +174,8 @@ def test_training_overfits_and_writes_the_run_folder(sana, data, tmp_path):
 
 
 def test_resume_gives_the_losses_of_an_uninterrupted_run(sana, data, tmp_path):
-    extra = ["train.gradient_accumulation=2", "train.sync=true", "condition.face=random", "data.caption_dropout=0.3"]
+    extra = ["train.gradient_accumulation=2", "train.sync=true", "condition.face=random", "data.caption_dropout=0.3",
+             "model.gradient_checkpointing=true"]
     full = _train(sana, data, tmp_path / "full", steps=4, extra=extra)
     part = _train(sana, data, tmp_path / "part", steps=4, extra=extra + ["debug.stop_at_step=2"])
     assert not (part / J.ADAPTER_FILE).exists() and len(_losses(part)) == 2
