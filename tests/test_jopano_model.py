@@ -40,8 +40,11 @@ DIM = HEADS * HEAD_DIM
 CAPTION = 8
 
 
-def tiny_transformer(patch_size: int = 1, layers: int = 2, seed: int = 0, heads: int = HEADS) -> SanaTransformer2DModel:
-    """Tiny random Sana transformer (cross_attention_dim = heads x head dim, no positional embedding)."""
+def tiny_transformer(
+    patch_size: int = 1, layers: int = 2, seed: int = 0, heads: int = HEADS, qk_norm: str | None = None
+) -> SanaTransformer2DModel:
+    """Tiny random Sana transformer (cross_attention_dim = heads x head dim, no positional
+    embedding); ``qk_norm="rms_norm_across_heads"`` is Sana 1.5's layout."""
     torch.manual_seed(seed)
     return SanaTransformer2DModel(
         in_channels=4,
@@ -56,6 +59,7 @@ def tiny_transformer(patch_size: int = 1, layers: int = 2, seed: int = 0, heads:
         sample_size=8,
         patch_size=patch_size,
         mlp_ratio=2.0,
+        qk_norm=qk_norm,
     ).eval()
 
 
@@ -168,6 +172,17 @@ def test_rope_equal_directions_give_the_identity_rotation():
     assert torch.equal(c0, torch.ones(12)) and torch.equal(s0, torch.zeros(12))
 
 
+def test_rope_rotation_paths_agree():
+    from pano_core.jopano.sphere_rope import _rotate_complex, _rotate_real
+
+    rope = SphereRoPE(18)
+    cos, sin = rope.cos_sin(face_token_directions(3).reshape(-1, 3))
+    x = torch.randn(2, 3, 54, 18)
+    assert torch.allclose(_rotate_complex(x, cos, sin), _rotate_real(x, cos, sin), atol=1e-6)
+    xb = x.to(torch.bfloat16)
+    assert SphereRoPE.apply(xb, cos, sin).dtype == torch.bfloat16
+
+
 def test_rope_position_scale_neighbours_one_unit_apart_at_a_face_centre():
     d = face_token_directions(16, dtype=torch.float64)[0].view(16, 16, 3)  # 512 px face, f = 32
     step = float((d[7, 8] - d[7, 7]).norm()) * SphereRoPE(12).scale
@@ -189,6 +204,12 @@ def test_config_defaults_half_width():
     assert JointFaceAdapterConfig(num_layers=1, model_dim=2240, inner_dim=2240).head_dim == 64
     with pytest.raises(PanoInputError, match="heads"):
         JointFaceAdapterConfig(num_layers=1, model_dim=16, inner_dim=12, heads=5)
+    with pytest.raises(PanoInputError, match="rope_scale"):
+        JointFaceAdapterConfig(num_layers=1, model_dim=16, rope_scale=0)
+    with pytest.raises(PanoInputError, match="num_layers"):
+        JointFaceAdapterConfig(num_layers=0, model_dim=16)
+    with pytest.raises(PanoInputError, match="format 2"):
+        JointFaceAdapterConfig.from_dict({"num_layers": 1, "model_dim": 16, "format_version": 2})
 
 
 def test_zero_initialised_adapter_is_bit_identical(transformer):
@@ -398,6 +419,23 @@ def test_sync_is_non_destructive_and_batched(transformer):
     assert [blk.attn1.processor for blk in transformer.transformer_blocks] == procs
     assert_plain(transformer, before)
     assert torch.equal(run(transformer, x, enc, ts), plain)
+
+
+def test_sana15_patch2_with_adapter_and_sync():
+    """Sana 1.5 (qk_norm) with patch size 2: identity adapter exact under sync, batches of two
+    panoramas equal two single runs, and sync couples the faces."""
+    t = tiny_transformer(patch_size=2, qk_norm="rms_norm_across_heads", seed=4)
+    x, enc, ts = inputs(panoramas=2, size=8)
+    adapters = JointFaceAdapterSet.for_transformer(t)
+    with joint_face_sync(t):
+        synced = run(t, x, enc, ts)
+        with adapters_attached(t, adapters):
+            assert torch.equal(run(t, x, enc, ts), synced)
+        with adapters_attached(t, randomize(adapters)):
+            both = run(t, x, enc, ts)
+            singles = torch.cat([run(t, x[:6], enc[:6], ts[:6]), run(t, x[6:], enc[6:], ts[6:])])
+    assert torch.allclose(both, singles, atol=1e-5)
+    assert (synced[:6] - run(t, x, enc, ts)[:6]).abs().max() > 1e-3
 
 
 def test_sync_and_adapter_work_with_accelerate_sequential_offload(transformer):

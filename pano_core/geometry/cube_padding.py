@@ -42,6 +42,7 @@ from functools import lru_cache
 import torch
 
 from ..errors import PanoInputError
+from ..validate import check_choice, check_int
 from .directions import FACE_BASIS
 
 __all__ = ["CUBE_PAD_MODES", "CubePadPlan", "cube_pad", "cube_pad_cache_clear", "cube_pad_plan", "face_cell_directions"]
@@ -77,8 +78,8 @@ def face_cell_directions(size: int, pad: int = 0, device=None, dtype=None) -> to
     the face planes are extended by ``pad`` cells on every side (the padded cells of
     :func:`cube_pad`; their directions lie on the neighbour faces).
     """
-    _check_int(size, "size", 1)
-    _check_int(pad, "pad", 0)
+    check_int(size, "size", 1)
+    check_int(pad, "pad", 0)
     p = _cell_points(size, pad)
     d = p / p.norm(dim=-1, keepdim=True)
     return d.to(device=device, dtype=dtype if dtype is not None else torch.get_default_dtype())
@@ -197,10 +198,9 @@ def _plan_on(size: int, width: int, mode: str, device: torch.device, dtype: torc
 
 def cube_pad_plan(size: int, width: int, mode: str = "bilinear", device=None, dtype=torch.float32) -> CubePadPlan:
     """The cached :class:`CubePadPlan` for faces of ``size`` cells padded by ``width``."""
-    _check_int(size, "size", 1)
-    _check_int(width, "width", 0)
-    if mode not in CUBE_PAD_MODES:
-        raise PanoInputError(f"mode: expected one of {', '.join(CUBE_PAD_MODES)}, got {mode!r}")
+    check_int(size, "size", 1)
+    check_int(width, "width", 0)
+    check_choice(mode, "mode", CUBE_PAD_MODES)
     return _plan_on(size, width, mode, torch.device(device) if device is not None else torch.device("cpu"), dtype)
 
 
@@ -227,7 +227,7 @@ def cube_pad(faces: torch.Tensor, width: int, mode: str = "bilinear") -> torch.T
             f"faces: expected a stack of whole cubemaps (B*6, C, S, S): 6 square faces F R B L U D per panorama, "
             f"contiguous; got shape {tuple(faces.shape)}"
         )
-    _check_int(width, "width", 0)
+    check_int(width, "width", 0)
     if width == 0:
         return faces
     if not faces.is_floating_point():
@@ -256,11 +256,6 @@ def cube_pad(faces: torch.Tensor, width: int, mode: str = "bilinear") -> torch.T
         vals = vals + flat[:, plan.src_face[:, i], :, plan.src_pix[:, i]] * plan.weight[:, i, None, None]
     out.view(b, 6, c, n * n)[:, plan.face, :, plan.dst_pix] = vals
     return out.view(bf, c, n, n)
-
-
-def _check_int(v, name: str, lo: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise PanoInputError(f"{name}: expected an integer >= {lo}, got {v!r}")
 
 
 def _describe(x) -> str:

@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PanoInputError
-from .sphere_rope import DEFAULT_ROPE_BASE, DEFAULT_ROPE_SCALE, SphereRoPE
+from ..validate import check_int
+from .sphere_rope import DEFAULT_ROPE_BASE, DEFAULT_ROPE_SCALE, SphereRoPE, positive
 
 __all__ = [
     "ADAPTER_FILE_NAME",
@@ -110,23 +111,20 @@ class JointFaceAdapterConfig:
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "model_dim", "face_size"):
-            _check_pos_int(getattr(self, name), name)
+            check_int(getattr(self, name), name, 1)
         if self.inner_dim is None:
             self.inner_dim = self.model_dim // 2
-        _check_pos_int(self.inner_dim, "inner_dim")
+        check_int(self.inner_dim, "inner_dim", 1)
         if self.heads is None:
             self.heads = _default_heads(self.inner_dim)
-        _check_pos_int(self.heads, "heads")
+        check_int(self.heads, "heads", 1)
         if self.inner_dim % self.heads:
             raise PanoInputError(f"heads: inner_dim {self.inner_dim} is not divisible by {self.heads} heads")
         for name in ("rope_scale", "rope_base", "norm_eps"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise PanoInputError(f"{name}: expected a positive number, got {v!r}")
-            setattr(self, name, float(v))
+            setattr(self, name, positive(getattr(self, name), name))
         if not isinstance(self.base_model, str):
             raise PanoInputError(f"base_model: expected a model id or path string, got {self.base_model!r}")
-        _check_pos_int(self.format_version, "format_version")
+        check_int(self.format_version, "format_version", 1)
         if self.format_version > FORMAT_VERSION:
             raise PanoInputError(
                 f"format_version: this adapter file has format {self.format_version}; this Pano360 reads up to {FORMAT_VERSION} (update Pano360)"
@@ -475,8 +473,3 @@ def load_adapter_set(
         state[k] = t.to(device=device, dtype=dtype) if (device is not None or dtype is not None) else t
     adapters.load_state_dict(state, assign=True)
     return adapters
-
-
-def _check_pos_int(v, name: str) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise PanoInputError(f"{name}: expected a positive integer, got {v!r}")

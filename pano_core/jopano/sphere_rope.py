@@ -36,6 +36,7 @@ import torch
 
 from ..errors import PanoInputError
 from ..geometry import face_cell_directions
+from ..validate import check_int
 
 __all__ = ["DEFAULT_ROPE_BASE", "DEFAULT_ROPE_SCALE", "SphereRoPE", "face_token_directions"]
 
@@ -52,10 +53,16 @@ def face_token_directions(size_tokens: int, device=None, dtype=None) -> torch.Te
     the cell centre ``((j + 0.5) / n - 0.5, (i + 0.5) / n - 0.5)`` of the face plane
     (:func:`pano_core.geometry.face_cell_directions`).
     """
-    if isinstance(size_tokens, bool) or not isinstance(size_tokens, int) or size_tokens < 1:
-        raise PanoInputError(f"size_tokens: expected a positive integer number of tokens per face side, got {size_tokens!r}")
+    check_int(size_tokens, "size_tokens", 1, what="a number of tokens per face side")
     d = face_cell_directions(size_tokens, device=device, dtype=torch.float64)
     return d.reshape(6, size_tokens * size_tokens, 3).to(dtype=dtype if dtype is not None else torch.get_default_dtype())
+
+
+def positive(v: object, name: str) -> float:
+    """``v`` as a float if it is a finite number > 0, else :class:`PanoInputError` naming ``name``."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise PanoInputError(f"{name}: expected a positive number, got {v!r}")
+    return float(v)
 
 
 class SphereRoPE:
@@ -68,9 +75,8 @@ class SphereRoPE:
     def __init__(self, head_dim: int, scale: float = DEFAULT_ROPE_SCALE, base: float = DEFAULT_ROPE_BASE) -> None:
         if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 6 or head_dim % 2:
             raise PanoInputError(f"head_dim: sphere RoPE needs an even head dimension of at least 6 (one pair per axis), got {head_dim!r}")
-        for name, v in (("rope_scale", scale), ("rope_base", base)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise PanoInputError(f"{name}: expected a positive number, got {v!r}")
+        positive(scale, "rope_scale")
+        positive(base, "rope_base")
         if base <= 1:
             raise PanoInputError(f"rope_base: expected a frequency base above 1, got {base!r}")
         self.head_dim = head_dim
@@ -110,12 +116,26 @@ class SphereRoPE:
     @staticmethod
     def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Rotate the interleaved pairs of ``x`` (..., T, D) by the angles of ``cos``/``sin``
-        (broadcastable to ``x``, e.g. (T, D)). Computed in float32 at least; returns ``x.dtype``."""
-        dt = torch.promote_types(x.dtype, cos.dtype)
-        xf = x.to(dt)
-        pairs = xf.unflatten(-1, (-1, 2))
-        rot = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
-        return (xf * cos.to(dt) + rot * sin.to(dt)).to(x.dtype)
+        (broadcastable to ``x``, e.g. (T, D)). Computed in float32 at least (as one complex
+        multiply where the device has complex kernels); returns ``x.dtype``. Differentiable."""
+        if x.device.type == "mps":  # no complex kernels there
+            return _rotate_real(x, cos, sin)
+        return _rotate_complex(x, cos, sin)
+
+
+def _rotate_complex(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    dt = torch.promote_types(x.dtype, cos.dtype)
+    pairs = torch.view_as_complex(x.to(dt).reshape(*x.shape[:-1], -1, 2))
+    rot = torch.complex(cos[..., 0::2].to(dt), sin[..., 0::2].to(dt))
+    return torch.view_as_real(pairs * rot).flatten(-2).to(x.dtype)
+
+
+def _rotate_real(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    dt = torch.promote_types(x.dtype, cos.dtype)
+    xf = x.to(dt)
+    pairs = xf.unflatten(-1, (-1, 2))
+    rot = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+    return (xf * cos.to(dt) + rot * sin.to(dt)).to(x.dtype)
 
 
 @lru_cache(maxsize=32)

@@ -40,7 +40,8 @@ import torch
 from torch import nn
 
 from ..errors import PanoInputError
-from ..geometry import cube_pad
+from ..geometry import CUBE_PAD_MODES, cube_pad
+from ..validate import check_choice
 
 __all__ = ["cube_padded_convs", "is_synced", "joint_face_sync"]
 
@@ -190,8 +191,7 @@ def joint_face_sync(
     Batches must hold whole panoramas (B*6 faces, F R B L U D contiguous); anything else raises
     :class:`PanoInputError`. Yields nothing useful; see the module docstring.
     """
-    if padding_mode not in ("bilinear", "nearest"):
-        raise PanoInputError(f"padding_mode: expected 'bilinear' or 'nearest', got {padding_mode!r}")
+    check_choice(padding_mode, "padding_mode", CUBE_PAD_MODES)
     patches = _Patches()
     entered: list[nn.Module] = []
     try:
