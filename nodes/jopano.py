@@ -123,7 +123,7 @@ class Pano360SanaLoader:
                     "or a single-file transformer .safetensors in models/diffusion_models (then pick text_encoder "
                     "and vae)."}),
                 "dtype": (list(DTYPES), {"default": "auto", "tooltip":
-                    "auto: bf16 on a GPU, fp32 on the CPU. fp16 keeps Gemma and the DC-AE in bf16."}),
+                    "auto: what ComfyUI picks for the device (bf16 where supported, else fp16; fp32 on the CPU). fp16 keeps Gemma and the DC-AE in bf16."}),
             },
             "optional": {
                 "text_encoder": (comps + sorted(_component_folders("text_encoders")), {"default": FROM_MODEL,
@@ -131,6 +131,10 @@ class Pano360SanaLoader:
                                "folder in models/text_encoders."}),
                 "vae": (comps + sorted(_component_folders("vae")), {"default": FROM_MODEL,
                     "tooltip": "For a single-file model: a Sana folder (its vae/) or a DC-AE folder in models/vae."}),
+                "lora_name": (["(none)"] + [f for f in folder_paths.get_filename_list("loras")
+                                            if f.lower().endswith(".safetensors")], {"default": "(none)",
+                    "tooltip": "A Sana LoRA (PEFT/diffusers keys) in models/loras, loaded beside the Joint-Face adapter."}),
+                "lora_strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}),
             },
         }
 
@@ -167,14 +171,20 @@ class Pano360SanaLoader:
                 raise PanoInputError(f"{name}: {v!r} not found")
         return path, comps[text_encoder], comps[vae]
 
-    def load(self, model, dtype="auto", text_encoder=FROM_MODEL, vae=FROM_MODEL):
+    def load(self, model, dtype="auto", text_encoder=FROM_MODEL, vae=FROM_MODEL, lora_name="(none)", lora_strength=1.0):
         from ..pano_core.jopano.pipeline import JoPanoPipeline
 
         if dtype not in DTYPES:
             raise PanoInputError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
         path, te, va = self._resolve(model, text_encoder, vae)
+        lora = None
+        if lora_name not in (None, "", "(none)"):
+            lora = folder_paths.get_full_path("loras", lora_name)
+            if lora is None:
+                raise PanoInputError(f"lora_name: {lora_name} not found in models/loras")
         device = mm.get_torch_device()
-        key = (_stamp(path), te and _stamp(te), va and _stamp(va), dtype, str(device))
+        key = (_stamp(path), te and _stamp(te), va and _stamp(va), lora and _stamp(lora), float(lora_strength), dtype,
+               str(device))
         hit = self._cache.get("entry")
         if hit is not None and hit[0] == key:
             return (hit[1],)
@@ -182,9 +192,12 @@ class Pano360SanaLoader:
         need = _size_on_disk(path, te, va)
         mm.free_memory(need * 1.3 + 1024**3, device)
         mm.soft_empty_cache()
+        if dtype == "auto":  # what ComfyUI would pick for this device: bf16 where supported, else fp16 / fp32
+            dtype = "fp32" if device.type == "cpu" else ("bf16" if mm.should_use_bf16(device) else
+                                                        "fp16" if mm.should_use_fp16(device) else "fp32")
         pipe = JoPanoPipeline.from_pretrained(
-            path, text_encoder=te, vae=va, device=device, dtype=None if dtype == "auto" else dtype,
-            local_files_only=True,
+            path, text_encoder=te, vae=va, device=device, dtype=dtype,
+            lora=lora, lora_scale=float(lora_strength), local_files_only=True,
         )
         pipe.sana.set_progress_bar_config(disable=True)
         sana = SanaModel(pipe, model)

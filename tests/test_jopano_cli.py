@@ -188,3 +188,25 @@ def test_generate_prompts_option(tmp_path, capsys):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "faces": {"F": "b"}}\n')
     assert main(args[:1] + ["--prompts", str(tmp_path / "bad.jsonl")] + args[3:]) == 2
     assert "per-face prompts) is a JoPano option" in capsys.readouterr().err
+
+
+def test_erp_and_keep_mask(sana_dir, tmp_path):
+    from pano_core.jopano.conditions import erp_condition
+
+    g = torch.Generator().manual_seed(3)
+    erp = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 8, generator=g), size=(2 * S, 4 * S), mode="bilinear")
+    mask = torch.zeros(1, 1, 2 * S, 4 * S)
+    mask[..., : 2 * S] = 1.0
+    write_image(tmp_path / "pano.png", erp, bits=16)
+    write_image(tmp_path / "keep.png", mask)
+    faces = tmp_path / "faces"
+    assert main(_args(sana_dir, tmp_path / "out.jpg", "--prompt", "a desert", "--image", str(tmp_path / "pano.png"),
+                      "--mask", str(tmp_path / "keep.png"), "--faces-out", str(faces))) == 0
+    cond = erp_condition(read_image(tmp_path / "pano.png"), read_image(tmp_path / "keep.png"), face_size=S)
+    assert cond.full == [3]
+    np.testing.assert_allclose(read_image(faces / "L.png")[0].numpy(), cond.faces[3].numpy(), atol=0.5 / 255 + 1e-6)
+    from pano_core.xmp import jpeg_comments
+
+    data = (tmp_path / "out.jpg").read_bytes()
+    assert read_gpano(data)["ProjectionType"] == "equirectangular"
+    assert json.loads(jpeg_comments(data)[-1].split(":", 1)[1])["prompt"] == "a desert"

@@ -22,6 +22,7 @@ __all__ = [
     "fraction",
     "angle",
     "size_wh",
+    "add_device_args",
     "add_force",
     "check_image_output",
     "check_not_input",
@@ -82,6 +83,17 @@ def size_wh(text: str) -> tuple[int, int]:
     if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 640x480, got {text!r}")
     return int(m.group(1)), int(m.group(2))
+
+
+def add_device_args(p: argparse.ArgumentParser, vae_tiling_help: str = "decode in tiles (less memory for large panoramas)",
+                    offload_help: str = "CPU offload: model (one whole model at a time on the GPU) or sequential "
+                                        "(layer by layer, slowest)") -> None:
+    """``--device``, ``--dtype``, ``--offload`` and ``--vae-tiling`` of the generators."""
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                   help="weights dtype (default auto: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--offload", choices=("none", "model", "sequential"), default="none", help=offload_help)
+    p.add_argument("--vae-tiling", action="store_true", help=vae_tiling_help)
 
 
 def add_force(p: argparse.ArgumentParser, help: str = "overwrite an existing output file") -> None:

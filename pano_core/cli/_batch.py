@@ -159,7 +159,15 @@ def write_panorama(path: str | os.PathLike, erp, settings: dict, bits: int = 8, 
     """Write an ERP (1, 3, H, 2H) with GPano XMP (photo viewers open it as a sphere) and the
     ``settings`` as JSON (PNG: a ``pano360`` text chunk; JPEG: a comment segment)."""
     from ..io import write_image
-    from ..xmp import _jpeg_join, _jpeg_segments, build_xmp, embed_xmp, gpano_for_image, image_kind, png_set_text
+    from ..xmp import (
+        _jpeg_join,
+        _jpeg_segments,
+        build_xmp,
+        embed_xmp,
+        gpano_for_image,
+        image_kind,
+        png_set_text,
+    )
 
     p = write_image(path, erp, bits=bits, force=force)
     data = p.read_bytes()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from ..diffusion.prompts import PANORAMA_PREFIX
-from ._args import add_force, finite_float, nonneg_int
+from ._args import add_device_args, add_force, finite_float, nonneg_int
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -20,12 +20,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora-weight-name", default=None, help="file name inside a LoRA folder/repo (default adapter_model.safetensors)")
     p.add_argument("--lora-scale", type=finite_float, default=1.0, help="LoRA strength (default 1.0)")
     p.add_argument("--no-lora", action="store_true", help="plain FLUX.1 without a LoRA")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
-                   help="weights dtype (default auto: bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--offload", choices=("none", "model", "sequential"), default="none",
-                   help="CPU offload: model (one whole model at a time on the GPU) or sequential (layer by layer, slowest)")
-    p.add_argument("--vae-tiling", action="store_true", help="decode in tiles (less memory for large panoramas)")
+    add_device_args(p)
 
 
 def add_pad_arg(p: argparse.ArgumentParser) -> None:

@@ -19,11 +19,20 @@ import time
 from pathlib import Path
 
 from ..errors import PanoInputError
+from ..geometry import FACE_NAMES
 from ..io import read_image
 from . import _batch
-from ._args import add_force, angle, check_image_output, finite_float, nonneg_int, positive_int
+from ._args import (
+    add_device_args,
+    add_force,
+    angle,
+    check_image_output,
+    finite_float,
+    nonneg_int,
+    positive_int,
+)
 
-FACES = ("F", "R", "B", "L", "U", "D")
+FACES = FACE_NAMES
 
 
 def _face_prompt(text: str) -> tuple[str, str]:
@@ -77,6 +86,8 @@ def _check_args(args) -> None:
         raise PanoInputError(f"--adapter: file not found: {args.adapter}")
     if args.adapter is not None and Path(args.adapter).suffix.lower() != ".safetensors":
         raise PanoInputError(f"--adapter: {Path(args.adapter).name} is not a .safetensors file")
+    if args.lora is not None and not Path(args.lora).is_file():
+        raise PanoInputError(f"--lora: file not found: {args.lora}")
     if args.face_prompt and args.view_face and args.view_face.upper() in dict(args.face_prompt):
         raise PanoInputError(f"--face-prompt: face {args.view_face.upper()} is the given view; it is not generated")
 
@@ -89,7 +100,8 @@ def _load(args):
         quiet_loading_bars()
     pipe = JoPanoPipeline.from_pretrained(
         args.model, adapter=args.adapter, text_encoder=args.text_encoder, vae=args.vae,
-        transformer_config=args.transformer_config, device=_batch.local_device(args.device),
+        transformer_config=args.transformer_config, lora=args.lora, lora_scale=args.lora_scale,
+        device=_batch.local_device(args.device),
         dtype=None if args.dtype == "auto" else args.dtype, offload=args.offload, vae_tiling=args.vae_tiling,
         local_files_only=True if args.local_files_only else None,
     )
@@ -178,7 +190,8 @@ def cmd_jopano(args) -> int:
             "software": "Pano360 jopano", "prompt": it.prompt, "face_prompts": it.faces or None,
             "negative_prompt": res.settings["negative_prompt"], "seed": seed, "mode": args.mode,
             "model": str(args.model), "adapter": Path(args.adapter).name if args.adapter else None,
-            "adapter_sha256": adapter_hash, "face_size": s, "steps": args.steps, "cfg": args.cfg, "blend": args.blend,
+            "adapter_sha256": adapter_hash, "lora": Path(args.lora).name if args.lora else None,
+            "lora_scale": args.lora_scale if args.lora else None, "face_size": s, "steps": args.steps, "cfg": args.cfg, "blend": args.blend,
             "view": Path(args.view).name if args.view else None, "view_face": args.view_face, "fov": args.fov,
             "view_yaw": args.view_yaw, "view_pitch": args.view_pitch,
         }
@@ -214,12 +227,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vae", default=None, help="with a single-file --model: a Sana folder or a DC-AE folder")
     p.add_argument("--transformer-config", default=None,
                    help="with a single-file --model of an unpublished size: a Sana folder or its transformer/config.json")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
-                   help="weights dtype (default auto: bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--offload", choices=("none", "model", "sequential"), default="none",
-                   help="CPU offload: model (one whole model at a time on the GPU) or sequential (layer by layer)")
-    p.add_argument("--vae-tiling", action="store_true", help="decode in tiles (less memory; decodes faces without the synced VAE)")
+    add_device_args(p, vae_tiling_help="decode in tiles (less memory; decodes faces without the synced VAE)")
 
 
 def register(subparsers) -> None:
@@ -253,6 +261,8 @@ def register(subparsers) -> None:
     p.add_argument("--mode", choices=MODES, default=None,
                    help="adapter, sync (training-free), adapter+sync or independent (default: adapter+sync with --adapter, else sync)")
     p.add_argument("--adapter", default=None, metavar="FILE", help="Joint-Face adapter (jopano_adapter.safetensors)")
+    p.add_argument("--lora", default=None, metavar="FILE", help="a Sana LoRA (PEFT/diffusers .safetensors) beside the adapter")
+    p.add_argument("--lora-scale", type=finite_float, default=1.0, help="LoRA strength (default 1.0)")
     p.add_argument("--face-size", type=positive_int, default=DEFAULTS["face_size"],
                    help=f"face size in pixels, a multiple of the VAE factor (default {DEFAULTS['face_size']}; ERP = 4x wide)")
     p.add_argument("--steps", type=positive_int, default=DEFAULTS["steps"], help=f"sampling steps (default {DEFAULTS['steps']})")

@@ -216,7 +216,9 @@ def load_component(
             return cls.from_single_file(src, **dtype_kwargs(dtype), **kw)
         if subfolder and kind == "folder" and not (Path(src) / subfolder).is_dir():
             subfolder = None  # the component folder itself
-        return cls.from_pretrained(src, subfolder=subfolder, **dtype_kwargs(dtype), use_safetensors=True, **kw)
+        if subfolder:  # transformers' from_pretrained rejects subfolder=None
+            kw["subfolder"] = subfolder
+        return cls.from_pretrained(src, **dtype_kwargs(dtype), use_safetensors=True, **kw)
     except (OSError, ValueError) as e:
         raise PanoInputError(f"{name}: cannot load a {cls.__name__} from {src!r}: {e}") from e
 

@@ -41,6 +41,7 @@ __all__ = [
     "default_sigmas",
     "schedule_mu",
     "set_timesteps",
+    "scheduler_timesteps",
     "sigma_schedule",
     "sample_sigmas",
     "add_noise",
@@ -136,6 +137,19 @@ def set_timesteps(
     ts, _ = retrieve_timesteps(scheduler, steps, device, sigmas=sigmas, mu=mu)
     scheduler.set_begin_index(0)
     return ts, scheduler.sigmas
+
+
+def scheduler_timesteps(scheduler, steps: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Set any diffusers scheduler up with its **own** spacing for ``steps`` steps (no custom
+    sigmas, no resolution shift), as pipelines without a dynamic shift do (``SanaPipeline``:
+    Sana 1.5's flow-matching Euler with a constant shift, Sana 1.0's DPM-Solver with flow sigmas).
+    Resets the step index. Returns ``(timesteps, sigmas)`` (``sigmas``: ``steps + 1`` noise levels
+    when the scheduler has them, else None)."""
+    steps = _check_steps(steps)
+    scheduler.set_timesteps(steps, device=device)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(0)
+    return scheduler.timesteps, getattr(scheduler, "sigmas", None)
 
 
 def sigma_schedule(scheduler, steps: int, image_seq_len: int) -> torch.Tensor:

@@ -36,11 +36,18 @@ from .adapter import (
     save_adapter_set,
     transformer_dims,
 )
-from .sphere_rope import DEFAULT_ROPE_BASE, DEFAULT_ROPE_SCALE, SphereRoPE, face_token_directions
-from .sync import cube_padded_convs, is_synced, joint_face_sync
 from .conditions import FaceConditions, erp_condition, face_condition, view_condition
 from .loading import load_sana_pipeline
-from .pipeline import DEFAULTS, MODES, GenerationInterrupted, JoPanoOutput, JoPanoPipeline, resolve_face_prompts
+from .pipeline import (
+    DEFAULTS,
+    MODES,
+    GenerationInterrupted,
+    JoPanoOutput,
+    JoPanoPipeline,
+    resolve_face_prompts,
+)
+from .sphere_rope import DEFAULT_ROPE_BASE, DEFAULT_ROPE_SCALE, SphereRoPE, face_token_directions
+from .sync import cube_padded_convs, is_synced, joint_face_sync
 
 __all__ = [
     "ADAPTER_FILE_NAME",

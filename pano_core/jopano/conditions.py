@@ -5,8 +5,9 @@ Three kinds of input become one :class:`FaceConditions` (for one panorama, F R B
 * :func:`face_condition`: one face **is** the given image (V2P; a square image resized to the face
   size if it differs, then kept exactly);
 * :func:`view_condition`: a perspective photo of any field of view, yaw and pitch, projected onto
-  the cube through the ERP (:func:`pano_core.geometry.p2e` then :func:`~pano_core.geometry.e2c`
-  of the photo and of its coverage mask);
+  the cube through the ERP (the shared view placement :func:`pano_core.diffusion.masks.place_view`,
+  i.e. :func:`pano_core.geometry.p2e`, then :func:`~pano_core.geometry.e2c` of the photo and of
+  its coverage mask);
 * :func:`erp_condition`: an existing ERP with a mask of what to keep (in/outpainting).
 
 The pipeline uses it in three places: faces with full coverage go on the clean-face path (their
@@ -22,8 +23,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..diffusion.masks import place_view
 from ..errors import PanoInputError
-from ..geometry import FACE_NAMES, e2c, p2e
+from ..geometry import FACE_NAMES, e2c
 from ..validate import check_bchw, check_erp
 
 __all__ = [
@@ -142,8 +144,9 @@ def view_condition(image: object, fov: float, yaw: float = 0.0, pitch: float = 0
         raise PanoInputError(f"fov: expected a number of degrees, got {fov!r}") from None
     if not 0.0 < fov < 180.0:
         raise PanoInputError(f"fov: expected a horizontal field of view between 0 and 180 degrees, got {fov}")
-    erp, cov = p2e(x, fov, yaw=float(yaw), pitch=float(pitch), erp_hw=_erp_size(face_size))
-    return _from_erp(erp, cov, face_size)
+    canvas, generate = place_view(x, fov, float(yaw), float(pitch), height=_erp_size(face_size)[0])
+    keep = 1.0 - generate
+    return _from_erp(canvas * keep, keep, face_size)
 
 
 def erp_condition(erp: object, mask: object, *, face_size: int, name: str = "image",

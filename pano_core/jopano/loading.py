@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..diffusion.loading import load_component, load_pipeline, looks_like_repo_id
 from ..errors import PanoInputError
 
 __all__ = [
@@ -54,12 +55,6 @@ KNOWN_TRANSFORMERS = {
 
 # Sana 1.5's scheduler (used when a single-file model comes without a scheduler folder)
 SANA15_SCHEDULER = ("FlowMatchEulerDiscreteScheduler", dict(num_train_timesteps=1000, shift=3.0))
-
-
-def looks_like_repo_id(s: str) -> bool:
-    from ..diffusion.loading import looks_like_repo_id as _l
-
-    return _l(s)
 
 
 def _weights_in(folder: Path) -> list[Path]:
@@ -109,15 +104,6 @@ def check_sana_folder(folder: Path, name: str = "model") -> dict:
         elif not any((sub / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
             raise PanoInputError(f"{name}: {sub} holds no tokenizer files")
     return index
-
-
-def _dtype_kw(dtype: torch.dtype) -> dict:
-    try:  # diffusers >= 0.36 renamed torch_dtype to dtype
-        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
-
-        return {"dtype": dtype}
-    except ImportError:
-        return {"torch_dtype": dtype}
 
 
 def _read_safetensors(path: Path, name: str) -> tuple[dict, dict]:
@@ -267,10 +253,10 @@ def load_sana_pipeline(
             _check_weights(d, what)
         try:
             tok = AutoTokenizer.from_pretrained(str(tok_dir))
-            te = AutoModel.from_pretrained(str(te_dir), use_safetensors=True, **_dtype_kw(text_dtype))
-            dc = AutoencoderDC.from_pretrained(str(vae_dir), use_safetensors=True, **_dtype_kw(vae_dtype))
         except (OSError, ValueError) as e:
-            raise PanoInputError(f"text_encoder/vae: cannot load: {e}") from e
+            raise PanoInputError(f"text_encoder: cannot load a tokenizer from {tok_dir}: {e}") from e
+        te = load_component(AutoModel, te_dir, dtype=text_dtype, name="text_encoder")
+        dc = load_component(AutoencoderDC, vae_dir, dtype=vae_dtype, name="vae")
         sched = _scheduler_for(text_encoder, vae)
         return SanaPipeline(tokenizer=tok, text_encoder=te.eval(), vae=dc.eval(), transformer=tr, scheduler=sched)
     if p.exists():
@@ -281,11 +267,9 @@ def load_sana_pipeline(
     elif not looks_like_repo_id(src):
         raise PanoInputError(f"model: {src} is neither an existing folder or .safetensors file nor a hub id like {DEFAULT_MODEL}")
     dt = dtype if text_dtype == dtype and vae_dtype == dtype else {"default": dtype, "text_encoder": text_dtype, "vae": vae_dtype}
-    try:
-        pipe = SanaPipeline.from_pretrained(src, use_safetensors=True, revision=revision,
-                                            local_files_only=local_files_only, **_dtype_kw(dt))
-    except (OSError, ValueError) as e:
-        raise PanoInputError(f"model: cannot load a Sana pipeline from {src!r}: {e}") from e
+    pipe = load_pipeline(SanaPipeline, src, dtype=dt, name="model", what="Sana pipeline", example=DEFAULT_MODEL,
+                         layout_hint="model_index.json, transformer/, vae/, text_encoder/, tokenizer/, scheduler/",
+                         revision=revision, local_files_only=local_files_only)
     if not isinstance(pipe.transformer, SanaTransformer2DModel):
         raise PanoInputError(f"model: {src} holds a {type(pipe.transformer).__name__}; a Sana transformer is required")
     return pipe

@@ -45,8 +45,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..diffusion.generator import DiffusersGenerator
+from ..diffusion.loading import OFFLOAD_MODES, resolve_device, resolve_dtype
+from ..diffusion.sampling import SamplingInterrupted, cfg_combine, sample, scheduler_step
+from ..diffusion.schedules import add_noise, scheduler_timesteps
+from ..diffusion.vae import spatial_factor, vae_decode, vae_encode
 from ..errors import PanoInputError
 from ..geometry import FACE_NAMES, c2e
+from ..validate import check_choice, check_int
 from . import conditions as C
 from .loading import DEFAULT_MODEL, load_sana_pipeline
 
@@ -65,13 +71,12 @@ __all__ = [
 
 MODES = ("adapter", "sync", "adapter+sync", "independent")
 BLENDS = ("exact", "gauss-seidel", "none")
-OFFLOAD_MODES = ("none", "model", "sequential")
 # Sana 1.5 1.6B's published inference settings (model card / SanaPipeline defaults)
 DEFAULTS = dict(face_size=512, steps=20, cfg=4.5)
 
 
-class GenerationInterrupted(RuntimeError):
-    """The ``interrupt`` hook asked to stop between two steps."""
+GenerationInterrupted = SamplingInterrupted
+"""Raised when the ``interrupt`` hook returns True (the shared loop's :class:`SamplingInterrupted`)."""
 
 
 def sana_complex_human_instruction() -> list[str]:
@@ -164,31 +169,23 @@ class JoPanoOutput:
     settings: dict = field(default_factory=dict)
 
 
-def _resolve_device(device):
-    from ..diffusion.loading import resolve_device
-
-    return resolve_device(device)
-
-
-def _resolve_dtype(dtype, dev):
-    from ..diffusion.loading import resolve_dtype
-
-    return resolve_dtype(dtype, dev)
-
-
-class JoPanoPipeline:
+class JoPanoPipeline(DiffusersGenerator):
     """Joint-face panorama sampling on a diffusers ``SanaPipeline`` (see the module docstring).
 
     Build with :meth:`from_pretrained`, or wrap an existing ``SanaPipeline``
-    (``JoPanoPipeline(sana, adapter=...)``). ``self.sana`` stays usable.
+    (``JoPanoPipeline(sana, adapter=...)``). ``self.sana`` (= ``self.pipe``) stays usable;
+    components, memory placement, checked LoRA loading and the progress bar come from
+    :class:`~pano_core.diffusion.generator.DiffusersGenerator`.
     """
+
+    default_adapter = "sana_lora"
 
     def __init__(self, sana, adapter=None):
         from diffusers import SanaTransformer2DModel
 
         if not isinstance(getattr(sana, "transformer", None), SanaTransformer2DModel):
             raise PanoInputError(f"pipeline: expected a diffusers SanaPipeline, got {type(sana).__name__}")
-        self.sana = sana
+        super().__init__(sana)
         self.adapter = None
         self.adapter_source: str | None = None
         if adapter is not None:
@@ -208,6 +205,8 @@ class JoPanoPipeline:
         dtype: str | torch.dtype | None = None,
         offload: str = "none",
         vae_tiling: bool = False,
+        lora: str | os.PathLike | None = None,
+        lora_scale: float = 1.0,
         revision: str | None = None,
         local_files_only: bool | None = None,
     ) -> JoPanoPipeline:
@@ -216,12 +215,12 @@ class JoPanoPipeline:
 
         ``dtype`` ``None``: bfloat16 on CUDA, float32 on the CPU (fp16 keeps the text encoder and
         the DC-AE in bfloat16, which do not overflow there). ``offload``: ``none``, ``model`` or
-        ``sequential`` CPU offload (GPU only). Weights load from safetensors only.
+        ``sequential`` CPU offload (GPU only). ``lora``: a Sana LoRA (PEFT/diffusers ``.safetensors``)
+        loaded beside the adapter with strength ``lora_scale``. Weights load from safetensors only.
         """
-        dev = _resolve_device(device)
-        torch_dtype = _resolve_dtype(dtype, dev)
-        if offload not in OFFLOAD_MODES:
-            raise PanoInputError(f"offload: expected one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
+        dev = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, dev)
+        check_choice(offload, "offload", OFFLOAD_MODES)
         side = torch.bfloat16 if torch_dtype == torch.float16 else torch_dtype
         sana = load_sana_pipeline(
             model, text_encoder=text_encoder, vae=vae, transformer_config=transformer_config, dtype=torch_dtype,
@@ -229,6 +228,8 @@ class JoPanoPipeline:
         )
         pipe = cls(sana)
         pipe.model_source = str(model)
+        if lora is not None:
+            pipe.load_lora(lora, scale=lora_scale)
         if adapter is not None:
             pipe.load_adapter(adapter)
         pipe.set_memory(dev, offload=offload, vae_tiling=vae_tiling)
@@ -236,25 +237,16 @@ class JoPanoPipeline:
 
     model_source: str = ""
 
+    @property
+    def sana(self):
+        """The wrapped diffusers ``SanaPipeline``."""
+        return self.pipe
+
     def set_memory(self, device: str | torch.device = "auto", offload: str = "none", vae_tiling: bool = False) -> None:
-        """Place the models: everything on ``device``, or diffusers' model / sequential CPU offload."""
-        dev = _resolve_device(device)
-        if offload not in OFFLOAD_MODES:
-            raise PanoInputError(f"offload: expected one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
-        if offload != "none" and dev.type == "cpu":
-            raise PanoInputError(f"offload: {offload} CPU offload needs a GPU device; with device cpu use offload none")
-        if offload == "none":
-            self.sana.to(dev)
-        elif offload == "model":
-            self.sana.enable_model_cpu_offload(device=dev)
-        else:
-            self.sana.enable_sequential_cpu_offload(device=dev)
+        """Place the models (device, diffusers' model / sequential CPU offload, VAE tiling) and the adapter."""
+        super().set_memory(device, offload=offload, vae_tiling=vae_tiling)
         if self.adapter is not None:
-            self.adapter.to(dev)
-        if vae_tiling:
-            self.vae.enable_tiling()
-        else:
-            self.vae.disable_tiling()
+            self.adapter.to(self.device)
 
     def load_adapter(self, adapter) -> None:
         """Load (a path) or take (a ``JointFaceAdapterSet``) the Joint-Face adapter; its dims must
@@ -271,31 +263,10 @@ class JoPanoPipeline:
             self.adapter_source = None
         self.adapter = adapter
 
-    # ------------------------------------------------------------------ components
-    @property
-    def transformer(self):
-        return self.sana.transformer
-
-    @property
-    def vae(self):
-        return self.sana.vae
-
-    @property
-    def scheduler(self):
-        return self.sana.scheduler
-
-    @property
-    def device(self) -> torch.device:
-        return self.sana._execution_device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
-
     @property
     def vae_factor(self) -> int:
         """The DC-AE's downscale factor, from its config (32 for f32c32)."""
-        return 2 ** (len(self.vae.config.encoder_block_out_channels) - 1)
+        return spatial_factor(self.vae)
 
     @property
     def patch_size(self) -> int:
@@ -307,8 +278,7 @@ class JoPanoPipeline:
 
     def check_face_size(self, face_size: int) -> int:
         """A positive multiple of the VAE factor x patch size (the token grid must be whole)."""
-        if isinstance(face_size, bool) or not isinstance(face_size, (int, np.integer)) or face_size <= 0:
-            raise PanoInputError(f"face_size: expected a positive number of pixels, got {face_size!r}")
+        face_size = check_int(face_size, "face_size", 1, what="a number of pixels")
         m = self.vae_factor * self.patch_size
         if face_size % m:
             lo, hi = (face_size // m) * m, (face_size // m + 1) * m
@@ -317,11 +287,6 @@ class JoPanoPipeline:
                 f"{self.patch_size}); got {face_size}, use {lo or hi} or {hi}"
             )
         return int(face_size)
-
-    def progress_bar(self, total: int, enabled: bool = True):
-        if not enabled:
-            return contextlib.nullcontext(_NullBar())
-        return self.sana.progress_bar(total=total)
 
     # ------------------------------------------------------------------ text
     def encode_prompts(self, prompts: Sequence[str], negative: Sequence[str] | None, chi, max_sequence_length: int):
@@ -348,19 +313,13 @@ class JoPanoPipeline:
     # ------------------------------------------------------------------ VAE
     @torch.no_grad()
     def encode_faces(self, faces: torch.Tensor) -> torch.Tensor:
-        """Faces (N, 3, S, S) in 0..1 -> latents (N, C, S/f, S/f) (times the VAE's scaling factor)."""
-        vae = self.vae
-        x = faces.to(device=_module_device(vae, self.device), dtype=vae.dtype) * 2 - 1
-        z = vae.encode(x).latent
-        return (z * vae.config.scaling_factor).float()
+        """Faces (N, 3, S, S) in 0..1 -> model-space latents (N, C, S/f, S/f) float32."""
+        return vae_encode(self.vae, faces, device=self.device).float()
 
     @torch.no_grad()
     def decode_faces(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents (N, C, h, w) -> faces (N, 3, S, S) float32 0..1 (as ``SanaPipeline``'s decode)."""
-        vae = self.vae
-        z = latents.to(device=_module_device(vae, self.device), dtype=vae.dtype)
-        img = vae.decode(z / vae.config.scaling_factor, return_dict=False)[0]
-        return (img.float() / 2 + 0.5).clamp(0, 1)
+        return vae_decode(self.vae, latents, device=self.device)
 
     # ------------------------------------------------------------------ modes
     def mode_context(self, mode: str, decode: bool = False):
@@ -384,8 +343,7 @@ class JoPanoPipeline:
 
     def _check_mode(self, mode: str | None) -> str:
         mode = default_mode(self.adapter) if mode is None else mode
-        if mode not in MODES:
-            raise PanoInputError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
+        check_choice(mode, "mode", MODES)
         if "adapter" in mode and self.adapter is None:
             raise PanoInputError(f"mode: {mode} needs a Joint-Face adapter (adapter=...); without one use sync or independent")
         return mode
@@ -475,12 +433,9 @@ class JoPanoPipeline:
             interrupt: called before every step; a true return value stops with
                 :class:`GenerationInterrupted` (it may also raise its own exception).
         """
-        if output_type not in ("pt", "latent"):
-            raise PanoInputError(f"output_type: expected 'pt' or 'latent', got {output_type!r}")
-        if blend not in BLENDS:
-            raise PanoInputError(f"blend: expected one of {', '.join(BLENDS)}, got {blend!r}")
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-            raise PanoInputError(f"steps: expected a positive integer, got {steps!r}")
+        check_choice(output_type, "output_type", ("pt", "latent"))
+        check_choice(blend, "blend", BLENDS)
+        steps = check_int(steps, "steps", 1)
         try:
             cfg = float(cfg)
         except (TypeError, ValueError):
@@ -571,48 +526,46 @@ class JoPanoPipeline:
         if do_cfg:
             pe, pm = torch.cat([ne, pe]), torch.cat([nm, pm])
 
-        # -- schedule (the loaded model's scheduler, as SanaPipeline)
-        from diffusers.pipelines.sana.pipeline_sana import retrieve_timesteps
-
-        timesteps, _ = retrieve_timesteps(self.scheduler, steps, dev)
-        sigmas = self.scheduler.sigmas
+        # -- schedule: the loaded model's scheduler with its own spacing, as SanaPipeline
+        timesteps, sigmas = scheduler_timesteps(self.scheduler, steps, dev)
         tscale = float(self.transformer.config.timestep_scale)
         tdtype = self.dtype
+        last = {}
 
-        def velocity(xin: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        def velocity(xin: torch.Tensor, tb: torch.Tensor) -> torch.Tensor:
+            # Sana's CFG: one batched call on [uncond, cond]; tb is per face (given faces at 0)
             model_in = torch.cat([xin, xin]) if do_cfg else xin
-            ts = t.expand(model_in.shape[0]).clone()
-            if clean_idx:  # the given faces carry their own timestep 0
-                ts[clean_t] = 0
-                if do_cfg:
-                    ts[clean_t + n] = 0
+            ts = torch.cat([tb, tb]) if do_cfg else tb
             pred = self.transformer(model_in.to(tdtype), encoder_hidden_states=pe.to(tdtype),
                                     encoder_attention_mask=pm, timestep=ts * tscale, return_dict=False)[0].float()
             if do_cfg:
                 u, c = pred.chunk(2)
-                pred = u + cfg * (c - u)
+                pred = cfg_combine(c, u, cfg)
             if self.transformer.config.out_channels // 2 == self.latent_channels:
                 pred = pred.chunk(2, dim=1)[0]
+            last["x"], last["v"] = xin, pred
             return pred
 
-        with self.mode_context(mode), self.progress_bar(len(timesteps), enabled=progress) as bar:
-            for i, t in enumerate(timesteps):
-                if interrupt is not None and interrupt():
-                    raise GenerationInterrupted(f"interrupted before step {i + 1} of {len(timesteps)}")
-                v = velocity(x, t)
-                x0 = x - float(sigmas[i]) * v if callback is not None else None
-                x = self.scheduler.step(v, t, x, return_dict=False)[0]
+        def after_step(i: int, t, xn: torch.Tensor):
+            if keep is not None:  # partly known faces: the known latent pixels, noised to the next level
+                xn = keep * add_noise(known_lat, noise, float(sigmas[i + 1])) + (1 - keep) * xn
+            if callback is not None:
+                x0 = last["x"] - float(sigmas[i]) * last["v"]  # the current prediction of the clean latents
                 if clean_idx:
-                    x[clean_t] = clean_lat  # bit-identical clean latent
-                if keep is not None:
-                    sig = sigmas[i + 1].to(dev, torch.float32)
-                    noised = (1 - sig) * known_lat + sig * noise
-                    x = keep * noised + (1 - keep) * x
-                if callback is not None:
-                    if clean_idx:
-                        x0[clean_t] = clean_lat
-                    callback(i, len(timesteps), x0)
-                bar.update()
+                    x0[clean_t] = clean_lat
+                callback(i, len(timesteps), x0)
+            return xn
+
+        clean = None
+        if clean_idx:
+            mask = torch.zeros(n, dtype=torch.bool, device=dev)
+            mask[clean_t] = True
+            x0_full = x.clone()
+            clean = (mask, x0_full)
+        with self.mode_context(mode):
+            x = sample(velocity, x, timesteps, step=scheduler_step(self.scheduler), clean=clean,
+                       callback=after_step, interrupt=interrupt,
+                       progress=self.progress_bar(len(timesteps), enabled=progress))
 
         settings = dict(mode=mode, face_size=s, steps=int(steps), cfg=cfg, prompts=face_texts[:6] if b == 1 else face_texts,
                         negative_prompt=negs[0] if b == 1 else negs, seeds=seeds, blend=blend,
@@ -651,20 +604,3 @@ class JoPanoPipeline:
                             settings=settings)
 
     generate = __call__
-
-
-class _NullBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-
-def _module_device(module: torch.nn.Module, fallback: torch.device) -> torch.device:
-    try:
-        from diffusers.utils.torch_utils import get_module_execution_device
-
-        return get_module_execution_device(module)
-    except Exception:  # noqa: BLE001 - older diffusers
-        try:
-            return next(module.parameters()).device
-        except StopIteration:
-            return fallback
