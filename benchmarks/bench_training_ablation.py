@@ -145,8 +145,11 @@ def config_for(spec: dict) -> dict:
 def train_and_sample(name: str, spec: dict, data: torch.Tensor, steps: int, batch: int, seeds: list[int],
                      sample_steps: int) -> dict:
     from pano360_training import losses as L
-    from pano360_training.dit360 import _Batch, compute_loss
+    from pano360_training.dit360.data import Batch
+    from pano360_training.dit360.step import compute_loss
     from pano360_training.randomness import draw_sample, sample_generator
+
+    from pano_core.diffusion.schedules import sample_sigmas
     from pano_core.dit360.pipeline import PromptEmbeds
     from pano_core.seams.metrics import seam_metrics
 
@@ -173,10 +176,10 @@ def train_and_sample(name: str, spec: dict, data: torch.Tensor, steps: int, batc
             x0 = torch.flip(x0, dims=[-1]) if d.flip else x0  # the toy encoder is exactly flip-equivariant
             xs.append(L.roll_latent(x0, 2 * d.roll))
             ns.append(torch.randn(x0.shape, generator=sample_generator(0, n, "noise")))
-            sig.append(d.u)
+            sig.append(float(sample_sigmas(1, mode="uniform", generator=sample_generator(0, n, "sigma"))[0]))
             yaws.append(d.yaw_angle)
             n += 1
-        b = _Batch(x0=torch.stack(xs), noise=torch.stack(ns), sigma=torch.tensor(sig), prompt_embeds=pe, pooled=pooled,
+        b = Batch(x0=torch.stack(xs), noise=torch.stack(ns), sigma=torch.tensor(sig), prompt_embeds=pe, pooled=pooled,
                    mask=None, is_persp=torch.zeros(batch, dtype=torch.bool), epochs=[0] * batch, yaw_angles=yaws,
                    indices=list(range(n - batch, n)))
         loss, _ = compute_loss(cfg, model, pipe, grid, b, step, img_ids, None)
@@ -192,10 +195,10 @@ def train_and_sample(name: str, spec: dict, data: torch.Tensor, steps: int, batc
     with torch.no_grad():
         for s in seeds:
             noise = pipe.prepare_latents(1, grid, torch.Generator().manual_seed(s), dtype=torch.float32)
-            tokens = pipe.pad_tokens(noise, grid)
+            tokens = grid.pad(noise)
             ts, _ = pipe.timesteps(sample_steps, grid)
             tokens = pipe.denoise(tokens, grid, embeds, ts, None, img_ids=img_ids, progress=False)
-            lat = pipe.unpack(pipe.crop_tokens(tokens, grid), grid)
+            lat = grid.unpack(grid.crop(tokens))
             img = decode(lat)
             m = seam_metrics(img, layout="erp", band=2)
             metrics.append({k: m[k] for k in ("wrap_seam", "wrap_jump", "seam_ssim", "seam_sobel", "seam_jump",

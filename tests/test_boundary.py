@@ -62,6 +62,12 @@ def test_pano_core_imports_without_comfyui():
     assert n > 40  # every module was walked (the package has about 60)
 
 
+def test_training_imports_without_comfyui_or_nodes():
+    """The training package (installed as pano360_training) imports pano_core, never the nodes."""
+    out = _run("training", {"comfy", "comfy_extras", "folder_paths", "server", "nodes", "node_helpers"})
+    assert int(out.split()[0]) > 10
+
+
 def test_the_blocker_catches_a_comfy_import(tmp_path):
     """The check itself can fail: a throwaway package importing ``folder_paths`` is reported."""
     pkg = tmp_path / "leaky"

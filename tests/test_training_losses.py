@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from pano360_training import losses as L
@@ -13,17 +11,6 @@ from pano360_training.randomness import data_order, draw_sample, sample_generato
 def _pair(seed=0, b=2, c=4, h=8):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(b, c, h, 2 * h, generator=g), torch.randn(b, c, h, 2 * h, generator=g)
-
-
-def test_flow_matching_pieces():
-    x0, n = _pair()
-    s = torch.tensor([0.0, 1.0])
-    xt = L.noisy_latent(x0, n, s)
-    assert torch.equal(xt[0], x0[0]) and torch.equal(xt[1], n[1])
-    assert torch.equal(L.flow_target(x0, n), n - x0)
-    # x_t moves along the target: d x_t / d sigma = noise - x0
-    xa, xb = L.noisy_latent(x0, n, torch.full((2,), 0.3)), L.noisy_latent(x0, n, torch.full((2,), 0.5))
-    torch.testing.assert_close((xb - xa) / 0.2, L.flow_target(x0, n), rtol=1e-4, atol=1e-4)
 
 
 def test_base_loss_and_mask():
@@ -136,7 +123,7 @@ def test_perspective_loss_only_sees_the_coverage():
     outside = p.grad * (1 - cov)
     assert outside.abs().sum() == 0 and p.grad.abs().sum() > 0
     # no coverage: zero, not NaN
-    assert float(L.perspective_loss(p, t, torch.zeros_like(cov))) == 0.0
+    assert float(L.perspective_loss(p.detach(), t, torch.zeros_like(cov))) == 0.0
 
 
 def test_draws_depend_only_on_seed_and_index():
@@ -155,4 +142,3 @@ def test_draws_depend_only_on_seed_and_index():
     o = data_order(0, 3, 10)
     assert sorted(o.tolist()) == list(range(10)) and torch.equal(o, data_order(0, 3, 10))
     assert not torch.equal(o, data_order(0, 4, 10))
-    assert math.isfinite(a.u) and 0 <= a.u < 1

@@ -2,8 +2,8 @@
 
 Flow matching (as DiT360's official code and diffusers' Flux trainers): with data latent ``x0``,
 noise ``n`` and ``sigma`` in 0..1, the model sees ``x_t = (1 - sigma) x0 + sigma n`` and is
-trained to predict the velocity ``target = n - x0`` (:func:`noisy_latent`,
-:func:`flow_target`).
+trained to predict the velocity ``target = n - x0`` (``pano_core.diffusion.schedules.add_noise``
+and ``velocity_target``); these losses compare that prediction with the target.
 
 * :func:`base_loss` -- the flow-matching MSE (optionally only where a supervision mask is 1).
 * :func:`yaw_loss_published` -- DiT360's yaw loss as published: rotate prediction *and* target
@@ -34,8 +34,6 @@ from pano_core.errors import PanoInputError
 from pano_core.geometry import e2c, rotate_erp
 
 __all__ = [
-    "noisy_latent",
-    "flow_target",
     "base_loss",
     "roll_latent",
     "yaw_rotate",
@@ -61,17 +59,6 @@ def _reduce(per_item: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "none":
         return per_item
     raise PanoInputError(f"reduction: expected 'mean' or 'none', got {reduction!r}")
-
-
-def noisy_latent(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """``(1 - sigma) x0 + sigma noise`` with ``sigma`` (B,) broadcast over the other dims."""
-    s = sigma.reshape(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)
-    return (1 - s) * x0 + s * noise
-
-
-def flow_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """The flow-matching velocity target ``noise - x0``."""
-    return noise - x0
 
 
 def _masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

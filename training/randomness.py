@@ -1,7 +1,7 @@
 """Random draws that depend only on (seed, global sample index), never on a process's stream.
 
 Every random choice a training sample needs (its noise, timestep, yaw roll, flip, caption
-dropout, the yaw angle of the published yaw loss) comes from a CPU ``torch.Generator`` seeded
+dropout, the yaw angle of the yaw loss) comes from a CPU ``torch.Generator`` seeded
 from ``(seed, index, purpose)``. So sample 7 gets the same noise whether it is drawn by the only
 process with batch 2 or by process 1 of 2 with batch 1, and a resumed run draws exactly what the
 uninterrupted run drew. :func:`data_order` gives the epoch's sample order the same way.
@@ -41,17 +41,16 @@ def data_order(seed: int, epoch: int, n: int, purpose: str = "order") -> torch.T
 class SampleDraws:
     """The scalar draws of one training sample (see :func:`draw_sample`)."""
 
-    __slots__ = ("u", "flip", "roll", "drop_caption", "yaw_angle")
+    __slots__ = ("flip", "roll", "drop_caption", "yaw_angle")
 
-    def __init__(self, u: float, flip: bool, roll: int, drop_caption: bool, yaw_angle: float):
-        self.u = u  # uniform 0..1 that the timestep sampler maps to a sigma
+    def __init__(self, flip: bool, roll: int, drop_caption: bool, yaw_angle: float):
         self.flip = flip
         self.roll = roll  # yaw roll in token columns (0..w-1)
         self.drop_caption = drop_caption
         self.yaw_angle = yaw_angle
 
     def __repr__(self) -> str:
-        return (f"SampleDraws(u={self.u:.4f}, flip={self.flip}, roll={self.roll}, "
+        return (f"SampleDraws(flip={self.flip}, roll={self.roll}, "
                 f"drop_caption={self.drop_caption}, yaw_angle={self.yaw_angle})")
 
 
@@ -65,14 +64,13 @@ def draw_sample(
     caption_dropout: float,
     yaw_angles: tuple[float, ...] | list[float] = (),
 ) -> SampleDraws:
-    """All scalar draws for global sample ``index`` (noise is drawn separately, see
-    :func:`sample_generator` with ``purpose="noise"``)."""
+    """All scalar draws for global sample ``index`` (the noise and the timestep are drawn
+    separately, with :func:`sample_generator` and the purposes ``"noise"`` / ``"sigma"``)."""
     g = sample_generator(seed, index, "draws")
     r = torch.rand(5, generator=g, dtype=torch.float64).tolist()
     roll = int(r[2] * token_cols) % token_cols if yaw_roll and token_cols > 0 else 0
     angle = float(yaw_angles[int(r[4] * len(yaw_angles)) % len(yaw_angles)]) if len(yaw_angles) else 0.0
     return SampleDraws(
-        u=r[0],
         flip=bool(r[1] < flip_p),
         roll=roll,
         drop_caption=bool(r[3] < caption_dropout),
