@@ -331,7 +331,7 @@ def _jopano_batches(data: torch.Tensor, steps: int, batch: int, v2p: float, seed
             x0 = J.apply_quarter_yaw(data[n % data.shape[0]], d.quarter)
             xs.append(x0)
             ns.append(torch.randn(x0.shape, generator=sample_generator(seed, n, "noise")))
-            sig.append(J._sigma(cfg, d.u, None, None))
+            sig.append(J.timestep(cfg, seed, n))
             c = torch.zeros(6, dtype=torch.bool)
             c[d.face] = d.v2p
             cond.append(c)

@@ -47,24 +47,16 @@ from pathlib import Path
 
 import torch
 
+from pano_core.diffusion.schedules import add_noise, sample_sigmas, velocity_target
 from pano_core.errors import PanoInputError
 from pano_core.geometry import FACE_NAMES, e2c
 from pano_core.io import read_image
 
-from . import losses as L
 from .caches import LatentCache, TextCache, cache_dir, input_hash
 from .checkpoints import load_checkpoint, resolve_resume, save_checkpoint
 from .config import get, save_config
-from .dit360 import (
-    DataPlan,
-    _accelerator,
-    _bar,
-    _check_run_folder,
-    _flat,
-    _optimizer,
-    _schedule,
-    _sigma,
-)
+from .dit360.data import DataPlan, _bar
+from .dit360.trainer import _accelerator, _check_run_folder, _flat, _optimizer, _schedule
 from .prepare import read_manifest
 from .randomness import derive_seed, sample_generator
 from .samples import LossLog, append_metrics, plot_losses, write_sample_grid
@@ -347,12 +339,21 @@ class _TextCacheOf:
 class Draws:
     """The random choices of one training sample (all from ``(seed, sample index)``)."""
 
-    u: float  # uniform draw the timestep sampler maps to a sigma
     drop_caption: bool
     v2p: bool
     face: int  # condition face index (V2P)
     quarter: int  # yaw by quarter turns (0..3)
     yaw_fraction: float  # random yaw as a fraction of a full turn (live encode only)
+
+
+def timestep(cfg: dict, seed: int, n: int) -> float:
+    """The training sigma (0..1) of global sample ``n``: ``flow.timestep_sampling`` then Sana's
+    constant ``flow.shift`` (``pano_core.diffusion.schedules.sample_sigmas``), from (seed, n)."""
+    shift = get(cfg, "flow.shift")
+    shift = None if shift in (None, "none", 0) else float(shift)
+    return float(sample_sigmas(1, mode=str(get(cfg, "flow.timestep_sampling")), mean=float(get(cfg, "flow.logit_mean")),
+                               std=float(get(cfg, "flow.logit_std")), shift=shift,
+                               generator=sample_generator(seed, n, "sigma"))[0])
 
 
 def draw(cfg: dict, seed: int, n: int) -> Draws:
@@ -364,7 +365,7 @@ def draw(cfg: dict, seed: int, n: int) -> Draws:
         face = FACE_NAMES.index(face_cfg.upper())
     else:
         raise PanoInputError(f"condition.face: expected random or one of {' '.join(FACE_NAMES)}, got {face_cfg!r}")
-    return Draws(u=r[0], drop_caption=r[1] < float(get(cfg, "data.caption_dropout")),
+    return Draws(drop_caption=r[1] < float(get(cfg, "data.caption_dropout")),
                  v2p=r[2] < float(get(cfg, "condition.v2p_probability")), face=face,
                  quarter=int(r[4] * 4) % 4 if get(cfg, "data.yaw_quarter") else 0,
                  yaw_fraction=r[5] if get(cfg, "data.random_yaw") else 0.0)
@@ -391,7 +392,7 @@ def make_batch(cfg: dict, src: _Source, plan: DataPlan, indices: list[int], devi
         x0 = src.faces(it.index, d.quarter, d.yaw_fraction)
         xs.append(x0)
         ns.append(torch.randn(x0.shape, generator=sample_generator(seed, n, "noise")))
-        sig.append(_sigma(cfg, d.u, None, None))
+        sig.append(timestep(cfg, seed, n))
         caps = [""] * 6 if d.drop_caption else src.captions(it.index)
         if d.quarter and not d.drop_caption:  # captions follow their faces
             src_idx, _ = quarter_yaw_map(d.quarter)
@@ -419,8 +420,8 @@ def face_inputs(b: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tor
     clean at timestep 0 (weight 0), the flow target ``noise - x0``."""
     sig = b.sigma.repeat_interleave(6)
     sig = torch.where(b.cond, torch.zeros_like(sig), sig)
-    x_t = L.noisy_latent(b.x0, b.noise, sig)  # sigma 0: exactly x0
-    return x_t, sig, L.flow_target(b.x0, b.noise), (~b.cond).float()
+    x_t = add_noise(b.x0, b.noise, sig)  # sigma 0: exactly x0
+    return x_t, sig, velocity_target(b.x0, b.noise), (~b.cond).float()
 
 
 def velocity(model, transformer, x_t: torch.Tensor, sigma: torch.Tensor, embeds, mask) -> torch.Tensor:
@@ -539,8 +540,10 @@ def _check(cfg: dict) -> None:
     if not 0.0 <= p <= 1.0:
         raise PanoInputError(f"condition.v2p_probability: expected a probability 0..1, got {p}")
     draw(cfg, 0, 0)  # validates condition.face
-    if get(cfg, "flow.shift") == "auto":
-        raise PanoInputError("flow.shift: auto is the DiT360 trainer's; for Sana give a number (3.0) or none")
+    shift = get(cfg, "flow.shift")
+    if shift not in (None, "none") and not (isinstance(shift, (int, float)) and not isinstance(shift, bool) and shift >= 0):
+        raise PanoInputError(f"flow.shift: expected Sana's constant shift (a number, 3.0) or none, got {shift!r}")
+    timestep(cfg, 0, 0)  # validates flow.timestep_sampling
 
 
 def _save_adapter(adapters, path: Path) -> Path:
