@@ -569,13 +569,17 @@ def train(cfg: dict, resume: str | None = None, progress: bool = True) -> dict:
     _check(cfg)
     _check_run_folder(run, resume)
     ck_path = resolve_resume(resume, run)
-    read_manifest(get(cfg, "data.dir"))
+    manifest = read_manifest(get(cfg, "data.dir"))
     acc = _accelerator(cfg, run)
     main = acc.is_main_process
     seed = int(get(cfg, "train.seed"))
     dev = acc.device
     jp = load_pipeline(cfg, dev)
     s = _face_size(cfg, jp)  # checked before anything is written
+    if main and s > int(manifest["width"]) // 4:
+        log.warning("data.face_size %d is larger than the prepared panoramas' natural face size %d (width / 4): the "
+                    "faces are upsampled; prepare the set with --resolution %d for sharp faces",
+                    s, int(manifest["width"]) // 4, 2 * s)
     if main:
         run.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run / "config.yaml")
