@@ -273,3 +273,16 @@ def test_bad_input(sana, data, tmp_path, capsys):
     assert "set data.cache=false" in err("--output", str(tmp_path / "c"), *_sets(FAST + ["data.random_yaw=true"]))
     assert "did you mean condition.v2p_probability" in err("--output", str(tmp_path / "d"), "--set", "v2p_probability=1")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing written for bad input
+
+
+def test_prepare_with_a_jopano_config_prebuilds_the_face_caches(sana, data, tmp_path):
+    from pano360_training.config import save_config
+
+    conf = save_config(_cfg(sana, data), tmp_path / "jopano.yaml")
+    raw = data.parent / "raw"
+    assert cli.main(["prepare", "--data", str(raw), "--output", str(tmp_path / "again"), "--resolution", str(RES),
+                     "--model", str(sana), "--config", str(conf), "--no-progress"]) == 0
+    (cache,) = (tmp_path / "again" / "caches").iterdir()
+    rec = json.loads((cache / "latents.json").read_text())
+    assert cache.name.startswith("jopano-") and rec["face_size"] == S and rec["items"] == 2
+    assert rec["ud_rotation_error"] > 1e-3 and (cache / "text.json").is_file()
