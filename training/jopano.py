@@ -57,6 +57,7 @@ from .checkpoints import load_checkpoint, resolve_resume, save_checkpoint
 from .config import get, save_config
 from .dit360.data import DataPlan, _bar
 from .dit360.trainer import _accelerator, _check_run_folder, _flat, _optimizer, _schedule
+from .loop import LoopState, run_steps
 from .prepare import read_manifest
 from .randomness import derive_seed, sample_generator
 from .samples import LossLog, append_metrics, plot_losses, write_sample_grid
@@ -557,7 +558,7 @@ def train(cfg: dict, resume: str | None = None, progress: bool = True) -> dict:
 
     ``resume``: ``None``, ``"latest"`` or a checkpoint folder. Returns ``{"adapter", "step", "run"}``.
     """
-    from contextlib import ExitStack
+    from contextlib import nullcontext
 
     from pano_core.jopano.sync import joint_face_sync
 
@@ -615,12 +616,12 @@ def train(cfg: dict, resume: str | None = None, progress: bool = True) -> dict:
     scheduler = _schedule(cfg, optimizer, max_steps)
     model, optimizer = acc.prepare(adapters, optimizer)
 
-    step, samples_seen = 0, 0
+    state = LoopState()
     loss_log = LossLog(run / "logs" / "losses.jsonl")
     if ck_path is not None:
-        trainable, opt_state, state, _ = load_checkpoint(ck_path)
+        trainable, opt_state, saved, _ = load_checkpoint(ck_path)
         named = dict(acc.unwrap_model(model).named_parameters())
-        if set(named) != set(trainable) or state.get("trainer") != TRAINER:
+        if set(named) != set(trainable) or saved.get("trainer") != TRAINER:
             raise PanoInputError(f"--resume: {ck_path} is not a checkpoint of this Joint-Face adapter configuration")
         with torch.no_grad():
             for k, p in named.items():
@@ -629,29 +630,25 @@ def train(cfg: dict, resume: str | None = None, progress: bool = True) -> dict:
                                          f"this configuration has {tuple(p.shape)}")
                 p.copy_(trainable[k].to(p.dtype))
         optimizer.load_state_dict(opt_state)
-        scheduler.load_state_dict(state["scheduler"])
-        step, samples_seen = int(state["step"]), int(state["samples_seen"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = LoopState(int(saved["step"]), int(saved["samples_seen"]))
         if main:
-            loss_log.truncate(step)
-            log.info("resumed from %s at step %d", ck_path, step)
+            loss_log.truncate(state.step)
+            log.info("resumed from %s at step %d", ck_path, state.step)
     if get(cfg, "log.logger") == "tensorboard":
         acc.init_trackers("jopano", config={k: v for k, v in _flat(cfg).items() if isinstance(v, (int, float, str, bool))})
 
-    every_ck, keep = int(get(cfg, "checkpoint.every")), int(get(cfg, "checkpoint.keep"))
-    every_sample, every_log = int(get(cfg, "sample.every")), max(1, int(get(cfg, "log.every")))
-    grad_dump, stop_at = get(cfg, "debug.grad_dump"), get(cfg, "debug.stop_at_step")
-    overfit, max_norm = int(get(cfg, "debug.overfit_batches") or 0), get(cfg, "train.max_grad_norm")
-    sync = bool(get(cfg, "train.sync"))
+    keep, grad_dump, sync = int(get(cfg, "checkpoint.keep")), get(cfg, "debug.grad_dump"), bool(get(cfg, "train.sync"))
     edt = jp.dtype
 
     def save(step_: int) -> None:
         acc.wait_for_everyone()
         if main:
             unwrapped = acc.unwrap_model(model)
-            state = {"samples_seen": samples_seen, "seed": seed, "scheduler": scheduler.state_dict(),
-                     "world_size": world, "trainer": TRAINER}
+            info = {"samples_seen": state.samples_seen, "seed": seed, "scheduler": scheduler.state_dict(),
+                    "world_size": world, "trainer": TRAINER}
             ck = save_checkpoint(run, step_, {k: v.detach() for k, v in unwrapped.named_parameters()},
-                                 optimizer.state_dict(), state, keep=keep)
+                                 optimizer.state_dict(), info, keep=keep)
             _save_adapter(unwrapped, ck / ADAPTER_FILE)
         acc.wait_for_everyone()
 
@@ -659,65 +656,23 @@ def train(cfg: dict, resume: str | None = None, progress: bool = True) -> dict:
         _write_samples(run, step_, jp, acc.unwrap_model(model), cfg, s, prompts, view)
         plot_losses(loss_log.read(), run / "logs" / "loss.png")
 
-    bar = None
-    if progress and main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=max_steps, initial=step, desc="jopano", unit="step", dynamic_ncols=True)
     t0 = time.time()
-    pending: dict[str, list[float]] = {}
-    while step < max_steps:
-        sums: dict[str, torch.Tensor] = {}
-        for k in range(ga):
-            torch.manual_seed(derive_seed(seed, step * ga + k, acc.process_index, "dropout"))
-            stream = samples_seen % (overfit * world * B) if overfit else samples_seen
-            first = stream + acc.process_index * B
-            batch = make_batch(cfg, src, plan, list(range(first, first + B)), dev, edt)
-            with acc.accumulate(model), ExitStack() as ctx:
-                if sync:  # forward and backward (recomputed blocks) both synced
-                    ctx.enter_context(joint_face_sync(transformer=transformer))
-                with acc.autocast():
-                    loss, terms = compute_loss(model, transformer, batch)
-                acc.backward(loss)
-                if acc.sync_gradients:
-                    if grad_dump and step == 0 and main:
-                        _dump_grads_named(grad_dump, acc.unwrap_model(model))
-                    if max_norm:
-                        acc.clip_grad_norm_(params, float(max_norm))
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            samples_seen += world * B
-            sums["loss"] = sums.get("loss", 0) + loss.detach() / ga
-            for t, v in terms.items():
-                sums[f"loss/{t}"] = sums.get(f"loss/{t}", 0) + v / ga
-        scheduler.step()
-        step += 1
-        keys = sorted(sums)
-        vals = acc.reduce(torch.stack([torch.as_tensor(sums[k], device=dev, dtype=torch.float32) for k in keys]),
-                          reduction="mean")
-        rec = {"step": step, **{k: float(v) for k, v in zip(keys, vals)}, "lr": scheduler.get_last_lr()[0]}
-        if main:
-            loss_log.append(rec)
-            for k2, v in rec.items():
-                if k2 != "step":
-                    pending.setdefault(k2, []).append(v)
-            if step % every_log == 0 or step == max_steps:
-                acc.log({k2: sum(v) / len(v) for k2, v in pending.items()}, step=step)
-                pending = {}
-            if bar is not None:
-                bar.set_postfix(loss=f"{rec['loss']:.4f}")
-                bar.update(1)
-        if every_ck > 0 and step % every_ck == 0 and step < max_steps:
-            save(step)
-        if want_samples and every_sample > 0 and step % every_sample == 0 and step < max_steps:
-            samples(step)
-        if stop_at is not None and int(stop_at) <= step < max_steps:
-            if bar is not None:
-                bar.close()
-            acc.end_training()
-            return {"adapter": None, "step": step, "run": str(run), "stopped": True}
-    if bar is not None:
-        bar.close()
+
+    def micro_context():  # forward and backward (recomputed blocks) both synced
+        return joint_face_sync(transformer=transformer) if sync else nullcontext()
+
+    stopped = run_steps(
+        acc, model, optimizer, scheduler, params, cfg, state, max_steps,
+        make_batch=lambda idx: make_batch(cfg, src, plan, idx, dev, edt),
+        loss=lambda batch, _step: compute_loss(model, transformer, batch),
+        loss_log=loss_log, save=save, samples=samples if want_samples else None, micro_context=micro_context,
+        on_first_grads=(lambda: _dump_grads_named(grad_dump, acc.unwrap_model(model))) if grad_dump else None,
+        progress=progress, desc="jopano",
+    )
+    if stopped:
+        acc.end_training()
+        return {"adapter": None, "step": state.step, "run": str(run), "stopped": True}
+    step = state.step
     save(step)
     out = None
     if main:
