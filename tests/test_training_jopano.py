@@ -106,6 +106,12 @@ def test_step0_is_the_base_model_and_only_adapters_train(sana, data):
     assert all(p.grad is None for p in tr.parameters())  # Sana frozen
     outs = [blk.out.weight.grad for blk in adapters]
     assert all(g is not None and g.abs().sum() > 0 for g in outs)
+    # train.sync: the joint-face sync couples the faces in the training forward (another loss)
+    from pano_core.jopano.sync import joint_face_sync
+
+    with torch.no_grad(), joint_face_sync(transformer=tr):
+        synced = J.compute_loss(adapters, tr, b)[0]
+    assert abs(float(synced) - float(loss.detach())) > 1e-6
     # the condition face does not enter the loss: changing its target changes nothing
     b2 = J.Batch(**{**b.__dict__, "noise": torch.where(b.cond[:, None, None, None], b.noise * 5, b.noise)})
     with torch.no_grad():
@@ -195,7 +201,9 @@ def test_trained_adapter_loads_in_pipeline_cli_and_comfyui(sana, data, tmp_path,
     from pano_core.jopano.adapter import load_adapter_set
     from pano_core.jopano.pipeline import JoPanoPipeline
 
-    run = _train(sana, data, tmp_path / "run", steps=2, extra=["optimizer.lr=5e-2"])
+    # trained without caches (faces encoded every step) and with a random yaw of any whole ERP column
+    run = _train(sana, data, tmp_path / "run", steps=2, extra=["optimizer.lr=5e-2", "data.cache=false",
+                                                                "data.random_yaw=true"])
     f = run / J.ADAPTER_FILE
     kw = dict(face_size=S, steps=2, cfg=4.5, seed=3, progress=False, blend="none")
     jp = JoPanoPipeline.from_pretrained(sana, adapter=f, device="cpu")
