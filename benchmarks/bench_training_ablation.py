@@ -363,6 +363,7 @@ def _train_jopano(tr, adapters, data, steps: int, batch: int, sync: bool, lr: fl
     """Stage 1 (``adapters`` None): every weight of the base trained on single faces (independent
     T2P). Stage 2: the base frozen, only the adapters trained (condition switching 0.5, face F)."""
     from pano360_training import jopano as J
+
     from pano_core.jopano.adapter import detach_adapters
     from pano_core.jopano.sync import joint_face_sync
 
@@ -391,7 +392,6 @@ def _sample_faces(tr, adapters, mode: str, seed: int, steps: int, given: torch.T
     """Euler sampling of one panorama's six faces (Sana 1.5's shift-3 flow schedule, no CFG); with
     ``given`` (1, 4, h, h) face F is the V2P condition: clean at its own timestep 0."""
     from diffusers import FlowMatchEulerDiscreteScheduler
-
     from pano360_training import jopano as J
 
     h = JOPANO_FACE // POOL
@@ -424,7 +424,7 @@ def _cube_metrics(faces: torch.Tensor) -> dict:
 def jopano_table(args) -> str:
     """Train the tiny Sana (stage 1: on single faces; stage 2: adapter, and adapter with sync on),
     sample every mode T2P and V2P with fixed seeds, and score the raw and blended cubes."""
-    from pano360_training import jopano as J
+
     from pano_core.jopano.adapter import JointFaceAdapterSet
     from pano_core.seams.poisson import blend_cube_faces
 

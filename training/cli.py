@@ -175,9 +175,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"Joint-Face adapter written to {result['adapter']}")
         return 0
     if args.command == "sample":
-        from .dit360 import sample_from_run
-
         from .config import load_config
+        from .dit360 import sample_from_run
         from .jopano import is_jopano_run
 
         run_cfg = args.run and (Path(args.run) / "config.yaml")

@@ -695,7 +695,6 @@ def _dump_grads_named(path: str, module: torch.nn.Module) -> None:
     save_file(grads, str(path))
 
 
-
 # ----------------------------------------------------------------------------------- sample command
 
 
