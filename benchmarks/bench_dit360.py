@@ -2,7 +2,19 @@
 
 CPU (default): the tiny random Flux of the tests at a 64x128 token grid (1024x2048 px latent
 size), real ComfyUI sampling (``comfy.sample.sample``), unpatched vs patched (padding 1 =
-DiT360, wrapped ids, and padding 1 with per-step re-sync). Prints seconds/step, the ratio and
+DiT360, wrapped ids, and padding 1 with per-step re-sync). Contenders run in interleaved rounds
+(one sampling of each per round, ``--repeats`` rounds after a warm-up) and the table shows the
+median of the rounds (a minimum hides the spread; medians of interleaved rounds are what load
+from other processes affects alike). Two references separate the costs:
+
+* ``unpatched`` at the panorama's size: the ratio ``patched / unpatched`` is the whole cost;
+* ``unpatched, padded width``: the same model on a latent that is ``2p`` token columns wider,
+  i.e. the inherent cost of the extra tokens; ``patched / unpatched padded`` is what the
+  wrappers themselves add (padding, id rewrite, re-sync, crop).
+
+``--before DIR`` also times the patch of an older checkout (``DIR/nodes/_dit360_patch.py``
+with its ``pano_core``, e.g. ``git archive <commit> __init__.py nodes pano_core | tar -x -C
+DIR``) in the same rounds. Prints ms/step, the ratios, the spread (min..max of the rounds) and
 the allowance ``1.05 + 2p/w`` (5 % plus the extra tokens' share).
 
 ``--gpu``: one step of a random-weight model with FLUX.1-dev's real configuration (hidden 3072,
@@ -17,13 +29,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COMFY = ROOT / ".comfy" / "ComfyUI"
+COMFY = Path(os.environ.get("COMFYUI_PATH") or ROOT / ".comfy" / "ComfyUI")
 
 # FLUX.1-dev as ComfyUI detects it (comfy/model_detection.py for a flux-dev checkpoint)
 FLUX_DEV_UNET_CONFIG = {
@@ -44,9 +57,8 @@ def _setup_comfy(gpu: bool):
     import comfy.model_management  # noqa: F401
 
 
-def _load_pack():
-    name = "pano360_pack_bench"
-    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+def _load_pack(root: Path = ROOT, name: str = "pano360_pack_bench"):
+    spec = importlib.util.spec_from_file_location(name, root / "__init__.py", submodule_search_locations=[str(root)])
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
@@ -81,36 +93,47 @@ def bench_cpu(args):
     import tiny_models
 
     P = _load_pack()
+    old = _load_pack(Path(args.before).resolve(), "pano360_pack_bench_before") if args.before else None
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = tiny_models.build_tiny_flux(0, "dev")
     clip = tiny_models.build_tiny_clip(0)
     cond = clip.encode_from_tokens_scheduled(clip.tokenize("This is a panorama. a snowy village"))
     h_tok, w_tok = 64, 128
-    noise = torch.randn(1, 16, 2 * h_tok, 2 * w_tok, generator=torch.Generator().manual_seed(0))
     p = args.padding
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, 16, 2 * h_tok, 2 * w_tok, generator=g)
+    noise_wide = torch.randn(1, 16, 2 * h_tok, 2 * (w_tok + 2 * p), generator=g)
     allowance = 1.05 + 2 * p / w_tok
-    configs = {"unpatched": model}
-    for id_mode, resync in (("wrapped", "none"), ("wrapped", "per step"), ("linear", "per step")):
-        configs[f"padding {p} {id_mode:7s} {resync:8s}"] = P.apply_dit360_patch(model, p, id_mode, resync)
-    _time_sampling(model, noise, cond, 1, 0)  # warm-up
+    configs = {"unpatched": (model, noise), f"unpatched, padded width (+{2 * p} cols)": (model, noise_wide)}
+    for id_mode, resync in (("wrapped", "none"), ("wrapped", "per step")):
+        if old is not None:
+            configs[f"before: padding {p} {id_mode} {resync}"] = (
+                old.apply_dit360_patch(model, p, id_mode, resync), noise)
+        configs[f"padding {p} {id_mode} {resync}"] = (P.apply_dit360_patch(model, p, id_mode, resync), noise)
+    for m, x in configs.values():
+        _time_sampling(m, x, cond, 1, 0)  # warm-up of each (first-call costs)
     times: dict[str, list[float]] = {k: [] for k in configs}
-    for _ in range(args.repeats):  # interleaved, min over repeats: robust on a shared machine
-        for k, m in configs.items():
-            times[k].append(_time_sampling(m, noise, cond, args.steps, 1, warmup=False))
-    best = {k: min(v) for k, v in times.items()}
-    base = best["unpatched"]
+    for _ in range(args.repeats):  # interleaved rounds; medians below
+        for k, (m, x) in configs.items():
+            times[k].append(_time_sampling(m, x, cond, args.steps, 1, warmup=False))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base = med["unpatched"]
+    wide = med[f"unpatched, padded width (+{2 * p} cols)"]
     print(f"tiny Flux, {h_tok}x{w_tok} tokens ({2 * w_tok * 8}x{2 * h_tok * 8} px), {torch.get_num_threads()} threads, "
-          f"min of {args.repeats} interleaved runs of {args.steps} steps")
-    print(f"  {'unpatched':30s} {base * 1000:8.1f} ms/step")
-    rows = []
-    for k, t in best.items():
-        if k == "unpatched":
-            continue
+          f"median of {args.repeats} interleaved rounds of {args.steps} step(s)")
+    print("| model | ms/step (median) | min..max ms | / unpatched | / unpatched padded width | allowance |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    ok = True
+    for k, t in med.items():
+        lo, hi = min(times[k]) * 1e3, max(times[k]) * 1e3
         ratio = t / base
-        rows.append(ratio)
-        print(f"  {k:30s} {t * 1000:8.1f} ms/step  ratio {ratio:.3f}  allowance {allowance:.3f}  "
-              f"{'OK' if ratio <= allowance else 'OVER'}")
-    return max(rows) <= allowance
+        extra = "" if k == "unpatched" else f"{t / wide:.3f}"
+        allow = ""
+        if k.startswith("padding"):
+            allow = f"{allowance:.3f} {'OK' if ratio <= allowance else 'OVER'}"
+            ok = ok and ratio <= allowance
+        print(f"| {k} | {t * 1e3:.1f} | {lo:.0f}..{hi:.0f} | {ratio:.3f} | {extra} | {allow} |")
+    return ok
 
 
 def bench_gpu(args):
@@ -159,6 +182,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--padding", type=int, default=1)
+    ap.add_argument("--before", default=None, help="folder with an older checkout's __init__.py, nodes/, pano_core/")
     args = ap.parse_args(argv)
     if args.gpu:
         bench_gpu(args)

@@ -42,6 +42,9 @@ sys.path.insert(0, str(ROOT))
 from pano_core.geometry import c2e, clear_cache, e2c  # noqa: E402
 from pano_core.io import read_image  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _data import shared_panorama  # noqa: E402
+
 TARGET_ONESHOT = 2.0
 TARGET_CACHED = 10.0
 
@@ -147,12 +150,13 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=9, help="timed rounds (after one warm-up round)")
     ap.add_argument("--repeat-slow", type=int, default=3, help="timed rounds for pytorch360convert (slow)")
     ap.add_argument("--mode", default="bilinear")
-    shared = ROOT.parent / "shared" / "data" / "panoramas" / "chalet_erp.png"  # 2048x1024 original
-    default_image = shared if shared.is_file() else ROOT / "tests" / "assets" / "chalet_erp.png"
-    ap.add_argument("--image", default=str(default_image), help="panorama for the PSNR (resized to each size)")
+    ap.add_argument("--image", default=None, help="panorama for the PSNR (resized to each size; default: the "
+                    "2048x1024 shared chalet_erp.png, see benchmarks/_data.py; the run stops if it is missing)")
     ap.add_argument("--threads", type=int, default=2, help="torch and OpenCV threads (0 = library defaults)")
     ap.add_argument("--json", default="", help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
+    args.image = args.image or str(shared_panorama("chalet_erp.png"))
+    print(f"PSNR image: {args.image}")
     import cv2
 
     if args.threads:

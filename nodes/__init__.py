@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from ._common import add_input_checks
+
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
 
@@ -21,5 +23,7 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     _dupes = set(_classes) & set(NODE_CLASS_MAPPINGS)
     if _dupes:
         raise RuntimeError(f"Pano360: node ids registered twice: {sorted(_dupes)}")
+    for _cls in _classes.values():  # NaN FLOATs, NaN or empty IMAGE/MASK batches -> a clear error
+        add_input_checks(_cls)
     NODE_CLASS_MAPPINGS.update(_classes)
     NODE_DISPLAY_NAME_MAPPINGS.update(getattr(_mod, "NODE_DISPLAY_NAME_MAPPINGS", {}))

@@ -53,3 +53,64 @@ def bchw_to_mask(x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] != 1:
         x = x.mean(dim=1, keepdim=True)
     return x[:, 0].float().cpu().contiguous()
+
+
+# ------------------------------------------------------------------ input checks of every node
+
+
+def _input_type_map(cls) -> dict[str, str]:
+    """{input name: ComfyUI type} of a node class (required, optional; lists/combos as 'COMBO')."""
+    spec = cls.INPUT_TYPES()
+    out: dict[str, str] = {}
+    for group in ("required", "optional"):
+        for name, entry in (spec.get(group) or {}).items():
+            t = entry[0] if isinstance(entry, (tuple, list)) and entry else entry
+            out[name] = t if isinstance(t, str) else "COMBO"
+    return out
+
+
+def check_input_value(name: str, typ: str, value) -> None:
+    """One node input: a FLOAT must be finite (ComfyUI's min/max checks let NaN through); an IMAGE
+    or MASK must be a non-empty batch of finite numbers. Raises PanoInputError naming the input."""
+    import math
+
+    from ..pano_core.validate import check_finite
+
+    if typ == "FLOAT" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(float(value)):
+            raise PanoInputError(f"{name}: expected a finite number, got {value}")
+    elif typ in ("IMAGE", "MASK") and isinstance(value, torch.Tensor):
+        if value.ndim >= 3 and value.shape[0] == 0:
+            raise PanoInputError(f"{name}: the {typ.lower()} batch is empty (shape {tuple(value.shape)})")
+        if value.numel() == 0:
+            raise PanoInputError(f"{name}: the {typ.lower()} is empty (shape {tuple(value.shape)})")
+        if torch.is_floating_point(value):
+            check_finite(value, name)
+
+
+def add_input_checks(cls) -> type:
+    """Wrap the node's FUNCTION so every FLOAT, IMAGE and MASK input is checked before it runs
+    (applied to every node of the pack at registration)."""
+    import functools
+
+    fname = getattr(cls, "FUNCTION", None)
+    fn = getattr(cls, fname, None) if fname else None
+    if fn is None or getattr(fn, "_pano360_checked", False):
+        return cls
+    types: dict[str, str] = {}
+
+    @functools.wraps(fn)
+    def checked(self, *args, **kwargs):
+        if not types:
+            types.update(_input_type_map(cls))
+        listed = getattr(cls, "INPUT_IS_LIST", False)
+        for k, v in kwargs.items():
+            t = types.get(k)
+            if t in ("FLOAT", "IMAGE", "MASK"):
+                for item in (v if listed and isinstance(v, list) else [v]):
+                    check_input_value(k, t, item)
+        return fn(self, *args, **kwargs)
+
+    checked._pano360_checked = True
+    setattr(cls, fname, checked)
+    return cls

@@ -10,8 +10,10 @@ How it works (all tensor math is in :class:`pano_core.diffusion.tokens.TokenGrid
    prepended, first appended) so they stay aligned; so are cond masks and ControlNet hints
    (on copies of the ControlNet chain, resized first as ComfyUI would resize them for the
    unpadded latent), and cond areas are shifted by the padding; the result and the preview/x0 callbacks
-   are cropped back. As in DiT360, the padded columns are part of the sampler state and
-   evolve with it ("re-sync none"). The wrapper also puts the :class:`TokenGrid` into
+   are cropped back. The padded columns are part of the sampler state and evolve with it;
+   a sampler that adds noise (ancestral, SDE) puts different noise into a padded column and its
+   source, so by default ("re-sync per step") the model wrapper rebuilds them before every call
+   ("re-sync none" is DiT360's free-running columns). The wrapper also puts the :class:`TokenGrid` into
    ``transformer_options["pano360_dit360"]["grid"]`` of this sampling run only (the model
    wrapper and the editing nodes read the padding from there: :func:`active_grid`).
 2. ``DIFFUSION_MODEL`` wrapper (around ``Flux._forward``): for a padded input it (optionally,
@@ -237,10 +239,15 @@ class OuterSampleWrapper:
 
 
 class _IdsPatch:
-    """Per-call ``post_input`` patch: rewrite the image grid's position ids."""
+    """Per-call ``post_input`` patch: rewrite the image grid's position ids.
 
-    def __init__(self, grid: TokenGrid):
+    The rewritten ids depend only on the incoming ids (the same every step of a run), so they are
+    kept in ``cache`` (owned by the wrapper) and reused while the incoming ids are equal: one
+    ``torch.equal`` per step instead of rebuilding the grid."""
+
+    def __init__(self, grid: TokenGrid, cache: dict | None = None):
         self.grid = grid
+        self.cache = {} if cache is None else cache
         self.called = False
 
     def __call__(self, args: dict) -> dict:
@@ -253,11 +260,20 @@ class _IdsPatch:
                 f"model: expected at least {n} image tokens for a {h}x{w + 2 * p} padded token grid, "
                 f"got ids {None if img_ids is None else tuple(img_ids.shape)}"
             )
-        grid = img_ids[:, :n].reshape(img_ids.shape[0], h, w + 2 * p, img_ids.shape[-1])
-        base = grid[:, :, :w].reshape(img_ids.shape[0], h * w, img_ids.shape[-1])
-        new = g.pad_ids(base)
+        key = (g, tuple(img_ids.shape), img_ids.dtype, img_ids.device)
+        hit = self.cache.get(key)
+        if hit is not None and torch.equal(hit[0], img_ids):
+            new_ids = hit[1]
+        else:
+            grid = img_ids[:, :n].reshape(img_ids.shape[0], h, w + 2 * p, img_ids.shape[-1])
+            base = grid[:, :, :w].reshape(img_ids.shape[0], h * w, img_ids.shape[-1])
+            new = g.pad_ids(base)
+            new_ids = torch.cat([new, img_ids[:, n:]], dim=1) if img_ids.shape[1] > n else new
+            if len(self.cache) >= 4:
+                self.cache.clear()
+            self.cache[key] = (img_ids.clone(), new_ids)
         out = dict(args)
-        out["img_ids"] = torch.cat([new, img_ids[:, n:]], dim=1) if img_ids.shape[1] > n else new
+        out["img_ids"] = new_ids
         self.called = True
         return out
 
@@ -269,6 +285,7 @@ class DiffusionModelWrapper:
         self.padding = int(padding)
         self.id_mode = id_mode
         self.resync = resync
+        self._ids_cache: dict = {}
 
     def __call__(self, executor, x, timestep, context, y=None, guidance=None, ref_latents=None, control=None,
                  transformer_options=None, **kwargs):
@@ -282,7 +299,7 @@ class DiffusionModelWrapper:
             return executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs)
         if info["resync"] == "per step":
             x = grid.resync_latent(x)
-        ids_patch = _IdsPatch(grid)
+        ids_patch = _IdsPatch(grid, self._ids_cache)
         topts = dict(transformer_options)
         patches = dict(topts.get("patches", {}))
         patches["post_input"] = [ids_patch] + list(patches.get("post_input", []))
@@ -296,7 +313,7 @@ class DiffusionModelWrapper:
         return out
 
 
-def apply_dit360_patch(model, padding: int = 1, id_mode: str = "wrapped", resync: str = "none"):
+def apply_dit360_patch(model, padding: int = 1, id_mode: str = "wrapped", resync: str = "per step"):
     """Clone a ComfyUI Flux MODEL and add the circular-padding wrappers (replacing earlier ones)."""
     flux_model_or_error(model)
     check_choice(id_mode, "id_mode", ID_MODES)

@@ -1,5 +1,5 @@
 """DiT360 panorama nodes (ComfyUI-native path): Flux MODEL patch, empty panorama latent,
-circular VAE decode, panorama prompt helper, panorama schedule shift.
+circular VAE decode and encode, panorama prompt helper, panorama schedule shift.
 
 Thin adapters: the token grid and circular padding live in :mod:`pano_core.diffusion`
 (``tokens``, ``circular``), the ComfyUI wrappers in :mod:`nodes._dit360_patch`.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import comfy.model_management
 import torch
 
-from ..pano_core.diffusion.circular import decode_circular
+from ..pano_core.diffusion.circular import DEFAULT_WRAP_COLS, decode_circular, encode_circular
 from ..pano_core.diffusion.prompts import PANORAMA_PREFIX, add_prompt_prefix
 from ..pano_core.diffusion.tokens import ID_MODES
 from ..pano_core.errors import PanoInputError
@@ -42,9 +42,12 @@ class Pano360DiT360Patch:
                 "id_mode": (list(ID_MODES), {"default": "wrapped", "tooltip":
                     "wrapped (DiT360): padded columns carry the position ids of the opposite edge; "
                     "linear: ids continue past the edge."}),
-                "resync": (list(patch.RESYNC_MODES), {"default": "none", "tooltip":
-                    "none (DiT360): padded columns evolve freely with the sampler; per step: rebuilt "
-                    "from the current opposite edge before every model call (stronger seam coupling)."}),
+                "resync": (list(patch.RESYNC_MODES), {"default": "per step", "tooltip":
+                    "per step (default): the padded columns are rebuilt from the current opposite edge before "
+                    "every model call, so a padded token always equals its source token, also with samplers "
+                    "that add noise (euler_ancestral, dpmpp_sde, ...); with wrapped ids and a deterministic "
+                    "sampler it gives the same result as none. none (the official DiT360 behaviour): the "
+                    "padded columns evolve freely with the sampler."}),
             }
         }
 
@@ -57,7 +60,7 @@ class Pano360DiT360Patch:
         "KSamplerAdvanced, SamplerCustomAdvanced, noise masks, Flux Fill and Kontext reference latents."
     )
 
-    def patch(self, model, padding=1, id_mode="wrapped", resync="none"):
+    def patch(self, model, padding=1, id_mode="wrapped", resync="per step"):
         return (patch.apply_dit360_patch(model, padding, id_mode, resync),)
 
 
@@ -133,8 +136,9 @@ class Pano360CircularVAEDecode:
             "required": {
                 "samples": ("LATENT",),
                 "vae": ("VAE",),
-                "wrap_columns": ("INT", {"default": 4, "min": 0, "max": 64, "tooltip":
-                    "Latent columns copied from the opposite edge to each side before decoding (cropped after)."}),
+                "wrap_columns": ("INT", {"default": DEFAULT_WRAP_COLS, "min": 0, "max": 64, "tooltip":
+                    "Latent columns copied from the opposite edge to each side before decoding (cropped after). "
+                    "8 (default) is close to a perfectly circular decode (Flux VAE); at most the latent width."}),
                 "tiled": ("BOOLEAN", {"default": False, "tooltip": "Tiled decode for large panoramas (less memory)."}),
                 "tile_size": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 32}),
                 "overlap": ("INT", {"default": 64, "min": 0, "max": 1024, "step": 32}),
@@ -145,7 +149,7 @@ class Pano360CircularVAEDecode:
     FUNCTION = "decode"
     CATEGORY = CATEGORY
 
-    def decode(self, samples, vae, wrap_columns=4, tiled=False, tile_size=512, overlap=64):
+    def decode(self, samples, vae, wrap_columns=DEFAULT_WRAP_COLS, tiled=False, tile_size=512, overlap=64):
         lat = samples["samples"]
         if lat.ndim != 4:
             raise PanoInputError(f"samples: expected an image latent (B, C, H, W), got shape {tuple(lat.shape)}")
@@ -162,6 +166,42 @@ class Pano360CircularVAEDecode:
             fn = vae.decode
         img = decode_circular(fn, lat, int(wrap_columns), scale=scale, channels_last=True)
         return (img.contiguous(),)
+
+
+class Pano360CircularVAEEncode:
+    """VAE encode with wrapped pixel columns on both sides (no seam baked into the latent at 0°/360°)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "pixels": ("IMAGE",),
+                "vae": ("VAE",),
+                "wrap_columns": ("INT", {"default": DEFAULT_WRAP_COLS, "min": 0, "max": 64, "tooltip":
+                    "Latent columns (x 8 px for Flux) copied from the opposite edge to each side before encoding, "
+                    "cropped from the latent after. 0 = plain VAE Encode."}),
+            }
+        }
+
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "encode"
+    CATEGORY = CATEGORY
+    DESCRIPTION = (
+        "VAE Encode for 360° panoramas: the encoder sees the opposite edge next to each border instead of zero "
+        "padding, so the latent has no seam at 0°/360° (use it before DiT360 Invert; a plain encode bakes a seam "
+        "into the latent that editing keeps)."
+    )
+
+    def encode(self, pixels, vae, wrap_columns=DEFAULT_WRAP_COLS):
+        if pixels.ndim != 4:
+            raise PanoInputError(f"pixels: expected an IMAGE batch (B, H, W, C), got shape {tuple(pixels.shape)}")
+        scale = int(vae.spacial_compression_encode())
+        w_lat = pixels.shape[2] // scale
+        if wrap_columns > w_lat:
+            raise PanoInputError(f"wrap_columns: at most the latent width ({w_lat}), got {wrap_columns}")
+        lat = encode_circular(lambda x: vae.encode(x[..., :3]), pixels, int(wrap_columns), scale=scale,
+                              channels_last=True)
+        return ({"samples": lat},)
 
 
 class Pano360PanoramaPrompt:
@@ -191,6 +231,7 @@ NODE_CLASS_MAPPINGS = {
     "Pano360FluxPanoramaShift": Pano360FluxPanoramaShift,
     "Pano360EmptyPanoramaLatent": Pano360EmptyPanoramaLatent,
     "Pano360CircularVAEDecode": Pano360CircularVAEDecode,
+    "Pano360CircularVAEEncode": Pano360CircularVAEEncode,
     "Pano360PanoramaPrompt": Pano360PanoramaPrompt,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -198,5 +239,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "Pano360FluxPanoramaShift": "Flux Panorama Shift (padded)",
     "Pano360EmptyPanoramaLatent": "Empty Panorama Latent (2:1)",
     "Pano360CircularVAEDecode": "VAE Decode (circular, panorama)",
+    "Pano360CircularVAEEncode": "VAE Encode (circular, panorama)",
     "Pano360PanoramaPrompt": "Panorama Prompt",
 }

@@ -5,7 +5,13 @@ The ODE steps, blending, mask handling and feature replacement live in
 :mod:`pano_core.dit360.attention`; here the ComfyUI
 Flux ``MODEL`` (patched by "DiT360 Panorama Patch" or not) is called through
 ``comfy.samplers.CFGGuider`` (model loading, conditioning, wrappers, the patch's padding) and
-the feature replacement is installed as ``patches_replace["dit"]`` block patches.
+the feature replacement is installed as ``patches_replace["dit"]`` block patches (``replace =
+block``) or an ``optimized_attention_override`` that swaps Q/K/V at kept image tokens
+(``replace = attention``, the official DiT360 behaviour: only the attention input).
+
+Presets (``preset``): ``custom`` uses the widgets; ``pano360`` and ``official`` set steps,
+guidance, gamma, eta, eta range, tau and replace from :data:`pano_core.dit360.editing.PRESETS`
+(the official DiT360 editing settings, or ours) and ignore those widgets.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ import torch
 from ..pano_core.diffusion import rf_inversion as rf
 from ..pano_core.diffusion.circular import pad_latent
 from ..pano_core.diffusion.masks import image_mask_to_latent, latent_mask_to_tokens, place_view
-from ..pano_core.dit360.attention import TokenSwap
+from ..pano_core.dit360.attention import REPLACE_MODES, TokenSwap
+from ..pano_core.dit360.editing import PRESET_NAMES, edit_settings
 from ..pano_core.errors import PanoInputError
 from ..pano_core.validate import check_choice
 from ._common import CAT_DIT360 as CATEGORY
@@ -29,6 +36,17 @@ from ._dit360_patch import active_grid, flux_model_or_error
 
 INV_KEY = "pano360_inversion"
 _F = "FLOAT"
+NODE_PRESETS = ("custom",) + PRESET_NAMES
+_PRESET_TIP = ("custom: use the widgets. pano360: our settings. official: exactly the official DiT360 editing "
+               "settings (50 steps, inversion gamma 1.0 with guidance 0 and an empty prompt, eta 1.0 on steps "
+               "[0, 49), guidance 3.5, fresh noise in the edited region also when inpainting, attention "
+               "replacement). A preset overrides the widgets it sets; see README, DiT360 editing.")
+
+
+def _preset(preset: str, **widgets):
+    """The editing settings for a node: the widgets (``custom``) or a preset's values."""
+    check_choice(preset, "preset", NODE_PRESETS)
+    return edit_settings("pano360", **widgets) if preset == "custom" else edit_settings(preset)
 
 
 def _flux(model):
@@ -62,11 +80,29 @@ class _SinglePatch:
         return self.prev(args, extra) if self.prev is not None else extra["original_block"](args)
 
 
+class _AttentionOverride:
+    """``optimized_attention_override``: Q/K/V of the current block go through the swap (attention
+    mode); chained with an override that was already set (e.g. another attention backend)."""
+
+    def __init__(self, swap: TokenSwap, prev):
+        self.swap, self.prev = swap, prev
+
+    def __call__(self, func, *args, **kwargs):
+        topts = kwargs.get("transformer_options") or {}
+        if len(args) >= 3 and kwargs.get("skip_reshape") and args[0].ndim == 4 and "block_type" in topts:
+            key = (topts["block_type"], topts.get("block_index", 0))
+            q, k, v = self.swap.qkv(key, *args[:3])
+            args = (q, k, v) + tuple(args[3:])
+        return self.prev(func, *args, **kwargs) if self.prev is not None else func(*args, **kwargs)
+
+
 def _with_swap(model_options: dict, swap: TokenSwap, n_double: int, n_single: int) -> dict:
     """A copy of ``model_options`` with record/replace patches on every Flux block (chained
-    with any existing block patch)."""
+    with any existing block patch) and, in attention mode, the Q/K/V override."""
     opts = comfy.model_patcher.create_model_options_clone(model_options)
     to = opts.setdefault("transformer_options", {})
+    if swap.replace == "attention":
+        to["optimized_attention_override"] = _AttentionOverride(swap, to.get("optimized_attention_override"))
     pr = to.setdefault("patches_replace", {})
     dit = dict(pr.get("dit", {}))
     for i in range(n_double):
@@ -115,9 +151,11 @@ class _EditSampler(comfy.samplers.Sampler):
     """Runs :func:`rf.edit_latent` inside ``CFGGuider.sample``: ``noise`` = inverted latent,
     ``latent_image`` = source latent (both padded by the DiT360 patch when the model has it)."""
 
-    def __init__(self, mask, cfg, settings, fresh_seed, n_double, n_single):
+    def __init__(self, mask, cfg, settings, fresh_seed, n_double, n_single, replace="attention"):
         self.mask, self.cfg, self.settings = mask, cfg, settings
         self.fresh_seed, self.n_double, self.n_single = fresh_seed, n_double, n_single
+        self.replace = replace
+        self.swap = None
 
     def sample(self, guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar=False):
         y0, z1 = latent_image, noise
@@ -129,7 +167,8 @@ class _EditSampler(comfy.samplers.Sampler):
                 f"latent {y0.shape[-1]}"
             )
         m = pad_latent(self.mask, cols).to(device=y0.device, dtype=torch.float32)  # padded like the latents
-        swap = TokenSwap(latent_mask_to_tokens(m), y0.shape[-2] // 2, y0.shape[-1] // 2)
+        swap = TokenSwap(latent_mask_to_tokens(m), y0.shape[-2] // 2, y0.shape[-1] // 2, self.replace)
+        self.swap = swap
         opts = _with_swap(extra_args["model_options"], swap, self.n_double, self.n_single)
         seed = extra_args.get("seed")
         v_src = rf.velocity_from_denoiser(_denoiser(guider, "src_positive", "src_negative", 1.0, opts, seed))
@@ -172,6 +211,8 @@ class Pano360DiT360Invert:
                 "guidance": (_F, {"default": 2.8, "min": -1.0, "max": 100.0, "step": 0.1,
                                   "tooltip": "Flux guidance passed to the model (-1: keep the conditioning's)."}),
                 "scheduler": (comfy.samplers.SCHEDULER_NAMES, {"default": "simple"}),
+                "preset": (list(NODE_PRESETS), {"default": "custom", "tooltip": _PRESET_TIP +
+                           " Here: steps, gamma, guidance (official: 50, 1.0, 0; connect an empty prompt)."}),
             }
         }
 
@@ -182,8 +223,11 @@ class Pano360DiT360Invert:
     DESCRIPTION = ("RF-inversion of a panorama latent (controlled forward ODE, seeded). Feed the result to "
                    "'DiT360 Edit (inpaint/outpaint)'.")
 
-    def invert(self, model, positive, latent, steps, gamma, seed, guidance, scheduler="simple"):
+    def invert(self, model, positive, latent, steps, gamma, seed, guidance, scheduler="simple", preset="custom"):
         _flux(model)
+        st = _preset(preset, steps=int(steps), gamma=float(gamma), inversion_guidance=float(guidance))
+        steps, gamma = st.steps, st.gamma
+        guidance = st.guidance if st.inversion_guidance is None else st.inversion_guidance
         src = latent["samples"]
         if src.ndim != 4:
             raise PanoInputError(f"latent: expected an image latent (B, C, H, W), got {tuple(src.shape)}")
@@ -195,7 +239,7 @@ class Pano360DiT360Invert:
         out = guider.sample(target, src, _InvertSampler(float(gamma)), _sigmas(model, scheduler, steps),
                             disable_pbar=True, seed=int(seed))
         res = {"samples": out.cpu(), INV_KEY: {"source": src.cpu(), "seed": int(seed), "gamma": float(gamma),
-                                               "steps": int(steps)}}
+                                               "steps": int(steps), "preset": preset}}
         return (res,)
 
 
@@ -229,6 +273,14 @@ class Pano360DiT360Edit:
                 "scheduler": (comfy.samplers.SCHEDULER_NAMES, {"default": "simple"}),
                 "cfg": (_F, {"default": 1.0, "min": 0.0, "max": 30.0, "step": 0.1,
                              "tooltip": "Classic CFG of the edit branch (1 = off, as for FLUX.1-dev)."}),
+                "replace": (list(REPLACE_MODES), {"default": "attention", "tooltip":
+                    "attention (official DiT360): only the edit branch's attention input (its Q/K/V) takes the "
+                    "source's at kept tokens, its residual stream and MLP stay its own. block: the whole block "
+                    "input is replaced (residual stream too): the kept region follows the source more tightly. "
+                    "Memory: attention stores the source's Q/K/V of every block (3x block)."}),
+                "preset": (list(NODE_PRESETS), {"default": "custom", "tooltip": _PRESET_TIP +
+                           " Here: steps, guidance, eta, eta_start, eta_stop, tau, replace (official inpaint "
+                           "also starts the white region from fresh noise)."}),
             },
             "optional": {
                 "edit_negative": ("CONDITIONING",),
@@ -242,8 +294,11 @@ class Pano360DiT360Edit:
                    "feature replacement; unmasked regions are reconstructed, masked ones generated anew.")
 
     def edit(self, model, source_positive, edit_positive, inversion, mask, mode, steps, guidance, eta, eta_start,
-             eta_stop, tau, blend_until, seed, scheduler="simple", cfg=1.0, edit_negative=None):
+             eta_stop, tau, blend_until, seed, scheduler="simple", cfg=1.0, replace="attention", preset="custom",
+             edit_negative=None):
         dm = _flux(model)
+        st = _preset(preset, steps=int(steps), guidance=float(guidance), eta=float(eta), eta_start=float(eta_start),
+                     eta_stop=float(eta_stop), tau=float(tau), replace=replace)
         info = inversion.get(INV_KEY) if isinstance(inversion, dict) else None
         if info is None:
             raise PanoInputError("inversion: expected the LATENT output of 'DiT360 Invert' (it carries the source latent)")
@@ -255,16 +310,17 @@ class Pano360DiT360Edit:
         if edit_negative is None and abs(cfg - 1.0) > 1e-6:
             raise PanoInputError("edit_negative: required when cfg is not 1")
         guider = comfy.samplers.CFGGuider(model)
-        sp = _guided(source_positive, guidance)
-        ep = _guided(edit_positive, guidance)
-        en = _guided(edit_negative, guidance) if edit_negative is not None else ep
+        sp = _guided(source_positive, st.guidance)
+        ep = _guided(edit_positive, st.guidance)
+        en = _guided(edit_negative, st.guidance) if edit_negative is not None else ep
         guider.inner_set_conds({"positive": ep, "negative": en, "src_positive": sp, "src_negative": sp})
         guider.set_cfg(float(cfg))
-        settings = {"eta": float(eta), "eta_start": float(eta_start), "eta_stop": float(eta_stop), "tau": float(tau),
+        settings = {"eta": st.eta, "eta_start": st.eta_start, "eta_stop": st.eta_stop, "tau": st.tau,
                     "blend_until": float(blend_until)}
-        sampler = _EditSampler(m, float(cfg), settings, int(seed) + 1 if mode == "outpaint" else None,
-                               len(dm.double_blocks), len(dm.single_blocks))
-        out = guider.sample(z1, src, sampler, _sigmas(model, scheduler, steps), disable_pbar=True, seed=int(seed))
+        fresh = mode == "outpaint" or st.inpaint_start == "noise"
+        sampler = _EditSampler(m, float(cfg), settings, int(seed) + 1 if fresh else None,
+                               len(dm.double_blocks), len(dm.single_blocks), st.replace)
+        out = guider.sample(z1, src, sampler, _sigmas(model, scheduler, st.steps), disable_pbar=True, seed=int(seed))
         return ({"samples": out.cpu()},)
 
 

@@ -5,7 +5,9 @@ model and carries on, so a LoRA for another model silently does nothing. This no
 same way (``comfy.utils.load_torch_file`` -> ``comfy.lora_convert.convert_lora`` ->
 ``comfy.lora.load_lora`` with ``model_lora_keys_unet`` -> ``clone`` + ``add_patches``), counts
 the LoRA modules that matched (:mod:`pano_core.diffusion.lora`) and raises a clear error (or
-warns) when some did not. Weights are read from ``.safetensors`` files only.
+warns) when some did not. Keys of a raw PEFT file (``base_model.model.<module>``), which ComfyUI
+does not map for Flux, are read as ``transformer.<module>`` (DiT360's official form). Weights are
+read from ``.safetensors`` files only.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import comfy.lora_convert
 import comfy.utils
 import folder_paths
 
-from ..pano_core.diffusion.lora import match_lora_modules
+from ..pano_core.diffusion.lora import lora_shape_problem, match_lora_modules, peft_to_transformer_prefix
 from ..pano_core.errors import PanoInputError
 from ..pano_core.validate import check_choice
 from ._common import CAT_DIT360 as CATEGORY
@@ -65,7 +67,12 @@ class Pano360DiT360LoraLoader:
         stamp = (path, st.st_mtime, st.st_size)
         if self._cache is not None and self._cache[0] == stamp:
             return self._cache[1]
-        sd = comfy.utils.load_torch_file(path, safe_load=True)
+        try:
+            sd = comfy.utils.load_torch_file(path, safe_load=True)
+        except Exception as e:  # safetensors' SafetensorError and friends do not name the file
+            raise PanoInputError(
+                f"lora_name: {lora_name} ({path}) is not a readable .safetensors file: {type(e).__name__}: {e}"
+            ) from None
         self._cache = (stamp, sd)
         return sd
 
@@ -74,13 +81,24 @@ class Pano360DiT360LoraLoader:
         path = folder_paths.get_full_path("loras", lora_name)
         if path is None:
             raise PanoInputError(f"lora_name: {lora_name} not found in the loras folder(s)")
-        lora = comfy.lora_convert.convert_lora(self._read(path, lora_name))
+        # raw PEFT files (base_model.model.<m>) -> transformer.<m>, which ComfyUI maps for Flux
+        sd, renamed = peft_to_transformer_prefix(self._read(path, lora_name))
+        if renamed:
+            log.info("Pano360 LoRA loader: %s: %d base_model.model. keys read as transformer.", lora_name, renamed)
+        lora = comfy.lora_convert.convert_lora(sd)
         key_map = comfy.lora.model_lora_keys_unet(model.model, {})
         loaded = comfy.lora.load_lora(lora, key_map, log_missing=False)
+        bad = _shape_mismatches(model.model, loaded)
+        for target in bad:  # would fail in the sampler ("shapes cannot be multiplied"): not applied
+            loaded.pop(target)
         report = match_lora_modules(lora.keys(), key_map, loaded.keys(), source=lora_name)
         summary = report.summary()
         if not report.complete:
             message = report.mismatch_message("lora_name")
+            if bad:
+                (t, why), = list(bad.items())[:1]
+                name = t[0] if isinstance(t, tuple) else t
+                message += f" ({len(bad)} with shapes that do not fit the model, e.g. {name}: {why})"
             if on_mismatch == "error":
                 raise PanoInputError(message)
             log.warning("Pano360 LoRA loader: %s", message)
@@ -92,6 +110,36 @@ class Pano360DiT360LoraLoader:
         out = model.clone()
         out.add_patches(loaded, strength_model)
         return (out, summary)
+
+
+def _patch_shapes(patch):
+    """(kind, shapes) of a ComfyUI LoRA patch: a LoRA adapter (up, down) or a ("diff"/"set", (t,)) tuple."""
+    if isinstance(patch, tuple) and len(patch) == 2 and patch[0] in ("diff", "set"):
+        return patch[0], (tuple(patch[1][0].shape),)
+    weights = getattr(patch, "weights", None)
+    if getattr(patch, "name", "") == "lora" and weights and weights[0] is not None and weights[1] is not None:
+        return "lora", (tuple(weights[0].shape), tuple(weights[1].shape))
+    return None, ()
+
+
+def _shape_mismatches(diffusion, loaded: dict) -> dict:
+    """{target: reason} for the patches whose shapes do not fit the model weight they target."""
+    out = {}
+    for target, patch in loaded.items():
+        name, sl = (target[0], target[1]) if isinstance(target, tuple) else (target, None)
+        try:
+            shape = list(comfy.utils.get_attr(diffusion, name).shape)
+        except AttributeError:
+            continue
+        if sl is not None:  # (dim, start, length): a slice of a fused weight
+            shape[sl[0]] = sl[2]
+        kind, shapes = _patch_shapes(patch)
+        if kind is None:
+            continue
+        why = lora_shape_problem(shape, kind, shapes)
+        if why is not None:
+            out[target] = why
+    return out
 
 
 NODE_CLASS_MAPPINGS = {"Pano360DiT360LoraLoader": Pano360DiT360LoraLoader}

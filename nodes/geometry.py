@@ -7,6 +7,7 @@ Thin adapters over :mod:`pano_core.geometry` (all math lives there). Cubemaps tr
 
 from __future__ import annotations
 
+from ..pano_core.budget import check_bytes
 from ..pano_core.errors import PanoInputError
 from ..pano_core.geometry import (
     c2e,
@@ -22,7 +23,7 @@ from ..pano_core.geometry import (
     seam_mask,
     yaw_to_pixels,
 )
-from ..pano_core.validate import check_bchw, check_choice, check_erp
+from ..pano_core.validate import check_bchw, check_choice, check_erp, check_mask_like
 from ._common import CAT_GEOMETRY as CAT
 from ._common import bchw_to_image, bchw_to_mask, image_to_bchw, mask_to_bchw
 
@@ -37,8 +38,10 @@ def _image(image, name="image"):
     return check_bchw(image_to_bchw(image, name), name, IMAGE_CHANNELS)
 
 
-def _mask(mask, name="mask"):
-    return check_bchw(mask_to_bchw(mask, name).float(), name, (1,))
+def _mask(mask, name="mask", like=None):
+    """A ComfyUI MASK as (B, 1, H, W); with ``like`` (the image it goes with) its size is checked."""
+    m = check_bchw(mask_to_bchw(mask, name).float(), name, (1,))
+    return m if like is None else check_mask_like(m, like, name)
 
 
 def _override(value, override):
@@ -75,10 +78,14 @@ class ERPToCubemap:
     def run(self, image, face_size, layout, mode, mask=None):
         x = _image(image)
         s = face_size or None
+        if isinstance(s, int) and x.ndim == 4:  # all three outputs and their conversion, before allocating
+            b, c = x.shape[:2]
+            px = b * s * s * (6 * c + (12 if layout == "dice" else 6) * c * 2 + 6)
+            check_bytes("face_size", px * x.element_size(), f"cube faces of {s}x{s} with a {layout} image")
         faces = e2c(x, s, mode, "stack")
         lay = faces_to_layout(faces, layout)
         if mask is not None:
-            fm = e2c(check_erp(_mask(mask), "mask", (1,)), s, mode, "stack").clamp(0, 1)
+            fm = e2c(check_erp(_mask(mask, like=x), "mask", (1,)), s, mode, "stack").clamp(0, 1)
         else:
             fm = faces.new_ones(faces.shape[0], 1, faces.shape[2], faces.shape[3])
         return (bchw_to_image(faces), bchw_to_image(lay), bchw_to_mask(fm))
@@ -131,7 +138,7 @@ class CubemapToERP:
         h = None if w is None else w // 2
         out = c2e(faces, h, w, mode)
         if mask is not None:
-            m = _mask(mask)
+            m = _mask(mask, like=x)
             mfaces = layout_to_faces(m, layout, "mask")
             mo = c2e(mfaces, h, w, mode).clamp(0, 1)
         else:
@@ -157,7 +164,8 @@ class ERPToPerspective:
             },
             "optional": {
                 "mask": ("MASK",),
-                "yaw_in": ("FLOAT", {"forceInput": True, "tooltip": "overrides yaw (e.g. from the viewer)"}),
+                "yaw_in": ("FLOAT", {"forceInput": True, "tooltip": "overrides yaw (e.g. from the viewer); while "
+                                      "connected, the yaw widget is disabled and labelled 'from yaw_in'"}),
                 "pitch_in": ("FLOAT", {"forceInput": True, "tooltip": "overrides pitch"}),
                 "fov_in": ("FLOAT", {"forceInput": True, "tooltip": "overrides fov"}),
             },
@@ -174,7 +182,7 @@ class ERPToPerspective:
         fov, yaw, pitch = _override(fov, fov_in), _override(yaw, yaw_in), _override(pitch, pitch_in)
         out = e2p(x, fov, yaw, pitch, roll, (height, width), mode)
         if mask is not None:
-            mo = e2p(check_erp(_mask(mask), "mask", (1,)), fov, yaw, pitch, roll, (height, width), mode).clamp(0, 1)
+            mo = e2p(check_erp(_mask(mask, like=x), "mask", (1,)), fov, yaw, pitch, roll, (height, width), mode).clamp(0, 1)
         else:
             mo = out.new_ones(out.shape[0], 1, height, width)
         return (bchw_to_image(out), bchw_to_mask(mo))
@@ -217,7 +225,7 @@ class PerspectiveToERP:
         hw = (erp_width // 2, erp_width)
         out, cov = p2e(x, fov, yaw, pitch, roll, hw, mode)
         if mask is not None:
-            m, _ = p2e(_mask(mask), fov, yaw, pitch, roll, hw, mode)
+            m, _ = p2e(_mask(mask, like=x), fov, yaw, pitch, roll, hw, mode)
             cov = cov * m.clamp(0, 1)
         return (bchw_to_image(out), bchw_to_mask(cov))
 
@@ -248,7 +256,7 @@ class RotatePanorama:
         x = _image(image)
         out = rotate_erp(x, yaw, pitch, roll, mode)
         if mask is not None:
-            mo = rotate_erp(check_erp(_mask(mask), "mask", (1,)), yaw, pitch, roll, mode).clamp(0, 1)
+            mo = rotate_erp(check_erp(_mask(mask, like=x), "mask", (1,)), yaw, pitch, roll, mode).clamp(0, 1)
         else:
             mo = out.new_ones(out.shape[0], 1, out.shape[2], out.shape[3])
         return (bchw_to_image(out), bchw_to_mask(mo))
@@ -277,7 +285,7 @@ class RollYaw:
         x = _image(image)
         out = roll_erp(x, yaw)
         if mask is not None:
-            mo = roll_erp(check_erp(_mask(mask), "mask", (1,)), yaw)
+            mo = roll_erp(check_erp(_mask(mask, like=x), "mask", (1,)), yaw)
         else:
             mo = out.new_ones(out.shape[0], 1, out.shape[2], out.shape[3])
         return (bchw_to_image(out), bchw_to_mask(mo), yaw_to_pixels(yaw, x.shape[-1]))

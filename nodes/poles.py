@@ -101,6 +101,9 @@ class Pano360MergePoleFaces:
             "optional": {
                 "pole_masks": ("MASK", {"tooltip": "Masks of the inpainted region (default: the central square of 'fraction')."}),
                 "fraction": _FRACTION,
+                "face_size": (_FACE_SIZE[0], {**_FACE_SIZE[1], "tooltip": "The face size the faces were extracted "
+                              "with (checked); 0 = Extract Pole Faces' default (panorama width / 4, multiple of 16). "
+                              "With pole_masks connected their size is used."}),
             },
         }
 
@@ -113,10 +116,19 @@ class Pano360MergePoleFaces:
         "Pixels outside mask + feather are returned bit-identical."
     )
 
-    def merge(self, panorama, pole_faces, feather=poles.DEFAULT_FEATHER, pole_masks=None, fraction=poles.DEFAULT_FRACTION):
+    def merge(self, panorama, pole_faces, feather=poles.DEFAULT_FEATHER, pole_masks=None, fraction=poles.DEFAULT_FRACTION,
+              face_size=0):
         erp = _erp(panorama)
         faces = image_to_bchw(pole_faces, "pole_faces")
         masks = mask_to_bchw(pole_masks, "pole_masks") if pole_masks is not None else None
+        if masks is None:  # the faces must have the size they were extracted with
+            s = poles.pole_face_size(erp.shape[-1], face_size or None, multiple=16 if not face_size else 1)
+            if faces.shape[-1] == faces.shape[-2] != s:  # (non-square faces: pano_core says so)
+                raise PanoInputError(
+                    f"pole_faces: expected {s}x{s} faces (extracted from this {erp.shape[-1]}-wide panorama with "
+                    f"face_size {face_size}); got {faces.shape[-1]}x{faces.shape[-2]}. Set face_size to the size "
+                    "you extracted with, or connect pole_masks"
+                )
         return (bchw_to_image(poles.merge_pole_faces_rgb(erp, faces, masks, feather=feather, fraction=fraction)),)
 
 
@@ -128,9 +140,13 @@ class Pano360RefinePolesOpenCV:
         return {
             "required": {
                 "panorama": ("IMAGE",),
-                "method": (["telea", "ns"], {"default": "telea", "tooltip": "telea: fast marching (Telea 2004); ns: Navier-Stokes."}),
+                "method": (list(poles.opencv_methods()), {"default": "telea", "tooltip":
+                           "telea: fast marching (Telea 2004); ns: Navier-Stokes; fsr (with opencv-contrib "
+                           "installed): frequency-selective reconstruction, texture instead of a smeared X."}),
                 "radius": ("FLOAT", {"default": 3.0, "min": 0.5, "max": 64.0, "step": 0.5, "tooltip": "Inpainting radius in pixels."}),
-                "fraction": _FRACTION,
+                "fraction": (_FRACTION[0], {**_FRACTION[1], "default": poles.OPENCV_DEFAULT_FRACTION, "tooltip":
+                             "Share of the top/bottom face side to inpaint. OpenCV is for small defects: large "
+                             "holes get a smeared X (default 0.2; use Refine Poles (model) for more)."}),
                 "feather": _FEATHER,
                 "face_size": _FACE_SIZE,
             }
@@ -142,7 +158,7 @@ class Pano360RefinePolesOpenCV:
     CATEGORY = CATEGORY
     DESCRIPTION = "Fills the centre of the top/bottom cube faces with OpenCV inpainting and blends it back."
 
-    def refine(self, panorama, method="telea", radius=3.0, fraction=poles.DEFAULT_FRACTION,
+    def refine(self, panorama, method="telea", radius=3.0, fraction=poles.OPENCV_DEFAULT_FRACTION,
                feather=poles.DEFAULT_FEATHER, face_size=0):
         erp = _erp(panorama)
         inp = poles.OpenCVInpainter(method, radius)

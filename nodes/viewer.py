@@ -82,6 +82,16 @@ def _save_preview(img: torch.Tensor, folder: str, stem: str) -> tuple[str, int, 
     return name, w, h
 
 
+def _remove_previous(folder: str, prefix: str) -> None:
+    """Delete this node's preview files of earlier runs (they would pile up in ComfyUI's temp)."""
+    for name in os.listdir(folder):
+        if name.startswith(prefix) and name.endswith((".png", ".jpg")):
+            try:
+                os.remove(os.path.join(folder, name))
+            except OSError:  # already gone, or in use elsewhere: not worth failing the run
+                pass
+
+
 class Pano360Viewer:
     """Look around panoramas inside the node; outputs the framed view on the next run."""
 
@@ -157,6 +167,7 @@ class Pano360Viewer:
         os.makedirs(folder, exist_ok=True)
         token = secrets.token_hex(4)
         node = "".join(c for c in str(unique_id or "x") if c.isalnum() or c in "-_")[:32]
+        _remove_previous(folder, f"viewer_{node}_")
         items = []
         n = erp.shape[0]
         for i in range(min(n, MAX_STRIP)):

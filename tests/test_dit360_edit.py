@@ -168,7 +168,13 @@ def test_edit_keeps_unmasked_and_changes_masked(pipe, image, mask):
     assert kept_err < masked_err
 
 
-def test_feature_replacement_pulls_edit_branch_to_source(pipe):
+@pytest.mark.parametrize("replace", ["attention", "block"])
+def test_feature_replacement_modes(pipe, replace):
+    """``attention`` (official DiT360): exactly the attention input of every block (the states Q/K/V
+    come from; in single blocks the image part of the joined [text, image] sequence) takes the
+    source's at kept tokens, while the block inputs (residual stream) stay the edit branch's own.
+    ``block``: the block inputs themselves are replaced (residual stream too), which pulls the kept
+    region of the edit branch much closer to the source."""
     lat = torch.randn(1, 16, 8, 16, generator=torch.Generator().manual_seed(0))
     vel = editing._FluxVelocity(pipe, lat.shape, padding=1, guidance=2.8)
     pe_s, pool_s, txt = vel.encode("")
@@ -176,20 +182,165 @@ def test_feature_replacement_pulls_edit_branch_to_source(pipe):
     pe, pooled = torch.cat([pe_s, pe_e]), torch.cat([pool_s, pool_e])
     m = torch.zeros(1, 1, 8, 16)
     m[..., :, 8:] = 1  # right half is edited, left half kept
-    keep = keep_mask_for_tokens(latent_mask_to_tokens(m), 4, 8, 4 * 10)
+    n_img = 4 * 10
+    keep = keep_mask_for_tokens(latent_mask_to_tokens(m), 4, 8, n_img)
     x = torch.cat([lat, lat + 0.5 * torch.randn_like(lat)])
-    rep = FeatureReplacer(vel.tr, keep)
+    blocks = list(vel.tr.transformer_blocks) + list(vel.tr.single_transformer_blocks)
+    seen = {"block": [], "attention": []}
+
+    def spy(kind):
+        def hook(module, args, kwargs):
+            hs = kwargs.get("hidden_states", args[0] if args else None)
+            seen[kind].append(hs[:, -n_img:].detach().clone())  # image tokens are at the end
+        return hook
+
+    rep = FeatureReplacer(vel.tr, keep, replace=replace)
     with rep:
         rep.enabled = False
         v_off = vel(x, 0.8, pe, pooled, txt)
+        handles = [b.register_forward_pre_hook(spy("block"), with_kwargs=True) for b in blocks]
+        handles += [b.attn.register_forward_pre_hook(spy("attention"), with_kwargs=True) for b in blocks]
         rep.enabled = True
-        v_on = vel(x, 0.8, pe, pooled, txt)
+        try:
+            v_on = vel(x, 0.8, pe, pooled, txt)
+        finally:
+            for h in handles:
+                h.remove()
     assert rep.calls == 2  # one double + one single block
-    kept = (1 - m).bool().expand_as(lat)
-    d_off = (v_off[1] - v_off[0])[kept[0]].abs().mean()
-    d_on = (v_on[1] - v_on[0])[kept[0]].abs().mean()
-    assert d_on < 0.5 * d_off
+    k = keep[0]
+    for kind, states in seen.items():
+        assert len(states) == 2
+        for i, hs in enumerate(states):
+            src, ed = hs[0], hs[1]
+            if kind == replace:
+                assert torch.equal(ed[k], src[k]), (kind, i)  # kept tokens: the source's
+                assert not torch.allclose(ed[~k], src[~k]), (kind, i)  # edited tokens: its own
+            elif kind == "block" and i > 0:  # attention mode: the residual stream stays its own
+                assert not torch.allclose(ed[k], src[k], atol=1e-4), (kind, i)
     assert torch.equal(v_on[0], v_off[0])  # the source branch is untouched
+    assert not torch.allclose(v_on[1], v_off[1])
+    kept = (1 - m).bool().expand_as(lat)[0]
+    d_off = (v_off[1] - v_off[0])[kept].abs().mean()
+    d_on = (v_on[1] - v_on[0])[kept].abs().mean()
+    if replace == "block":
+        assert d_on < 0.5 * d_off
+    with pytest.raises(PanoInputError, match="replace"):
+        FeatureReplacer(vel.tr, keep, replace="qkv")
+
+
+def test_feature_replacement_on_the_joined_text_image_layout(pipe):
+    """diffusers 0.32-0.34 feed single blocks the joined [text, image] sequence: only the image
+    tokens at the end are replaced; a sequence that is neither layout is a clear error."""
+    from pano_core.dit360.attention import image_part
+
+    assert image_part(40, 40, 512) == 0
+    assert image_part(552, 40, 512) == 512
+    with pytest.raises(PanoInputError, match="mask has 40 tokens, the model sees 60"):
+        image_part(60, 40, 512)
+    keep = torch.zeros(1, 4, dtype=torch.bool)
+    keep[0, :2] = True
+    rep = FeatureReplacer(pipe.transformer, keep, replace="block")
+    rep.enabled, rep.txt_len = True, 3
+    hs = torch.arange(2 * 7, dtype=torch.float32).view(2, 7, 1).repeat(1, 1, 2)
+    _, kw = rep._hook(None, (), {"hidden_states": hs})
+    out = kw["hidden_states"]
+    assert torch.equal(out[0], hs[0])  # source untouched
+    assert torch.equal(out[1, :3], hs[1, :3])  # text tokens untouched
+    assert torch.equal(out[1, 3:5], hs[0, 3:5])  # kept image tokens from the source
+    assert torch.equal(out[1, 5:], hs[1, 5:])  # edited image tokens stay
+
+
+def test_presets_official_and_pano360():
+    """``official`` is exactly the official DiT360 editing settings (DESIGN.md section 5); ``pano360``
+    ours; single options override a preset."""
+    off = editing.edit_settings("official")
+    assert (off.steps, off.guidance, off.inversion_guidance, off.inversion_prompt, off.gamma) == (50, 3.5, 0.0, "empty", 1.0)
+    assert eta_schedule(off.steps, off.eta, off.eta_start, off.eta_stop) == [1.0] * 49 + [0.0]  # eta 1 on [0, 49)
+    assert (off.tau, off.inpaint_start, off.mu_tokens, off.replace, off.circular_encode, off.padding) == (
+        0.5, "noise", "unpadded", "attention", False, 1)
+    ours = editing.edit_settings()
+    assert ours == editing.PRESETS["pano360"] == editing.EditSettings()
+    assert (ours.steps, ours.guidance, ours.inversion_guidance, ours.gamma, ours.eta) == (28, 2.8, None, 0.5, 0.9)
+    assert (ours.inpaint_start, ours.mu_tokens, ours.replace, ours.circular_encode) == ("inverted", "padded", "attention", True)
+    assert editing.edit_settings("official", steps=3, guidance=None).steps == 3
+    with pytest.raises(PanoInputError, match="preset"):
+        editing.edit_settings("dit360")
+    with pytest.raises(PanoInputError, match="replace"):
+        editing.edit_settings(replace="qkv")
+    with pytest.raises(PanoInputError, match="stepz"):
+        editing.edit_settings(stepz=3)
+
+
+def test_official_preset_runs_the_official_settings(pipe, image, mask, monkeypatch):
+    """The official preset inverts with an empty prompt at guidance 0 and a plain VAE encode, edits
+    at guidance 3.5 from fresh noise (inpaint too) with mu from the unpadded token count."""
+    calls = []
+
+    def spy(module, args, kwargs):
+        calls.append((float(kwargs["guidance"][0]), kwargs["encoder_hidden_states"].detach().clone(),
+                      float(kwargs["timestep"][0])))
+
+    encoded = []
+    orig_encode = editing.encode_image
+    monkeypatch.setattr(editing, "encode_image", lambda p, im, circular_encode=True, encode_pad=None: (
+        encoded.append(circular_encode), orig_encode(p, im, circular_encode, encode_pad))[1])
+    h = pipe.transformer.register_forward_pre_hook(spy, with_kwargs=True)
+    try:
+        res = editing.inpaint(pipe, image, mask, prompt="a lake", source_prompt="a village", preset="official",
+                              steps=3, seed=2, progress=False, output="latent")
+    finally:
+        h.remove()
+    assert encoded == [False]
+    assert [c[0] for c in calls] == [0.0] * 3 + [3.5] * 3
+    vel = editing._FluxVelocity(pipe, (1, 16, H // 8, W // 8), 1, 0.0)
+    empty = vel.encode("").prompt_embeds
+    source = vel.encode("a village").prompt_embeds
+    for c in calls[:3]:  # inversion: the empty prompt, not the source prompt
+        assert torch.allclose(c[1], empty, atol=1e-4) and not torch.allclose(c[1], source, atol=1e-2)
+    # mu from the unpadded token count: the edit calls run at its sigmas
+    un = editing.flux_sigmas(pipe, 3, (H // 8, W // 8), 1, "unpadded")
+    pad = editing.flux_sigmas(pipe, 3, (H // 8, W // 8), 1, "padded")
+    assert not torch.allclose(un, pad)
+    assert [c[2] for c in calls[3:]] == pytest.approx(un[:-1].tolist(), abs=1e-6)
+    # fresh noise in the white region, as outpaint: same result
+    res2 = editing.outpaint(pipe, image, mask, prompt="a lake", source_prompt="a village", preset="official",
+                            steps=3, seed=2, progress=False, output="latent")
+    assert torch.equal(res.edit, res2.edit)
+
+
+def test_circular_vae_against_the_tiled_reference(pipe):
+    """diffusers path: the editing encode is circular by default (8 wrapped latent columns); against
+    the perfectly circular reference (input tiled three times, middle third) the edge error of the
+    encode falls from a plain one over 4 columns to 8 and the decode's is far below a plain decode
+    (Flux VAE numbers: benchmarks/RESULTS.md); the plain encode's latent has a seam the circular
+    one has not."""
+    from pano_core.diffusion.circular import periodic_reference
+    from pano_core.diffusion.vae import vae_decode, vae_encode
+    from pano_core.io import read_image
+    from pano_core.seams.metrics import wrap_seam_ratio
+
+    img = read_image("tests/assets/snow_village_erp.png")[:, :3]
+    img = torch.nn.functional.interpolate(img, size=(64, 256), mode="area")
+    vae = pipe.vae
+    z = {c: vae_encode(vae, img, wrap_cols=c).float() for c in (0, 4, 8)}
+    assert torch.equal(editing.encode_image(pipe, img), z[8])  # editing's default
+    assert torch.equal(editing.encode_image(pipe, img, circular_encode=False), z[0])
+    z_ref = periodic_reference(lambda x: vae_encode(vae, x).float(), img, scale=1 / 8)
+
+    def edge(x, ref, k):
+        d = (x - ref).abs()
+        return float(torch.cat([d[..., :k], d[..., -k:]], -1).mean().detach())
+
+    e = {c: edge(z[c], z_ref, 2) for c in z}
+    assert e[8] < e[4] < e[0], e
+    assert wrap_seam_ratio(z[0]) > 1.15 * wrap_seam_ratio(z_ref)
+    assert abs(wrap_seam_ratio(z[8]) - wrap_seam_ratio(z_ref)) < 0.05 * wrap_seam_ratio(z_ref)
+    x_ref = periodic_reference(lambda t: vae_decode(vae, t), z_ref, scale=8)
+    d = {c: edge(vae_decode(vae, z_ref, wrap_cols=c), x_ref, 16) for c in (0, 4, 8)}
+    # this VAE's decoder has a global attention mid-block: wrapped copies shift its softmax, so the
+    # decode gain is not monotone here (it is on convolutional decoders, test_dit360_comfy.py)
+    assert max(d[4], d[8]) < 0.5 * d[0], d
+    assert torch.equal(vae_decode(vae, z_ref, wrap_cols=None), vae_decode(vae, z_ref, wrap_cols=8))
 
 
 def test_velocity_is_one_padded_transformer_call(pipe):

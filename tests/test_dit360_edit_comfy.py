@@ -165,6 +165,89 @@ def test_feature_replacement_changes_the_edit(pack, model, conds, latent, mask):
     assert ((with_rep - without).abs() * lm).max() > 1e-3
 
 
+class _QKVSpy:
+    """A user's ``optimized_attention_override`` (ours chains to it): records the Q/K/V every
+    attention call gets, after our replacement, with the block it belongs to."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, func, *args, **kwargs):
+        topts = kwargs.get("transformer_options") or {}
+        self.calls.append(((topts.get("block_type"), topts.get("block_index")),
+                           [a.detach().clone() for a in args[:3]]))
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("replace,patched", [("attention", False), ("attention", True), ("block", False)])
+def test_replace_modes_in_the_edit_node(pack, model, conds, latent, mask, replace, patched):
+    """``replace = attention`` (official, default): at every block of every replacing step the edit
+    call's Q/K/V at kept image tokens are exactly the source call's (the attention input is
+    replaced), edited tokens keep their own; with the DiT360 patch the kept mask is padded like
+    the tokens. ``replace = block``: the block input is replaced instead, so Q/K/V at kept tokens
+    still carry the edit branch's own modulation (prompt) and differ."""
+    assert pack.Pano360DiT360Edit.INPUT_TYPES()["required"]["replace"][1]["default"] == "attention"
+    mdl = model
+    cols = 0
+    if patched:
+        dit = importlib.import_module(f"{PACK_NAME}.nodes.dit360")
+        (mdl,) = dit.Pano360DiT360Patch().patch(model, padding=1)
+        cols = 2
+    spy = _QKVSpy()
+    mdl = mdl.clone()
+    mdl.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = spy
+    inv = _invert(pack, model, conds, latent, steps=2)
+    spy.calls.clear()
+    _edit(pack, mdl, conds, inv, mask, steps=2, tau=0.0, replace=replace)
+    # the kept image tokens of the (padded) grid
+    lm = torch.nn.functional.max_pool2d(mask[:, None], 8)
+    lm = torch.cat([lm[..., LAT_W - cols:], lm, lm[..., :cols]], -1) if cols else lm
+    keep = ~torch.nn.functional.max_pool2d(lm, 2).flatten(1)[0].bool()
+    n_img = keep.numel()
+    per_call = 2  # one double + one single block
+    assert len(spy.calls) == 2 * 2 * per_call  # 2 steps x (source call, edit call)
+    same = []
+    for step in range(2):
+        base = step * 2 * per_call
+        for b in range(per_call):
+            (key_s, qkv_s), (key_e, qkv_e) = spy.calls[base + b], spy.calls[base + per_call + b]
+            assert key_s == key_e
+            for src, ed in zip(qkv_s, qkv_e):
+                src_img, ed_img = src[:, :, -n_img:], ed[:, :, -n_img:]
+                same.append(torch.equal(ed_img[:, :, keep], src_img[:, :, keep]))
+                assert not torch.allclose(ed_img[:, :, ~keep], src_img[:, :, ~keep])
+    assert all(same) if replace == "attention" else not any(same)
+
+
+def test_presets_in_the_edit_nodes(pack, model, conds, latent, mask):
+    """``preset = official`` runs exactly the official settings (50 steps, inversion guidance 0,
+    edit guidance 3.5, fresh noise in the white region also when inpainting), whatever the
+    widgets say; ``custom`` uses the widgets; ``pano360`` equals custom with the default widgets."""
+    seen = []
+    m = model.clone()
+
+    def wrapper(apply_model, args):
+        seen.append(float(args["c"]["guidance"][0]))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    m.set_model_unet_function_wrapper(wrapper)
+    for node in (pack.Pano360DiT360Invert, pack.Pano360DiT360Edit):
+        assert node.INPUT_TYPES()["required"]["preset"][0] == ["custom", "pano360", "official"]
+    (inv,) = pack.Pano360DiT360Invert().invert(m, conds["src"], latent, 3, 0.5, 0, 2.8, "simple", "official")
+    assert seen == [0.0] * 50 and inv[pack.INV_KEY]["gamma"] == 1.0
+    seen.clear()
+    a = _edit(pack, m, conds, inv, mask, steps=3, preset="official", seed=4)
+    assert seen == [3.5] * 100
+    # the official inpaint starts the white region from fresh noise: the same as outpaint mode
+    b = _edit(pack, m, conds, inv, mask, mode="outpaint", steps=50, guidance=3.5, eta=1.0, eta_stop=0.98, seed=4)
+    assert torch.equal(a, b)
+    # pano360 = custom with the widget defaults
+    req = pack.Pano360DiT360Edit.INPUT_TYPES()["required"]
+    widgets = {k: req[k][1]["default"] for k in ("steps", "guidance", "eta", "eta_start", "eta_stop", "tau", "replace")}
+    assert pack._preset("pano360") == pack._preset("custom", **widgets)
+    assert pack._preset("custom", steps=7).steps == 7 and pack._preset("official", steps=7).steps == 50
+
+
 def test_outpaint_starts_from_fresh_noise(pack, model, conds, latent, mask):
     inv = _invert(pack, model, conds, latent)
     a = _edit(pack, model, conds, inv, mask, mode="outpaint", seed=1)

@@ -166,6 +166,33 @@ def test_matching_lora_loads_like_lora_loader_model_only(node_mod, model, tiny_m
     assert same is model
 
 
+def test_peft_prefix_loads_in_the_checked_loader_and_after_convert_lora(node_mod, model, tiny_models, loras,
+                                                                        capsys):
+    """DiT360's official conversion writes ``transformer.<m>`` keys; a raw PEFT file has
+    ``base_model.model.<m>``, which ComfyUI does not map for Flux (the plain loader gets 0
+    modules). The checked loader reads it as ``transformer.<m>`` (same patches as the official
+    file); ``pano360 convert-lora`` writes a file the plain loader maps completely."""
+    from pano_core.cli import main
+
+    official = tiny_models.save_tiny_dit360_lora(loras / "official.safetensors", seed=0, rank=4)
+    sd = load_file(official)
+    assert all(k.startswith("transformer.") for k in sd)
+    save_file({"base_model.model." + k[len("transformer."):]: v for k, v in sd.items()},
+              str(loras / "peft.safetensors"), metadata={"format": "pt"})
+    plain = _stock(model, loras / "peft.safetensors", 1.0)
+    assert not plain.patches  # LoraLoaderModelOnly: 0 modules of a base_model.model. file
+    out, summary = node_mod.Pano360DiT360LoraLoader().load(model, "peft.safetensors", 1.0)
+    assert summary == "7 of 7 LoRA modules (14 of 14 keys) in peft.safetensors match this model"
+    _same_patches(out, _stock(model, official, 1.0))
+    conv = loras / "converted.safetensors"
+    assert main(["convert-lora", str(loras / "peft.safetensors"), str(conv)]) == 0
+    assert "14 of 14 keys renamed" in capsys.readouterr().out
+    assert load_file(str(conv)).keys() == sd.keys()
+    _same_patches(_stock(model, conv, 1.0), _stock(model, official, 1.0))
+    assert main(["convert-lora", str(loras / "peft.safetensors"), str(conv)]) == 2  # never overwritten
+    assert "already exists" in capsys.readouterr().err
+
+
 def test_foreign_keys_are_an_error_with_the_count(node_mod, model, tiny_models, loras, errors, caplog):
     good = tiny_models.save_tiny_dit360_lora(loras / "good.safetensors", seed=1, rank=4)
     sd = load_file(good)

@@ -295,16 +295,16 @@ def test_peft_lora_with_dit360_keys_loads_and_changes_output(fresh_pipe, tmp_pat
     from safetensors.torch import load_file
 
     sd = load_file(str(f))
-    assert all(k.startswith("base_model.model.") for k in sd)
-    assert "base_model.model.transformer_blocks.0.attn.to_out.0.lora_B.weight" in sd
+    assert all(k.startswith("transformer.") for k in sd)  # what DiT360's official conversion writes
+    assert "transformer.transformer_blocks.0.attn.to_out.0.lora_B.weight" in sd
     report = pipe.load_lora(tmp_path / "dit360", scale=1.0)  # folder -> adapter_model.safetensors
     assert report.matched_keys == report.total_keys == len(sd)
     assert "transformer_blocks.0.attn.to_q" in report.matched_modules and report.rank == 4
     # the layer computes W x + B A x exactly (alpha == rank, scale 1)
     layer = pipe.transformer.transformer_blocks[0].attn.to_q
     x = torch.randn(3, layer.in_features)
-    a = sd["base_model.model.transformer_blocks.0.attn.to_q.lora_A.weight"]
-    b = sd["base_model.model.transformer_blocks.0.attn.to_q.lora_B.weight"]
+    a = sd["transformer.transformer_blocks.0.attn.to_q.lora_A.weight"]
+    b = sd["transformer.transformer_blocks.0.attn.to_q.lora_B.weight"]
     with torch.no_grad():
         torch.testing.assert_close(layer(x), layer.base_layer(x) + x @ a.T @ b.T, atol=1e-5, rtol=1e-5)
     lora = pipe("a temple", **KW, seed=0)
@@ -322,15 +322,15 @@ def test_lora_alpha_from_adapter_config_is_applied(fresh_pipe, tmp_path):
 
     sd = load_file(str(f))
     layer = pipe.transformer.transformer_blocks[0].attn.to_k
-    a = sd["base_model.model.transformer_blocks.0.attn.to_k.lora_A.weight"]
-    b = sd["base_model.model.transformer_blocks.0.attn.to_k.lora_B.weight"]
+    a = sd["transformer.transformer_blocks.0.attn.to_k.lora_A.weight"]
+    b = sd["transformer.transformer_blocks.0.attn.to_k.lora_B.weight"]
     x = torch.randn(2, layer.in_features)
     with torch.no_grad():
         torch.testing.assert_close(layer(x), layer.base_layer(x) + 3.0 * (x @ a.T @ b.T), atol=1e-5, rtol=1e-5)
 
 
-def test_diffusers_prefixed_lora_keys_load(fresh_pipe, tmp_path):
-    f = td.make_peft_lora_file(tmp_path / "d.safetensors", fresh_pipe.transformer, rank=2, prefix="transformer.")
+def test_peft_prefixed_lora_keys_load(fresh_pipe, tmp_path):
+    f = td.make_peft_lora_file(tmp_path / "d.safetensors", fresh_pipe.transformer, rank=2, prefix="base_model.model.")
     rep = fresh_pipe.load_lora(f)
     assert rep.matched_keys == rep.total_keys > 0
 

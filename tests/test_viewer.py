@@ -91,11 +91,11 @@ def test_preview_files_in_temp(viewer_mod, temp_dir, cube_erp):
     batch = torch.cat([cube_erp, cube_erp.flip(-1)])
     ui = node.view(bhwc(batch), unique_id="12")["ui"]
     ui2 = node.view(bhwc(batch), unique_id="12")["ui"]
-    items = ui["pano360"]
+    items = ui2["pano360"]
     assert len(items) == 2 and ui["pano360_notes"] == []
-    assert {i["filename"] for i in items}.isdisjoint(
-        {i["filename"] for i in ui2["pano360"]}
-    )  # fresh names per run
+    assert {i["filename"] for i in ui["pano360"]}.isdisjoint(
+        {i["filename"] for i in items}
+    )  # fresh names per run (the previous run's files of this node are deleted)
     for b, it in enumerate(items):
         assert (
             it["type"] == "temp"

@@ -212,14 +212,15 @@ def make_peft_lora_file(
     transformer,
     rank: int = 4,
     targets: tuple[str, ...] = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"),
-    prefix: str = "base_model.model.",
+    prefix: str = "transformer.",
     seed: int = 0,
     scale: float = 0.5,
     alpha: float | None = None,
 ) -> Path:
     """Write a PEFT-format LoRA file like DiT360's ``adapter_model.safetensors``.
 
-    Keys are ``<prefix><module>.lora_A.weight`` (rank x in) and ``.lora_B.weight`` (out x rank)
+    Keys are ``<prefix><module>.lora_A.weight`` (``transformer.``: what DiT360's official conversion
+    writes; ``base_model.model.``: a raw PEFT ``save_pretrained`` of the wrapped transformer) (rank x in) and ``.lora_B.weight`` (out x rank)
     for every transformer module whose name ends with one of ``targets`` (DiT360 targets the
     attention projections ``attn.to_q/to_k/to_v/to_out.0``). Both factors are random (a
     trained LoRA has non-zero B), so the adapter changes the output. When ``alpha`` is given

@@ -26,7 +26,17 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         mod = importlib.import_module(f"{__name__}.{info.name}")
         mod.register(sub)
+    for sp in sub.choices.values():  # the size budget is an option of every subcommand
+        sp.add_argument("--max-pixels", type=_max_pixels, default=None, metavar="N",
+                        help="largest image (input or output) in pixels; default $PANO360_MAX_PIXELS or "
+                        "134217728 (16384x8192)")
     return parser
+
+
+def _max_pixels(text: str) -> int:
+    from ._args import positive_int
+
+    return positive_int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,11 +48,24 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from ..budget import set_max_pixels
+
     try:
+        set_max_pixels(args.max_pixels)
         return int(args.func(args) or 0)
     except PanoInputError as e:
         print(f"pano360 {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print(f"pano360 {args.command}: error: not enough memory for this input; choose a smaller size",
+              file=sys.stderr)
+        return 2
+    except OSError as e:  # a file that cannot be read or written
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"pano360 {args.command}: error:{where}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    finally:
+        set_max_pixels(None)
 
 
 if __name__ == "__main__":  # pragma: no cover

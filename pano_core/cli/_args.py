@@ -21,6 +21,7 @@ __all__ = [
     "finite_float",
     "fraction",
     "angle",
+    "fov",
     "size_wh",
     "add_device_args",
     "add_force",
@@ -75,6 +76,14 @@ def fraction(text: str) -> float:
 def angle(text: str) -> float:
     """A finite angle in degrees."""
     return _float(text, "an angle in degrees", "a finite angle in degrees")
+
+
+def fov(text: str) -> float:
+    """A field of view in degrees, 0 < fov < 180 (a pinhole view cannot see 180 degrees)."""
+    v = _float(text, "a field of view in degrees", "a finite field of view in degrees")
+    if not 0.0 < v < 180.0:
+        raise argparse.ArgumentTypeError(f"expected a field of view in degrees between 0 and 180 (exclusive), got {text!r}")
+    return v
 
 
 def size_wh(text: str) -> tuple[int, int]:

@@ -85,11 +85,21 @@ def cmd_generate(args) -> int:
         check_writable(target, args.force)
         settings = {"software": "Pano360 generate", "prompt": it.prompt, "seed": seed, "model": str(args.model),
                     "lora": None if args.no_lora else str(args.lora), "lora_scale": args.lora_scale,
-                    "steps": args.steps, "guidance": args.guidance, "pad": args.pad,
+                    **_effective_steps_guidance(args, view), "pad": args.pad,
                     "prefix": PANORAMA_PREFIX if args.prefix else None}
         _batch.write_panorama(target, image[:1], settings, bits=args.bits, force=args.force)
         print(f"wrote {target} ({args.width}x{args.height}, seed {seed}, {time.time() - t0:.1f} s)")
     return 0
+
+
+def _effective_steps_guidance(args, view) -> dict:
+    """The steps and guidance a run uses: the options, else 28 / 2.8 (text) or the --view-preset's."""
+    if view is None:
+        return {"steps": args.steps or 28, "guidance": 2.8 if args.guidance is None else args.guidance}
+    from ..dit360.editing import edit_settings
+
+    st = edit_settings(args.view_preset, steps=args.steps, guidance=args.guidance)
+    return {"steps": st.steps, "guidance": st.guidance}
 
 
 def _generate_one(args, pipe, prompt, seed, prefix, view, generate_from_view):
@@ -106,6 +116,7 @@ def _generate_one(args, pipe, prompt, seed, prefix, view, generate_from_view):
             prompt=prompt,
             height=args.height,
             width=args.width,
+            preset=args.view_preset,
             steps=args.steps,
             guidance=args.guidance,
             seed=seed,
@@ -118,8 +129,8 @@ def _generate_one(args, pipe, prompt, seed, prefix, view, generate_from_view):
             prompt,
             width=args.width,
             height=args.height,
-            steps=args.steps,
-            guidance=args.guidance,
+            steps=args.steps or 28,
+            guidance=2.8 if args.guidance is None else args.guidance,
             seed=seed,
             pad=args.pad,
             id_mode=args.id_mode,
@@ -154,8 +165,11 @@ def register(subparsers) -> None:
                    help="output image (.png or .jpg), or a folder with --prompts; never overwritten without --force")
     p.add_argument("--width", type=positive_int, default=2048, help="panorama width in pixels, multiple of 16 (default 2048)")
     p.add_argument("--height", type=positive_int, default=1024, help="panorama height, width/2 (default 1024)")
-    p.add_argument("--steps", type=positive_int, default=28, help="sampling steps (default 28)")
-    p.add_argument("--guidance", type=finite_float, default=2.8, help="FLUX.1-dev distilled guidance (default 2.8)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="sampling steps (default 28; with --view: the --view-preset's, pano360 28, official 50)")
+    p.add_argument("--guidance", type=finite_float, default=None,
+                   help="FLUX.1-dev distilled guidance (default 2.8; with --view: the --view-preset's, pano360 2.8, "
+                        "official 3.5)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0); same seed -> same panorama")
     _dit360.add_model_args(p)
     _dit360.add_pad_arg(p)
@@ -163,11 +177,15 @@ def register(subparsers) -> None:
                    help="position ids of the padded columns (default wrapped = DiT360)")
     p.add_argument("--resync", action="store_true", help="rebuild the padded columns from the opposite edge every step")
     p.add_argument("--circular-decode", action="store_true", help="VAE-decode with wrapped latent columns (no edge seam from the decoder)")
-    p.add_argument("--decode-pad", type=positive_int, default=4, help="latent columns wrapped per side for --circular-decode (default 4)")
+    p.add_argument("--decode-pad", type=positive_int, default=None,
+                   help="latent columns wrapped per side for --circular-decode (default 8, at most half the latent width)")
     p.add_argument("--max-sequence-length", type=positive_int, default=512, help="T5 tokens (default 512)")
     p.add_argument("--view", default=None, metavar="PHOTO", help="perspective photo to build the panorama around")
     p.add_argument("--fov", type=finite_float, default=None, help="horizontal field of view of --view, degrees")
     p.add_argument("--view-yaw", type=angle, default=0.0, help="where the photo looks: yaw in degrees (default 0 = centre)")
     p.add_argument("--view-pitch", type=angle, default=0.0, help="where the photo looks: pitch in degrees (default 0)")
+    p.add_argument("--view-preset", choices=("pano360", "official"), default="pano360",
+                   help="editing settings of --view (outpainting): pano360 (default, ours) or official (the official "
+                        "DiT360 editing code's; see pano360 edit --preset)")
     _dit360.add_output_args(p)
     p.set_defaults(func=cmd_generate)

@@ -3,12 +3,14 @@
 RF-inversion of the panorama, then a [source, edit] denoising pair with masked feature
 replacement (:mod:`pano_core.dit360.editing`). Mask: white = generate anew, black = keep
 (``--invert-mask`` flips it). ``--mode outpaint`` treats the white region as unknown (fresh
-seeded noise there instead of the inverted latent). Existing outputs are never overwritten
-unless ``--force``. Bad input exits with code 2 and a message, before any model is loaded.
+seeded noise there instead of the inverted latent). ``--preset official`` runs exactly the
+official DiT360 editing settings, ``--preset pano360`` (default) ours; single options override
+the preset. Existing outputs are never overwritten unless ``--force``. Bad input exits with code 2 and a message, before any model is loaded.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
@@ -67,6 +69,7 @@ def cmd_edit(args) -> int:
         mask,
         prompt=prompt,
         source_prompt=source_prompt,
+        preset=args.preset,
         steps=args.steps,
         guidance=args.guidance,
         seed=args.seed,
@@ -75,6 +78,8 @@ def cmd_edit(args) -> int:
         eta_start=args.eta_start,
         eta_stop=args.eta_stop,
         tau=args.tau,
+        replace=args.replace,
+        circular_encode=args.circular_encode,
         blend_until=args.blend_until,
         padding=args.pad,
         progress=not args.quiet,
@@ -104,14 +109,25 @@ def register(subparsers) -> None:
     p.add_argument("--prompt", required=True, help="what the white region should show")
     p.add_argument("--source-prompt", default="", help="description of the input panorama (default empty)")
     p.add_argument("-o", "--output", required=True, help="output image (.png or .jpg); never overwritten without --force")
-    p.add_argument("--steps", type=positive_int, default=28, help="inversion and sampling steps (default 28)")
-    p.add_argument("--guidance", type=finite_float, default=2.8, help="FLUX.1-dev distilled guidance (default 2.8)")
+    p.add_argument("--preset", choices=("pano360", "official"), default="pano360",
+                   help="pano360 (default): our settings; official: exactly the official DiT360 editing code's "
+                        "(50 steps, inversion gamma 1 with guidance 0 and an empty prompt, eta 1 on steps [0, 49), "
+                        "guidance 3.5, fresh noise also when inpainting, mu from the unpadded token count, plain "
+                        "VAE encode). The options below override it")
+    p.add_argument("--steps", type=positive_int, default=None, help="inversion and sampling steps (pano360 28, official 50)")
+    p.add_argument("--guidance", type=finite_float, default=None, help="FLUX.1-dev distilled guidance (pano360 2.8, official 3.5)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the inversion noise (default 0); same seed -> same result")
-    p.add_argument("--gamma", type=fraction, default=0.5, help="inversion controller strength (default 0.5)")
-    p.add_argument("--eta", type=fraction, default=0.9, help="source-branch controller strength (default 0.9)")
-    p.add_argument("--eta-start", type=fraction, default=0.0, help="first step fraction with eta (default 0)")
-    p.add_argument("--eta-stop", type=fraction, default=1.0, help="step fraction where eta stops (default 1 = all)")
-    p.add_argument("--tau", type=fraction, default=0.5, help="feature replacement while sigma > tau (default 0.5)")
+    p.add_argument("--gamma", type=fraction, default=None, help="inversion controller strength (pano360 0.5, official 1.0)")
+    p.add_argument("--eta", type=fraction, default=None, help="source-branch controller strength (pano360 0.9, official 1.0)")
+    p.add_argument("--eta-start", type=fraction, default=None, help="first step fraction with eta (default 0)")
+    p.add_argument("--eta-stop", type=fraction, default=None,
+                   help="step fraction where eta stops (pano360 1 = all steps, official 0.98 = [0, 49) of 50)")
+    p.add_argument("--tau", type=fraction, default=None, help="feature replacement while sigma > tau (default 0.5)")
+    p.add_argument("--replace", choices=("attention", "block"), default=None,
+                   help="attention (default, official): replace only the edit branch's attention input at kept "
+                        "tokens; block: replace the whole block input (residual stream too, stronger)")
+    p.add_argument("--circular-encode", action=argparse.BooleanOptionalAction, default=None,
+                   help="VAE-encode with 8 wrapped latent columns (pano360 on, official off)")
     p.add_argument("--blend-until", type=fraction, default=None,
                    help="blend latents by the mask while sigma > this (default: tau; 0 = every step)")
     _dit360.add_model_args(p)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..budget import check_pixels
 from ..errors import PanoInputError
 from ..io import check_writable, image_bits, read_image, write_image
-from ._args import add_force, angle, positive_int, size_wh
+from ._args import add_force, angle, fov, positive_int, size_wh
 
 MODES = ("nearest", "bilinear", "bicubic")
 FORMATS = ("dict", "list", "horizon", "dice", "stack")
@@ -32,10 +33,12 @@ def _common(p: argparse.ArgumentParser, mode: bool = True) -> None:
 
 
 def cmd_e2c(args) -> int:
-    from ..geometry import e2c, write_cubemap
+    from ..geometry import check_cubemap_output, e2c, write_cubemap
 
+    check_cubemap_output(args.output, args.format, args.force)
     img, bits = _read_erp(args.input)
-    faces = e2c(img, args.face_size, args.mode, "stack").clamp(0, 1)
+    faces = e2c(img, args.face_size, args.mode, "stack")
+    del img
     paths = write_cubemap(args.output, faces, args.format, bits=bits, force=args.force)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
@@ -52,7 +55,8 @@ def cmd_c2e(args) -> int:
     width = args.width or 4 * faces.shape[-1]
     if width % 2:
         raise PanoInputError(f"--width: an equirectangular output needs an even width, got {width}")
-    out = c2e(faces, width // 2, width, args.mode).clamp(0, 1)
+    out = c2e(faces, width // 2, width, args.mode)
+    del faces
     write_image(args.output, out, bits=bits, force=args.force)
     print(f"wrote {args.output}")
     return 0
@@ -64,7 +68,7 @@ def cmd_e2p(args) -> int:
     check_writable(args.output, args.force)
     img, bits = _read_erp(args.input)
     w, h = args.size
-    out = e2p(img, args.fov, args.yaw, args.pitch, args.roll, (h, w), args.mode).clamp(0, 1)
+    out = e2p(img, args.fov, args.yaw, args.pitch, args.roll, (h, w), args.mode)
     write_image(args.output, out, bits=bits, force=args.force)
     print(f"wrote {args.output}")
     return 0
@@ -82,8 +86,10 @@ def cmd_p2e(args) -> int:
     width = args.width or 2 * max(2, round(w * 180.0 / args.fov / 2))
     if width % 2:
         raise PanoInputError(f"--width: an equirectangular output needs an even width, got {width}")
+    check_pixels("--width" if args.width else "--width (from --fov and the image width)", width, width // 2,
+                 "panorama")
     erp, mask = p2e(img, args.fov, args.yaw, args.pitch, args.roll, (width // 2, width), args.mode)
-    write_image(args.output, erp.clamp(0, 1), bits=bits, force=args.force)
+    write_image(args.output, erp, bits=bits, force=args.force)
     print(f"wrote {args.output}")
     if args.mask_out:
         write_image(args.mask_out, mask, bits=8, force=args.force)
@@ -101,7 +107,7 @@ def cmd_rotate(args) -> int:
             raise PanoInputError("--exact: only a yaw rotation can be exact (whole pixels); drop --pitch/--roll")
         out = roll_erp(img, args.yaw)
     else:
-        out = rotate_erp(img, args.yaw, args.pitch, args.roll, args.mode).clamp(0, 1)
+        out = rotate_erp(img, args.yaw, args.pitch, args.roll, args.mode)
     write_image(args.output, out, bits=bits, force=args.force)
     print(f"wrote {args.output}")
     return 0
@@ -137,7 +143,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("e2p", help="equirectangular panorama -> perspective view")
     p.add_argument("input", help="ERP image")
-    p.add_argument("--fov", type=float, default=90.0, help="horizontal field of view, degrees (default 90)")
+    p.add_argument("--fov", type=fov, default=90.0, help="horizontal field of view, degrees (0..180, default 90)")
     p.add_argument("--yaw", type=angle, default=0.0, help="degrees, positive turns right")
     p.add_argument("--pitch", type=angle, default=0.0, help="degrees, positive looks up")
     p.add_argument("--roll", type=angle, default=0.0, help="degrees about the viewing axis")
@@ -148,7 +154,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("p2e", help="perspective view -> equirectangular panorama (+ coverage mask)")
     p.add_argument("input", help="perspective image")
-    p.add_argument("--fov", type=float, default=90.0, help="horizontal field of view of IN, degrees")
+    p.add_argument("--fov", type=fov, default=90.0, help="horizontal field of view of IN, degrees (0..180)")
     p.add_argument("--yaw", type=angle, default=0.0)
     p.add_argument("--pitch", type=angle, default=0.0)
     p.add_argument("--roll", type=angle, default=0.0)

@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--inpainter",
         default="opencv",
-        help="opencv (Telea, default), opencv-ns (Navier-Stokes) or diffusers:PATH_OR_HUB_ID",
+        help="opencv (Telea, default), opencv-ns (Navier-Stokes), opencv-fsr (needs opencv-contrib) or diffusers:PATH_OR_HUB_ID",
     )
     p.add_argument("--prompt", default="", help="prompt for a diffusers inpainter")
     p.add_argument("--negative-prompt", default=None, help="negative prompt (pipelines that support it)")
@@ -37,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--offload", default="none", choices=("none", "model", "sequential"), help="diffusers: CPU offload mode"
     )
     p.add_argument("--radius", type=finite_float, default=3.0, help="opencv: inpainting radius in pixels (3)")
-    p.add_argument("--fraction", type=fraction, default=0.5, help="share of the face side to inpaint (0.5)")
+    p.add_argument("--fraction", type=fraction, default=None,
+                   help="share of the face side to inpaint (default 0.2 for opencv*, which smears large holes; "
+                   "0.5 for diffusers, as DiT360)")
     p.add_argument("--feather", type=nonneg_int, default=16, help="blend band in face pixels outside the mask (16)")
     p.add_argument("--face-size", type=nonneg_int, default=0, help="pole face size (0: width / 4)")
     p.add_argument("--bits", type=int, choices=(8, 16), default=None, help="output bit depth (default: input's)")
@@ -69,7 +71,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         inpainter = make_inpainter(spec, radius=args.radius)
     t0 = time.perf_counter()
-    opts = dict(fraction=args.fraction, feather=args.feather, face_size=args.face_size or None)
+    from ..poles import DEFAULT_FRACTION, OPENCV_DEFAULT_FRACTION
+
+    frac = args.fraction if args.fraction is not None else (
+        OPENCV_DEFAULT_FRACTION if spec.lower().startswith("opencv") else DEFAULT_FRACTION)
+    opts = dict(fraction=frac, feather=args.feather, face_size=args.face_size or None)
     if spec.lower().startswith("opencv"):  # OpenCV inpaints any channel count itself
         out = refine_poles(erp, inpainter, **opts)
     else:  # models inpaint RGB

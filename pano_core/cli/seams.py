@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import PanoInputError
-from ._args import add_force, check_not_input
+from ._args import add_force, check_not_input, nonneg_int, positive_int
 
 IN_FORMATS = ("auto", "erp", "horizon", "dice", "stack", "dict")
 
@@ -30,12 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="output file (or folder for dict/list)")
     p.add_argument("--method", choices=("gauss-seidel", "exact"), default="gauss-seidel",
                    help="gauss-seidel (the paper's solver, default) or exact (direct DST-I solve)")
-    p.add_argument("--iterations", type=int, default=200, help="Gauss-Seidel sweeps (200)")
+    p.add_argument("--iterations", type=nonneg_int, default=200, help="Gauss-Seidel sweeps (200)")
     p.add_argument("--format", choices=IN_FORMATS, default="auto", help="input form (auto: from the file)")
     p.add_argument("--out-format", choices=("same", "erp", "horizon", "dice", "stack", "dict"), default="same",
                    help="output form (same as the input by default)")
     p.add_argument("--keep", default=None, help="faces to keep unchanged, e.g. F or F,U (their edges become the boundary)")
-    p.add_argument("--face-size", type=int, default=0, help="face size for an ERP input (0: width / 4)")
+    p.add_argument("--face-size", type=nonneg_int, default=0, help="face size for an ERP input (0: width / 4)")
     p.add_argument("--bits", type=int, choices=(8, 16), default=None, help="output bit depth (default: input's)")
     add_force(p, "overwrite existing output files")
     p.set_defaults(func=run_blend)
@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     w.add_argument("input", help="equirectangular panorama (2:1 image)")
     w.add_argument("-o", "--output", required=True, help="output image file")
     w.add_argument("--method", choices=("poisson", "feather"), default="poisson")
-    w.add_argument("--band", type=int, default=32, help="columns changed on each side of the wrap (32)")
+    w.add_argument("--band", type=positive_int, default=32, help="columns changed on each side of the wrap (32)")
     w.add_argument("--bits", type=int, choices=(8, 16), default=None, help="output bit depth (default: input's)")
     add_force(w, "overwrite the output if it exists")
     w.set_defaults(func=run_wrap)
@@ -68,9 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     m.add_argument("input", help="ERP image, cubemap layout image or folder of F R B L U D images")
     m.add_argument("--format", choices=IN_FORMATS, default="auto", help="input form (auto: from the file)")
-    m.add_argument("--band", type=int, default=8, help="Seam-SSIM band width in pixels (8)")
-    m.add_argument("--face-size", type=int, default=0, help="face size for an ERP input (0: width / 4)")
-    m.add_argument("--indent", type=int, default=2, help="JSON indent (2; 0 for one line)")
+    m.add_argument("--band", type=positive_int, default=8, help="Seam-SSIM band width in pixels (8)")
+    m.add_argument("--face-size", type=nonneg_int, default=0, help="face size for an ERP input (0: width / 4)")
+    m.add_argument("--indent", type=nonneg_int, default=2, help="JSON indent (2; 0 for one line)")
     m.set_defaults(func=run_metrics)
 
 
@@ -105,38 +105,57 @@ def _read_any(path: str, fmt: str):
 
 
 def run_blend(args: argparse.Namespace) -> int:
-    from ..geometry import c2e, e2c, write_cubemap
+    from ..geometry import c2e, check_cubemap_output, e2c, write_cubemap
     from ..io import check_writable, write_image
     from ..seams.poisson import blend_cube_faces
 
     out = check_not_input(args.input, args.output, args.force)
-    if args.iterations < 0:
-        raise PanoInputError(f"--iterations: expected an integer >= 0, got {args.iterations}")
     out_fmt = args.out_format
-    kind, x, bits = _read_any(args.input, args.format)
+    kind = _input_kind(args.input, args.format)
     target = kind if out_fmt == "same" else out_fmt
-    if target in ("dict",):
-        if out.exists() and not out.is_dir():
-            raise PanoInputError(f"output: {out} exists and is not a folder")
-    else:
+    if target == "erp":  # check the output before reading and computing anything
         check_writable(out, args.force)
+    else:
+        check_cubemap_output(out, target, args.force)
+    kind, x, bits = _read_any(args.input, args.format)
     bits = args.bits or bits
     if kind == "erp":
         h, w = x.shape[-2:]
         faces = e2c(x, face_size=args.face_size or None)
     else:
         faces = x
-    blended = blend_cube_faces(faces, method=args.method, iterations=args.iterations, keep=args.keep).clamp(0, 1)
+    del x
+    blended = blend_cube_faces(faces, method=args.method, iterations=args.iterations, keep=args.keep)
+    del faces
+    blended.clamp_(0, 1)
     if target == "erp":
-        if kind == "erp":
-            res = c2e(blended, height=h, width=w)
-        else:
-            res = c2e(blended)
-        write_image(out, res.clamp(0, 1), bits=bits, force=args.force)
+        res = c2e(blended, height=h, width=w) if kind == "erp" else c2e(blended)
+        del blended
+        write_image(out, res, bits=bits, force=args.force)
     else:
         write_cubemap(out, blended, target, bits=bits, force=args.force)
     print(f"blend-seams: {args.method} -> {out}", file=sys.stderr)
     return 0
+
+
+def _input_kind(path: str, fmt: str) -> str:
+    """The form of the input from the header only (erp or a cubemap layout), as _read_any decides."""
+    from ..geometry import guess_layout
+    from ..io import probe_image
+
+    p = Path(path)
+    if not p.exists():
+        raise PanoInputError(f"input: {p} not found")
+    if p.is_dir():
+        return "dict"
+    if fmt not in ("auto", "dict"):
+        return fmt
+    if fmt == "dict":
+        return "dict"  # _read_any explains the error
+    w, h, _, orient = probe_image(p, "input")
+    if orient >= 5:
+        w, h = h, w
+    return "erp" if w == 2 * h else (guess_layout(h, w) or "erp")
 
 
 def run_wrap(args: argparse.Namespace) -> int:
@@ -146,7 +165,7 @@ def run_wrap(args: argparse.Namespace) -> int:
     out = check_not_input(args.input, args.output, args.force)
     check_writable(out, args.force)
     erp = read_image(args.input, "input")
-    res = blend_erp_wrap(erp, band=args.band, method=args.method).clamp(0, 1)
+    res = blend_erp_wrap(erp, band=args.band, method=args.method)
     write_image(out, res, bits=args.bits or image_bits(args.input), force=args.force)
     print(f"blend-wrap: {args.method}, band {args.band} -> {out}", file=sys.stderr)
     return 0

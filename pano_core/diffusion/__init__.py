@@ -11,7 +11,8 @@ Map (module -> main names):
   ``pack``/``unpack``, ``tokens``/``padded_tokens``; patch 1 or 2, images or video
   ``(B, C, T, H, W)``), ``check_padding``, ``ID_MODES``
 - ``circular``: ``pad_latent``, ``crop_latent``, ``resync_latent``, ``pad_span``,
-  ``decode_circular`` -- wrap padding of latent-resolution tensors along the width
+  ``decode_circular``, ``encode_circular``, ``periodic_reference``, ``DEFAULT_WRAP_COLS`` (8),
+  ``wrap_cols_for`` -- wrap padding of latent-resolution tensors along the width
 - ``schedules``: ``shift_mu``, ``time_shift``, ``constant_shift``, ``default_sigmas``,
   ``schedule_mu``, ``set_timesteps``, ``sigma_schedule`` (sampling); ``sample_sigmas``,
   ``add_noise``, ``velocity_target`` (flow-matching training)
@@ -26,6 +27,7 @@ Map (module -> main names):
   ``load_component`` (folder / hub id / single ``.safetensors`` file), ``place`` (device,
   offload), ``resolve_weight_file``, ``module_device``, ``model_index_class``, ``OFFLOAD_MODES``
 - ``lora``: ``load_lora``, ``convert_lora_state_dict``, ``LoraReport`` (diffusers pipelines);
+  ``peft_to_transformer_prefix`` (``base_model.model.`` -> ``transformer.`` keys);
   ``match_lora_modules``, ``group_lora_keys``, ``lora_module``, ``LoraModuleMatch`` (ComfyUI)
 - ``masks``: ``image_mask_to_latent``, ``latent_mask_to_tokens``, ``keep_mask_for_tokens``,
   ``replace_kept_tokens``, ``place_view``

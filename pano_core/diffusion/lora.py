@@ -6,10 +6,15 @@ converted to diffusers' naming, checked against the transformer's Linear layers,
 ``load_lora_weights`` and verified to have landed; a :class:`LoraReport` says how many keys
 matched instead of silently ignoring a LoRA for another model).
 
-Why the key conversion: DiT360 publishes a PEFT ``adapter_model.safetensors`` whose keys look
-like ``base_model.model.transformer_blocks.0.attn.to_q.lora_A.weight``. diffusers' Flux loader
-treats any key containing ``base_model`` as a fal-Kontext LoRA in BFL naming and would
-mis-convert it, and it ignores keys without the ``transformer.`` prefix.
+Why the key conversion: DiT360's official conversion (``get_lora_weights.py``) writes a PEFT
+``adapter_model.safetensors`` with keys ``transformer.<module>.lora_A.weight``; a raw PEFT
+``save_pretrained`` of the wrapped transformer writes ``base_model.model.<module>.lora_A.weight``
+instead. Both load here. diffusers' Flux loader treats any key containing ``base_model`` as a
+fal-Kontext LoRA in BFL naming and would mis-convert it, and ComfyUI 0.3.75 maps only
+``transformer.`` (and ``lycoris_`` / ``lora_transformer_``) for Flux, so a ``base_model.model.``
+file loads 0 modules there: :func:`peft_to_transformer_prefix` renames such keys (the checked
+ComfyUI loader does it on load; ``pano360 convert-lora`` writes a renamed file for the plain
+``LoraLoaderModelOnly``).
 
 Key grouping is pure bookkeeping (no ComfyUI, no diffusers): a LoRA file holds a few keys per adapted layer
 (``<module>.lora_A.weight`` + ``<module>.lora_B.weight`` [+ ``<module>.alpha``], or
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,17 +40,25 @@ from .loading import resolve_weight_file
 
 __all__ = [
     "LORA_KEY_SUFFIXES",
+    "PEFT_PREFIX",
+    "OFFICIAL_PREFIX",
+    "peft_to_transformer_prefix",
     "DEFAULT_LORA_WEIGHT_NAME",
     "LoraModuleMatch",
     "lora_module",
     "group_lora_keys",
     "match_lora_modules",
+    "lora_shape_problem",
     "LoraReport",
     "convert_lora_state_dict",
     "load_lora",
 ]
 
 DEFAULT_LORA_WEIGHT_NAME = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."
+"""Key prefix of a raw PEFT ``save_pretrained`` of a wrapped model."""
+OFFICIAL_PREFIX = "transformer."
+"""Key prefix DiT360's official conversion writes (and ComfyUI maps for Flux)."""
 # Prefixes stripped from LoRA keys, in order (PEFT model wrapper, diffusers pipeline component).
 _KEY_PREFIXES = ("base_model.model.", "transformer.")
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<which>lora_A|lora_B)(?:\.(?P<adapter>[\w-]+))?\.weight$")
@@ -68,6 +81,25 @@ LORA_KEY_SUFFIXES: tuple[str, ...] = tuple(sorted({
     ".w_norm", ".b_norm", ".diff", ".diff_b", ".set_weight", ".reshape_weight",
     ".alpha", ".dora_scale",
 }, key=len, reverse=True))
+
+
+def peft_to_transformer_prefix(state_dict: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+    """``state_dict`` with every ``base_model.model.<m>`` key renamed to ``transformer.<m>`` (the form
+    DiT360's official conversion writes and ComfyUI maps for Flux); other keys unchanged.
+    Returns ``(new_dict, number_renamed)``; raises :class:`PanoInputError` when a renamed key
+    would collide with an existing one."""
+    out: dict[str, Any] = {}
+    renamed = 0
+    for key, value in state_dict.items():
+        new = key
+        if key.startswith(PEFT_PREFIX):
+            rest = key[len(PEFT_PREFIX):]
+            new = rest if rest.startswith(OFFICIAL_PREFIX) else OFFICIAL_PREFIX + rest
+            renamed += 1
+        if new in out:
+            raise PanoInputError(f"lora: keys {key!r} and another both become {new!r}; the file mixes two prefixes")
+        out[new] = value
+    return out, renamed
 
 
 def lora_module(key: str) -> str | None:
@@ -140,6 +172,34 @@ class LoraModuleMatch:
             f"{self.total_keys} keys) in {self.source} match this model (unmatched: {shown}); "
             f"is it a LoRA for a different model?"
         )
+
+
+def lora_shape_problem(weight_shape: Sequence[int], kind: str, shapes: Sequence[Sequence[int]]) -> str | None:
+    """Why a LoRA patch cannot apply to a weight of ``weight_shape``, or None when it fits.
+
+    ``kind``: ``"lora"`` with ``shapes = (up, down)`` (``up`` (out, rank[, ...]), ``down`` (rank, in...)),
+    or ``"diff"`` / ``"set"`` with ``shapes = (tensor,)`` (a full-size difference or replacement).
+    A mismatch would make the sampler fail ("shapes cannot be multiplied") or the patch be skipped,
+    so such modules count as unmatched.
+    """
+    ws = tuple(int(v) for v in weight_shape)
+    if kind == "lora":
+        up, down = (tuple(int(v) for v in t) for t in shapes[:2])
+        n_in = 1
+        for v in down[1:]:
+            n_in *= v
+        w_in = 1
+        for v in ws[1:]:
+            w_in *= v
+        if len(up) < 2 or len(down) < 2 or up[1] != down[0]:
+            return f"up {up} and down {down} do not share a rank"
+        if not ws or up[0] != ws[0] or n_in != w_in:
+            return f"LoRA {up[0]}x{n_in} vs model {ws[0] if ws else '?'}x{w_in}"
+        return None
+    if kind in ("diff", "set"):
+        t = tuple(int(v) for v in shapes[0])
+        return None if t == ws else f"{kind} {t} vs model {ws}"
+    return None
 
 
 def match_lora_modules(
@@ -228,8 +288,8 @@ def convert_lora_state_dict(
     """Convert PEFT/diffusers LoRA keys to diffusers' naming and check them against ``transformer``.
 
     Accepted key forms (``<m>`` a module path of the transformer (Flux: ``FluxTransformer2DModel``), e.g.
-    ``transformer_blocks.0.attn.to_q``): ``base_model.model.<m>.lora_A.weight`` (PEFT, DiT360),
-    ``transformer.<m>.lora_A.weight`` (diffusers), ``<m>.lora_A.weight``, the same with
+    ``transformer_blocks.0.attn.to_q``): ``transformer.<m>.lora_A.weight`` (DiT360's official
+    conversion, diffusers), ``base_model.model.<m>.lora_A.weight`` (raw PEFT), ``<m>.lora_A.weight``, the same with
     ``lora_A.<adapter>.weight``, plus optional ``<m>.alpha`` scalars.
 
     A key matches when ``<m>`` is a Linear of the transformer and the factor has the right
@@ -347,7 +407,7 @@ def load_lora(
         example = ", ".join(report.unmatched_keys[:3])
         raise PanoInputError(
             f"lora: {src}: only {report.matched_keys} of {report.total_keys} keys match the transformer "
-            f"(expected PEFT/diffusers keys like base_model.model.transformer_blocks.0.attn.to_q.lora_A.weight "
+            f"(expected PEFT/diffusers keys like transformer.transformer_blocks.0.attn.to_q.lora_A.weight "
             f"for this model's layer sizes); unmatched e.g. {example}. Is this a LoRA for a different model?"
         )
     adapters = set(getattr(pipe, "get_list_adapters", lambda: {})().get("transformer", []))

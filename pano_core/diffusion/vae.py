@@ -6,7 +6,7 @@ only, ``encode(...).latent``). Images are ``(B, 3, H, W)`` in 0..1; latents are 
 *model's* space: ``(z - shift) * scale``.
 
 - :func:`vae_encode` (vae, image, wrap_cols=...): image -> model-space latent; with
-  ``wrap_cols`` the image is wrap-padded by that many latent columns first and the latent
+  ``wrap_cols`` (8 = :data:`~pano_core.diffusion.circular.DEFAULT_WRAP_COLS` recommended) the image is wrap-padded by that many latent columns first and the latent
   cropped, so the encoder sees across the 0/360 seam (ERP panoramas, training latent caches);
 - :func:`vae_decode` (vae, latent, wrap_cols=...): model-space latent -> image in 0..1, with
   wrapped latent columns decoded and cropped (:func:`pano_core.diffusion.circular.decode_circular`);
@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import PanoInputError
-from .circular import crop_latent, pad_latent
+from .circular import crop_latent, pad_latent, wrap_cols_for
 from .loading import module_device
 
 __all__ = ["scale_shift", "spatial_factor", "vae_encode", "vae_decode", "set_tiling"]
@@ -46,6 +46,7 @@ def spatial_factor(vae) -> int:
 
 
 def _check_cols(cols, width: int, name: str) -> int:
+    cols = wrap_cols_for(width, cols)
     if isinstance(cols, bool) or not isinstance(cols, int) or cols < 0 or cols > width // 2:
         raise PanoInputError(f"{name}: expected 0..{width // 2} latent columns for a latent {width} wide, got {cols!r}")
     return cols
@@ -57,7 +58,7 @@ def vae_encode(
     *,
     sample: bool = False,
     generator: torch.Generator | None = None,
-    wrap_cols: int = 0,
+    wrap_cols: int | None = 0,
     vae_factor: int | None = None,
     device: torch.device | None = None,
 ) -> torch.Tensor:
@@ -65,15 +66,15 @@ def vae_encode(
     VAE's dtype on its device: the posterior mode (``sample=False``) or a sample; DC-AE's latent.
 
     ``wrap_cols``: latent columns wrapped around both sides before encoding and cropped after
-    (``vae_factor`` pixels per latent column; default from the VAE config). ``device``: where to
+    (``vae_factor`` pixels per latent column; default from the VAE config); ``None``: the default
+    :data:`~pano_core.diffusion.circular.DEFAULT_WRAP_COLS` (8, at most half the latent width). ``device``: where to
     run when the VAE reports none (offloaded models report their execution device).
     """
     dev = module_device(vae, device)
     x = image.to(device=dev, dtype=vae.dtype) * 2 - 1
-    cols = int(wrap_cols)
+    f = int(vae_factor or spatial_factor(vae)) if wrap_cols != 0 else 1
+    cols = _check_cols(wrap_cols, x.shape[-1] // f, "wrap_cols")
     if cols:
-        f = int(vae_factor or spatial_factor(vae))
-        _check_cols(cols, x.shape[-1] // f, "wrap_cols")
         x = pad_latent(x, cols * f)
     out = vae.encode(x)
     dist = getattr(out, "latent_dist", None)
@@ -88,13 +89,14 @@ def vae_encode(
     return (z - shift) * scale
 
 
-def vae_decode(vae, latents: torch.Tensor, *, wrap_cols: int = 0, device: torch.device | None = None) -> torch.Tensor:
+def vae_decode(vae, latents: torch.Tensor, *, wrap_cols: int | None = 0, device: torch.device | None = None) -> torch.Tensor:
     """Decode model-space latents ``(B, C, h, w)`` to images ``(B, 3, H, W)`` float32 in 0..1 on
     the VAE's device. ``wrap_cols`` latent columns are wrapped around both sides before the VAE
-    and the matching pixels cropped after it (no decoder seam at 0/360 degrees)."""
+    and the matching pixels cropped after it (no decoder seam at 0/360 degrees); ``None``: the
+    default :data:`~pano_core.diffusion.circular.DEFAULT_WRAP_COLS` (8, at most half the width)."""
     scale, shift = scale_shift(vae)
     z = latents / scale + shift
-    cols = _check_cols(int(wrap_cols), z.shape[-1], "decode_pad")
+    cols = _check_cols(wrap_cols, z.shape[-1], "decode_pad")
     if cols:
         z = pad_latent(z, cols)
     z = z.to(device=module_device(vae, device), dtype=vae.dtype)

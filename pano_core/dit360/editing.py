@@ -19,10 +19,24 @@ Mask convention: ``1`` (white) = generate anew, ``0`` (black) = keep.
 - :func:`invert` / :func:`edit`: the two stages separately (see
   :mod:`pano_core.diffusion.rf_inversion` for the algorithm).
 
+Presets (:data:`PRESETS`, ``preset=`` of :func:`inpaint` / :func:`outpaint` /
+:func:`generate_from_view`; single options override them):
+
+- ``"official"``: exactly the official DiT360 editing code's settings -- 50 steps; inversion with
+  gamma 1.0, guidance 0 and an empty prompt; eta 1.0 on steps [0, 49); guidance 3.5 (the official
+  ``guidance=2.8`` argument is never passed on); the edit branch starts from fresh noise in
+  inpaint and outpaint alike; ``mu`` from the unpadded token count; attention-input replacement;
+  plain VAE encode.
+- ``"pano360"`` (default): ours -- 28 steps, guidance 2.8 (inversion too, with the source
+  prompt), gamma 0.5, eta 0.9 on all steps, inpaint starts from the inverted latent (keeps the
+  layout), ``mu`` from the padded token count, attention-input replacement, circular VAE encode
+  (8 wrapped latent columns, no seam baked into the latent).
+
 The model sees the latent circularly padded by ``padding`` token columns per side on every call
 (wrapped position ids, :class:`pano_core.diffusion.tokens.TokenGrid`); the kept-token mask is
-padded exactly like the tokens (wrap), the schedule shift ``mu`` comes from the padded token
-count (:func:`pano_core.diffusion.schedules.sigma_schedule`), the guidance value reaches the
+padded exactly like the tokens (wrap), the schedule shift ``mu`` comes from the padded (or, as
+the official code does, unpadded) token count
+(:func:`pano_core.diffusion.schedules.sigma_schedule`), the guidance value reaches the
 transformer's guidance embedding, and inversion noise is seeded. VAE encode/decode are
 :func:`pano_core.diffusion.vae.vae_encode` / :func:`~pano_core.diffusion.vae.vae_decode`.
 """
@@ -30,7 +44,7 @@ transformer's guidance embedding, and inversion noise is seeded. VAE encode/deco
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -40,11 +54,15 @@ from ..diffusion.schedules import sigma_schedule
 from ..diffusion.tokens import TokenGrid
 from ..diffusion.vae import vae_decode, vae_encode
 from ..errors import PanoInputError
-from ..validate import check_bchw, check_erp, check_int
-from .attention import FeatureReplacer
+from ..validate import check_bchw, check_choice, check_erp, check_int
+from .attention import REPLACE_MODES, FeatureReplacer
 
 __all__ = [
     "EditSettings",
+    "PRESETS",
+    "PRESET_NAMES",
+    "MU_TOKENS",
+    "edit_settings",
     "flux_components",
     "dit360_pipeline",
     "encode_image",
@@ -59,18 +77,70 @@ __all__ = [
 ]
 
 
-@dataclass
+MU_TOKENS = ("padded", "unpadded")
+_INPAINT_STARTS = ("inverted", "noise")
+_INVERSION_PROMPTS = ("source", "empty")
+
+
+@dataclass(frozen=True)
 class EditSettings:
-    """Defaults of the editing algorithm (DiT360 / RF-inversion)."""
+    """Settings of the editing algorithm (RF-inversion + masked feature replacement).
+
+    ``guidance``: Flux guidance of the edit (both branches); ``inversion_guidance``: of the
+    inversion (None: ``guidance``); ``inversion_prompt``: ``"source"`` (invert with the source
+    prompt) or ``"empty"``; ``gamma``: inversion controller; ``eta`` on step fractions
+    ``[eta_start, eta_stop)``: source-branch controller; ``tau``: feature replacement and latent
+    blending while sigma > tau; ``inpaint_start``: the inpaint edit branch starts from the
+    ``"inverted"`` latent or fresh ``"noise"`` in the masked region (outpaint always starts from
+    noise); ``mu_tokens``: the schedule shift from the ``"padded"`` or ``"unpadded"`` token count;
+    ``replace``: ``"attention"`` (official) or ``"block"``
+    (:mod:`pano_core.dit360.attention`); ``circular_encode``: VAE-encode with 8 wrapped latent
+    columns per side.
+    """
 
     steps: int = 28
     guidance: float = 2.8
+    inversion_guidance: float | None = None
+    inversion_prompt: str = "source"
     gamma: float = 0.5
     eta: float = 0.9
     eta_start: float = 0.0
     eta_stop: float = 1.0
     tau: float = 0.5
+    inpaint_start: str = "inverted"
+    mu_tokens: str = "padded"
+    replace: str = "attention"
+    circular_encode: bool = True
     padding: int = 1
+
+
+PRESETS: dict[str, EditSettings] = {
+    # ours
+    "pano360": EditSettings(),
+    # exactly what the official DiT360 editing code runs (DESIGN.md section 5)
+    "official": EditSettings(
+        steps=50, guidance=3.5, inversion_guidance=0.0, inversion_prompt="empty", gamma=1.0, eta=1.0,
+        eta_start=0.0, eta_stop=49 / 50, tau=0.5, inpaint_start="noise", mu_tokens="unpadded",
+        replace="attention", circular_encode=False, padding=1,
+    ),
+}
+PRESET_NAMES = tuple(PRESETS)
+
+
+def edit_settings(preset: str = "pano360", **overrides) -> EditSettings:
+    """The settings of ``preset`` (:data:`PRESETS`) with ``overrides`` (``None`` values ignored)."""
+    check_choice(preset, "preset", PRESET_NAMES)
+    names = {f.name for f in fields(EditSettings)}
+    bad = sorted(set(overrides) - names)
+    if bad:
+        raise PanoInputError(f"{bad[0]}: not an editing setting (known: {', '.join(sorted(names))})")
+    st = replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+    check_choice(st.inversion_prompt, "inversion_prompt", _INVERSION_PROMPTS)
+    check_choice(st.inpaint_start, "inpaint_start", _INPAINT_STARTS)
+    check_choice(st.mu_tokens, "mu_tokens", MU_TOKENS)
+    check_choice(st.replace, "replace", REPLACE_MODES)
+    check_int(st.steps, "steps", 1)
+    return st
 
 
 def flux_components(pipe):
@@ -114,31 +184,38 @@ def _check_image(image: torch.Tensor, name: str = "image") -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_image(pipe, image: torch.Tensor) -> torch.Tensor:
+def encode_image(pipe, image: torch.Tensor, circular_encode: bool = True, encode_pad: int | None = None) -> torch.Tensor:
     """VAE-encode an image ``(B, 3, H, W)`` in 0..1 to a scaled Flux latent ``(B, 16, H/8, W/8)``
-    (posterior mode, FLUX's shift and scaling; :func:`pano_core.diffusion.vae.vae_encode`), float32."""
+    (posterior mode, FLUX's shift and scaling; :func:`pano_core.diffusion.vae.vae_encode`), float32.
+
+    ``circular_encode`` (default) wraps ``encode_pad`` latent columns (default 8, at most half the
+    latent width) of pixels around both sides first, so the encoder bakes no seam into the latent
+    at 0/360 degrees; ``False`` is a plain encode (the official code's)."""
     fp = flux_components(pipe)
-    return vae_encode(fp.vae, image, device=_device(fp)).float()
+    return vae_encode(fp.vae, image, device=_device(fp), wrap_cols=encode_pad if circular_encode else 0).float()
 
 
 @torch.no_grad()
-def decode_latent(pipe, latent: torch.Tensor, circular_decode: bool = False, decode_pad: int = 4) -> torch.Tensor:
+def decode_latent(pipe, latent: torch.Tensor, circular_decode: bool = False, decode_pad: int | None = None) -> torch.Tensor:
     """Inverse of :func:`encode_image`: scaled latent -> image ``(B, 3, H, W)`` in 0..1 (float32).
 
-    ``circular_decode`` wraps ``decode_pad`` latent columns around both sides before the VAE and
-    crops the matching pixels after it (no seam from the decoder at 0/360 degrees).
+    ``circular_decode`` wraps ``decode_pad`` latent columns (default 8, at most half the latent
+    width) around both sides before the VAE and crops the matching pixels after it (no seam from
+    the decoder at 0/360 degrees).
     """
     fp = flux_components(pipe)
-    return vae_decode(fp.vae, latent, wrap_cols=int(decode_pad) if circular_decode else 0, device=_device(fp))
+    return vae_decode(fp.vae, latent, wrap_cols=decode_pad if circular_decode else 0, device=_device(fp))
 
 
-def flux_sigmas(pipe, steps: int, latent_hw: tuple[int, int], padding: int = 1) -> torch.Tensor:
+def flux_sigmas(pipe, steps: int, latent_hw: tuple[int, int], padding: int = 1, mu_tokens: str = "padded") -> torch.Tensor:
     """FLUX.1-dev sigma schedule (``steps + 1`` values, 1 -> 0) for a latent of ``latent_hw``,
-    with ``mu`` computed from the *padded* token count (as DiT360 does)."""
+    with ``mu`` computed from the ``"padded"`` token count (as DiT360's text-to-panorama does) or
+    the ``"unpadded"`` one (as the official editing code does)."""
     check_int(steps, "steps", 1)
+    check_choice(mu_tokens, "mu_tokens", MU_TOKENS)
     fp = flux_components(pipe)
     grid = TokenGrid.from_latent(latent_hw, int(padding))
-    return sigma_schedule(fp.scheduler, steps, grid.padded_tokens)
+    return sigma_schedule(fp.scheduler, steps, grid.padded_tokens if mu_tokens == "padded" else grid.tokens)
 
 
 class _FluxVelocity:
@@ -203,18 +280,21 @@ def invert(
     gamma: float = 0.5,
     seed: int = 0,
     padding: int = 1,
+    mu_tokens: str = "padded",
+    circular_encode: bool = True,
     keep_trajectory: bool = False,
     progress: bool = True,
     callback: Callable | None = None,
 ) -> InversionResult:
     """RF-invert a panorama ``(1, 3, H, W)`` (0..1): controlled forward ODE with strength
     ``gamma`` toward seeded noise (``seed``), conditioned on ``prompt`` (describe the source;
-    empty is fine) and ``guidance``. Returns :class:`InversionResult` (latents in scaled VAE space)."""
+    empty is fine) and ``guidance``. ``circular_encode``: see :func:`encode_image`.
+    Returns :class:`InversionResult` (latents in scaled VAE space)."""
     image = _check_image(image)
-    y0 = encode_image(pipe, image)
+    y0 = encode_image(pipe, image, circular_encode=circular_encode)
     vel = _FluxVelocity(pipe, y0.shape, padding, guidance)
     pe, pooled, txt = vel.encode(prompt)
-    sigmas = flux_sigmas(pipe, steps, y0.shape[-2:], vel.p)
+    sigmas = flux_sigmas(pipe, steps, y0.shape[-2:], vel.p, mu_tokens)
     bar = _progress(pipe, steps, progress, "DiT360 inversion")
 
     def cb(i, n, st):
@@ -245,8 +325,10 @@ def edit(
     tau: float = 0.5,
     blend_until: float | None = None,
     padding: int = 1,
+    mu_tokens: str = "padded",
     fresh_noise_seed: int | None = None,
     replace_features: bool = True,
+    replace: str = "attention",
     progress: bool = True,
     callback: Callable | None = None,
     output: str = "image",
@@ -258,6 +340,8 @@ def edit(
     describes the result, ``source_prompt`` the original (the source branch's prompt).
     ``steps``: sampling steps (default: the inversion's). ``fresh_noise_seed``: when given, the
     edit branch starts from seeded fresh noise in the masked region (outpainting).
+    ``replace``: ``"attention"`` (official: the attention input at kept tokens) or ``"block"``
+    (the block input, residual stream included); ``replace_features=False`` switches it off.
     ``output``: ``"image"`` -> (1, 3, H, W) in 0..1; ``"latent"`` -> :class:`EditResult`.
     ``circular_decode``: decode with wrapped latent columns (see :func:`decode_latent`).
     """
@@ -271,17 +355,17 @@ def edit(
     pe = torch.cat([pe_s, pe_e]).repeat_interleave(y0.shape[0], dim=0)
     pooled = torch.cat([pool_s, pool_e]).repeat_interleave(y0.shape[0], dim=0)
     n_steps = steps if steps is not None else len(inversion.sigmas) - 1
-    sigmas = flux_sigmas(pipe, n_steps, y0.shape[-2:], vel.p)
+    sigmas = flux_sigmas(pipe, n_steps, y0.shape[-2:], vel.p, mu_tokens)
     edit_tok = latent_mask_to_tokens(m).expand(y0.shape[0], -1)
     keep = keep_mask_for_tokens(edit_tok, vel.h_tok, vel.w_tok, vel.grid.padded_tokens)
     init = None
     if fresh_noise_seed is not None:
         init = outpaint_init(z1, m, int(fresh_noise_seed))
     bar = _progress(pipe, n_steps, progress, "DiT360 edit")
-    replacer = FeatureReplacer(vel.tr, keep.to(vel.device))
+    replacer = FeatureReplacer(vel.tr, keep.to(vel.device), replace=replace)
 
-    def pair(x_src, x_edit, sigma, replace):
-        replacer.enabled = bool(replace and replace_features)
+    def pair(x_src, x_edit, sigma, rep):
+        replacer.enabled = bool(rep and replace_features)
         v = vel(torch.cat([x_src, x_edit]), sigma, pe, pooled, txt)
         replacer.enabled = False
         return v[: x_src.shape[0]], v[x_src.shape[0]:]
@@ -302,9 +386,10 @@ def edit(
     return decode_latent(pipe, res.edit, circular_decode=circular_decode)
 
 
-def _run(pipe, image, mask, mode, *, prompt, source_prompt="", steps=28, guidance=2.8, seed=0, gamma=0.5,
-         eta=0.9, eta_start=0.0, eta_stop=1.0, tau=0.5, blend_until=None, padding=1, inversion_steps=None,
-         progress=True, output="image", circular_decode=False):
+_RUN_OPTS = ("progress", "output", "circular_decode", "blend_until", "inversion_steps")
+
+
+def _run(pipe, image, mask, mode, *, prompt, source_prompt="", seed=0, preset="pano360", **opts):
     image = _check_image(image)
     check_bchw(mask, "mask", channels=(1,))
     if mask.shape[-2:] != image.shape[-2:]:
@@ -312,28 +397,40 @@ def _run(pipe, image, mask, mode, *, prompt, source_prompt="", steps=28, guidanc
             f"mask: size {mask.shape[-1]}x{mask.shape[-2]} (W x H) does not match the image "
             f"{image.shape[-1]}x{image.shape[-2]}"
         )
-    inv = invert(pipe, image, prompt=source_prompt, steps=inversion_steps or steps, guidance=guidance,
-                 gamma=gamma, seed=seed, padding=padding, progress=progress)
-    return edit(pipe, inv, mask, prompt=prompt, source_prompt=source_prompt, steps=steps, guidance=guidance,
-                eta=eta, eta_start=eta_start, eta_stop=eta_stop, tau=tau, blend_until=blend_until,
-                padding=padding, fresh_noise_seed=(seed + 1 if mode == "outpaint" else None),
-                progress=progress, output=output, circular_decode=circular_decode)
+    run = {k: opts.pop(k) for k in _RUN_OPTS if k in opts}
+    st = edit_settings(preset, **opts)
+    inv = invert(pipe, image, prompt="" if st.inversion_prompt == "empty" else source_prompt,
+                 steps=run.get("inversion_steps") or st.steps,
+                 guidance=st.guidance if st.inversion_guidance is None else st.inversion_guidance,
+                 gamma=st.gamma, seed=seed, padding=st.padding, mu_tokens=st.mu_tokens,
+                 circular_encode=st.circular_encode, progress=run.get("progress", True))
+    fresh = mode == "outpaint" or st.inpaint_start == "noise"
+    return edit(pipe, inv, mask, prompt=prompt, source_prompt=source_prompt, steps=st.steps, guidance=st.guidance,
+                eta=st.eta, eta_start=st.eta_start, eta_stop=st.eta_stop, tau=st.tau,
+                blend_until=run.get("blend_until"), padding=st.padding, mu_tokens=st.mu_tokens,
+                fresh_noise_seed=(seed + 1 if fresh else None), replace=st.replace,
+                progress=run.get("progress", True), output=run.get("output", "image"),
+                circular_decode=run.get("circular_decode", False))
 
 
-def inpaint(pipe, image: torch.Tensor, mask: torch.Tensor, *, prompt: str, **opts):
+def inpaint(pipe, image: torch.Tensor, mask: torch.Tensor, *, prompt: str, preset: str = "pano360", **opts):
     """Regenerate the white (1) region of ``mask`` in the panorama ``image`` (1, 3, H, W) from
-    ``prompt``; the black region is kept. Options: ``source_prompt, steps, guidance, seed, gamma,
-    eta, eta_start, eta_stop, tau, blend_until, padding, inversion_steps, progress, output,
-    circular_decode``.
+    ``prompt``; the black region is kept.
+
+    ``preset``: ``"pano360"`` (default, ours) or ``"official"`` (the official DiT360 code's
+    settings), see :data:`PRESETS`; any :class:`EditSettings` field given here overrides it
+    (``steps, guidance, inversion_guidance, inversion_prompt, gamma, eta, eta_start, eta_stop, tau,
+    inpaint_start, mu_tokens, replace, circular_encode, padding``). Other options: ``source_prompt,
+    seed, blend_until, inversion_steps, progress, output, circular_decode``.
     Returns the edited panorama (1, 3, H, W) in 0..1."""
-    return _run(pipe, image, mask, "inpaint", prompt=prompt, **opts)
+    return _run(pipe, image, mask, "inpaint", prompt=prompt, preset=preset, **opts)
 
 
-def outpaint(pipe, image: torch.Tensor, mask: torch.Tensor, *, prompt: str, **opts):
+def outpaint(pipe, image: torch.Tensor, mask: torch.Tensor, *, prompt: str, preset: str = "pano360", **opts):
     """Generate the white (1) region of ``mask`` (the unknown part, e.g. outside a placed photo)
     around the kept black region, starting from fresh seeded noise there. Same options as
     :func:`inpaint`."""
-    return _run(pipe, image, mask, "outpaint", prompt=prompt, **opts)
+    return _run(pipe, image, mask, "outpaint", prompt=prompt, preset=preset, **opts)
 
 
 def generate_from_view(
@@ -346,17 +443,17 @@ def generate_from_view(
     prompt: str,
     height: int = 1024,
     width: int = 2048,
-    steps: int = 28,
-    guidance: float = 2.8,
     seed: int = 0,
+    preset: str = "pano360",
     **opts,
 ) -> torch.Tensor:
     """View-to-panorama: place the photo (fov, yaw, pitch) on the ERP canvas and outpaint the rest.
 
     Returns the panorama (1, 3, height, width) in 0..1; the photo's region is kept.
-    Extra options as :func:`outpaint` (``source_prompt, gamma, eta, tau, padding, ...``).
+    ``preset`` and extra options as :func:`outpaint` (``steps, guidance, source_prompt, gamma, eta,
+    tau, padding, replace, ...``).
     """
     if width != 2 * height:
         raise PanoInputError(f"width/height: a panorama must be 2:1, got {width}x{height}")
     canvas, gen = place_view(view_image_bchw[:1, :3], fov_deg, yaw, pitch, height=height, width=width)
-    return outpaint(pipe, canvas, gen, prompt=prompt, steps=steps, guidance=guidance, seed=seed, **opts)
+    return outpaint(pipe, canvas, gen, prompt=prompt, seed=seed, preset=preset, **opts)

@@ -391,23 +391,25 @@ class DiT360Pipeline(DiffusersGenerator):
         tokens: torch.Tensor,
         grid: TokenGrid,
         circular_decode: bool = False,
-        decode_pad: int = 4,
+        decode_pad: int | None = None,
     ) -> torch.Tensor:
         """Decode packed **unpadded** tokens (B, h*w, 64) to images (B, 3, H, W) float32 0..1
         on :attr:`device`.
 
-        ``circular_decode`` wraps ``decode_pad`` latent columns around both sides before the
-        VAE and crops the matching pixels after it, so the decoder sees across the 0/360 seam.
+        ``circular_decode`` wraps ``decode_pad`` latent columns (default 8, at most half the
+        latent width) around both sides before the VAE and crops the matching pixels after it,
+        so the decoder sees across the 0/360 seam.
         """
         lat = self.unpack(tokens, grid)
         return self.decode_latents(lat, circular_decode=circular_decode, decode_pad=decode_pad)
 
-    def decode_latents(self, latents: torch.Tensor, circular_decode: bool = False, decode_pad: int = 4) -> torch.Tensor:
+    def decode_latents(self, latents: torch.Tensor, circular_decode: bool = False,
+                       decode_pad: int | None = None) -> torch.Tensor:
         """Like :meth:`decode` for unpacked latents (B, 16, H/8, W/8) in transformer space
         (:func:`pano_core.diffusion.vae.vae_decode`)."""
-        if circular_decode:
+        if circular_decode and decode_pad is not None:
             check_int(decode_pad, "decode_pad", 1, what="a number of latent columns")
-        return vae_decode(self.vae, latents, wrap_cols=int(decode_pad) if circular_decode else 0, device=self.device)
+        return vae_decode(self.vae, latents, wrap_cols=decode_pad if circular_decode else 0, device=self.device)
 
     def encode_image(
         self,
@@ -415,19 +417,20 @@ class DiT360Pipeline(DiffusersGenerator):
         generator: torch.Generator | None = None,
         sample: bool = False,
         circular_encode: bool = False,
-        encode_pad: int = 4,
+        encode_pad: int | None = None,
     ) -> torch.Tensor:
         """Encode images (B, 3, H, W) in 0..1 to packed tokens (B, h*w, 64) in transformer
         space (``(z - shift) * scale``); the latent mode unless ``sample``. With
         ``circular_encode`` the image is wrapped by ``encode_pad`` latent columns per side first
-        and the latent cropped (no seam at the panorama's edges)."""
+        (default 8, at most half the latent width) and the latent cropped (no seam baked into the
+        latent at the panorama's edges)."""
         from ..validate import check_bchw
 
         check_bchw(image, "image", channels=(3,))
         f = self.vae_scale_factor
         check_pano_size(image.shape[-1], image.shape[-2], multiple=2 * f, require_2to1=False)
         z = vae_encode(self.vae, image, sample=sample, generator=generator, vae_factor=f, device=self.device,
-                       wrap_cols=int(encode_pad) if circular_encode else 0)
+                       wrap_cols=encode_pad if circular_encode else 0)
         return self.pack(z.to(self.device, self.dtype))
 
     # ------------------------------------------------------------------ text-to-panorama
@@ -447,7 +450,7 @@ class DiT360Pipeline(DiffusersGenerator):
         id_mode: str = "wrapped",
         resync: bool = False,
         circular_decode: bool = False,
-        decode_pad: int = 4,
+        decode_pad: int | None = None,
         prompt_prefix: str | None = PANORAMA_PREFIX,
         negative_prompt: str | Sequence[str] | None = None,
         true_cfg_scale: float = 1.0,

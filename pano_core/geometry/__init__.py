@@ -57,7 +57,7 @@ from .directions import (
     perspective_directions,
     rotation_matrix,
 )
-from .files import FILE_LAYOUTS, read_cubemap, write_cubemap
+from .files import FILE_LAYOUTS, check_cubemap_output, read_cubemap, write_cubemap
 from .masks import pole_mask, seam_mask
 from .perspective import e2p, p2e
 from .rotate import roll_erp, rotate_erp, yaw_to_pixels
@@ -85,6 +85,7 @@ __all__ = [
     "guess_layout",
     "read_cubemap",
     "write_cubemap",
+    "check_cubemap_output",
     "pole_mask",
     "seam_mask",
     "e2p",

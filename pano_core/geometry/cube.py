@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..budget import check_output_size
 from ..errors import PanoInputError
 from ..validate import check_choice
 from ._checks import check_bchw, check_erp, check_faces
@@ -159,8 +160,14 @@ def e2c(erp: torch.Tensor, face_size: int | None = None, mode: str = "bilinear",
     erp = check_erp(erp, "panorama", channels=None)
     _, _, h, w = erp.shape
     s = w // 4 if face_size is None else face_size
+    if face_size is None and s < 1:
+        raise PanoInputError(
+            f"panorama: {w}x{h} is too small for cube faces of width / 4 pixels; give a face_size or a panorama "
+            "at least 4 pixels wide"
+        )
     if not isinstance(s, int) or isinstance(s, bool) or s < 1:
         raise PanoInputError(f"face_size: expected a positive integer, got {face_size!r}")
+    check_output_size("face_size", s, s, 6 * erp.shape[0], erp.shape[1], erp.element_size(), "cube faces")
     if fast_path_ok(erp, mode) and fits(h, w, s):  # cv2.remap on the CPU (no gradient needed)
         wd = work_dtype(erp.dtype)
         plan = cached_plan(("e2c", h, w, s, mode, "cv2", wd), lambda: build_e2c_remap(h, w, s, mode, wd))
@@ -198,6 +205,7 @@ def c2e(cube, height: int | None = None, width: int | None = None, mode: str = "
             raise PanoInputError(f"{nm}: expected a positive integer, got {v!r}")
     if width != 2 * height:
         raise PanoInputError(f"width/height: an equirectangular output must be 2:1, got {width}x{height}")
+    check_output_size("width", width, height, faces.shape[0] // 6, faces.shape[1], faces.element_size(), "panorama")
     if fast_path_ok(faces, mode) and fits(height, width):  # cv2.remap on the CPU (no gradient needed)
         stride = cube_stride_for(s, faces.shape[1], hwc_faces(faces, mode))
         if stride is not None:

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from ..budget import check_output_size
 from ..errors import PanoInputError
 from ._checks import check_bchw, check_erp
 from .directions import (
@@ -83,6 +84,7 @@ def e2p(
     yaw, pitch, roll = _angles(yaw, pitch, roll)
     h, w = _hw(out_hw, "out_hw")
     _fov_pair(fov_deg, h, w)
+    check_output_size("out_hw", w, h, erp.shape[0], erp.shape[1], erp.element_size(), "view")
     _, _, eh, ew = erp.shape
     if fast_path_ok(erp, mode) and fits(eh, ew, h, w):  # cv2.remap on the CPU (no gradient needed)
         wd = work_dtype(erp.dtype)
@@ -130,6 +132,7 @@ def p2e(
         raise PanoInputError(f"erp_hw: an equirectangular output must be 2:1 (width = 2 x height), got {ew}x{eh}")
     b, c, h, w = img.shape
     hf, vf = _fov_pair(fov_deg, h, w)
+    check_output_size("erp_hw", ew, eh, b, c + 1, img.element_size(), "panorama")
     fast = fast_path_ok(img, mode) and fits(h, w, eh, ew)
     dt = work_dtype(img.dtype) if fast else sampling_dtype(img.dtype, img.device)
     dev = torch.device("cpu") if fast else img.device

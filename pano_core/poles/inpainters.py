@@ -32,7 +32,28 @@ from ..errors import PanoInputError
 from ..validate import check_bchw, check_choice
 from .faces import _check_pole_masks
 
-__all__ = ["Inpainter", "OpenCVInpainter", "DiffusersInpainter", "make_inpainter"]
+__all__ = ["Inpainter", "OpenCVInpainter", "DiffusersInpainter", "make_inpainter", "OPENCV_DEFAULT_FRACTION",
+           "fsr_available", "opencv_methods"]
+
+# OpenCV inpainting (Telea, Navier-Stokes) smears an X over any large square hole: it is for small
+# defects, so its default pole mask is smaller than the model refiner's 0.5 (DiT360's).
+OPENCV_DEFAULT_FRACTION = 0.2
+
+
+def fsr_available() -> bool:
+    """Whether the installed OpenCV has ``xphoto`` (opencv-contrib) with frequency-selective
+    reconstruction (FSR) inpainting."""
+    try:
+        import cv2
+    except ImportError:  # pragma: no cover
+        return False
+    xp = getattr(cv2, "xphoto", None)
+    return xp is not None and hasattr(xp, "inpaint") and hasattr(xp, "INPAINT_FSR_FAST")
+
+
+def opencv_methods() -> tuple[str, ...]:
+    """The OpenCV inpainting methods available here: telea, ns, and fsr with opencv-contrib."""
+    return ("telea", "ns", "fsr") if fsr_available() else ("telea", "ns")
 
 
 @runtime_checkable
@@ -57,24 +78,31 @@ def _checked_inputs(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Te
 
 
 class OpenCVInpainter:
-    """OpenCV inpainting, no weights needed: ``method`` "telea" (Telea 2004, fast marching) or
-    "ns" (Navier-Stokes). ``radius``: neighbourhood radius in pixels.
+    """OpenCV inpainting, no weights needed: ``method`` "telea" (Telea 2004, fast marching),
+    "ns" (Navier-Stokes) or, when opencv-contrib's ``xphoto`` is installed, "fsr" (frequency-
+    selective reconstruction, ``cv2.xphoto.inpaint`` with ``INPAINT_FSR_FAST``: fills large holes
+    with texture instead of smearing an X). ``radius``: neighbourhood radius in pixels (Telea/NS).
 
     3-channel images are inpainted as 8-bit RGB (one call); other channel counts channel by
     channel in 16 bit. Pixels outside the mask are returned unchanged.
     """
 
-    METHODS = ("telea", "ns")
+    METHODS = ("telea", "ns", "fsr")
 
     def __init__(self, method: str = "telea", radius: float = 3.0):
         import cv2
 
         m = check_choice(str(method).lower().replace("opencv-", "").replace("navier-stokes", "ns"), "method", self.METHODS)
+        if m == "fsr" and not fsr_available():
+            raise PanoInputError(
+                "method: fsr needs OpenCV's xphoto module (pip install opencv-contrib-python in place of "
+                "opencv-python); available here: telea, ns"
+            )
         if not radius > 0:
             raise PanoInputError(f"radius: expected a positive number of pixels, got {radius}")
         self.method = m
         self.radius = float(radius)
-        self._flag = cv2.INPAINT_TELEA if m == "telea" else cv2.INPAINT_NS
+        self._flag = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}.get(m)
 
     def __repr__(self) -> str:
         return f"OpenCVInpainter(method={self.method!r}, radius={self.radius})"
@@ -101,7 +129,20 @@ class OpenCVInpainter:
             c0, c1 = max(int(cols[0]) - margin, 0), min(int(cols[-1]) + margin + 1, s2)
             crop = imgs[i, :, r0:r1, c0:c1].clamp(0, 1)
             hole = np.ascontiguousarray(hole_t[r0:r1, c0:c1].numpy().astype(np.uint8) * 255)
-            if c == 3:
+            if self.method == "fsr":  # xphoto: mask non-zero = known pixels; 8-bit, 1 or 3 channels
+                known = np.ascontiguousarray(255 - hole)
+                chans = []
+                groups = [list(range(3))] + [[k] for k in range(3, c)] if c >= 3 else [[k] for k in range(c)]
+                for grp in groups:
+                    arr = np.ascontiguousarray((crop[grp].permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8))
+                    if arr.shape[2] == 1:
+                        arr = arr[:, :, 0]
+                    res = np.zeros_like(arr)
+                    cv2.xphoto.inpaint(arr, known, res, cv2.xphoto.INPAINT_FSR_FAST)
+                    res = res.reshape(arr.shape[0], arr.shape[1], -1)
+                    chans.append(torch.from_numpy(res.astype(np.float32) / 255.0).permute(2, 0, 1))
+                filled = torch.cat(chans)
+            elif c == 3:
                 arr = np.ascontiguousarray((crop.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8))
                 res = cv2.inpaint(arr, hole, self.radius, self._flag)
                 filled = torch.from_numpy(res.astype(np.float32) / 255.0).permute(2, 0, 1)
@@ -290,9 +331,11 @@ def make_inpainter(spec: str | Inpainter | None = "opencv", **kwargs: Any) -> In
         return OpenCVInpainter("telea", **kwargs)
     if low in ("opencv-ns", "ns", "navier-stokes"):
         return OpenCVInpainter("ns", **kwargs)
+    if low in ("opencv-fsr", "fsr"):
+        return OpenCVInpainter("fsr", **kwargs)
     if low.startswith("diffusers:"):
         target = s.split(":", 1)[1]
         if not target:
             raise PanoInputError("inpainter: diffusers:PATH_OR_ID needs a folder or a hub id after the colon")
         return DiffusersInpainter.from_pretrained(target, **kwargs)
-    raise PanoInputError(f"inpainter: expected opencv, opencv-ns or diffusers:PATH_OR_ID, got {spec!r}")
+    raise PanoInputError(f"inpainter: expected opencv, opencv-ns, opencv-fsr or diffusers:PATH_OR_ID, got {spec!r}")

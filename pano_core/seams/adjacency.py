@@ -22,10 +22,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 import torch
 
 from ..errors import PanoInputError
-from ..geometry import FACE_NAMES, face_directions
+from ..geometry import FACE_BASIS, FACE_NAMES, face_directions
+from ..geometry.directions import face_plane_coords
 
 SIDES = ("top", "bottom", "left", "right")
 
@@ -56,6 +58,14 @@ class CubeAdjacency:
     edges: tuple[Edge, ...]
 
 
+def ring_indices(size: int) -> np.ndarray:
+    """Flat indices of the 1-pixel border of an S x S face in row-major order (4S - 4 of them)."""
+    s = size
+    mid = np.arange(1, s - 1, dtype=np.int64) * s
+    return np.concatenate([np.arange(s, dtype=np.int64), np.stack([mid, mid + s - 1], 1).reshape(-1),
+                           np.arange((s - 1) * s, s * s, dtype=np.int64)])
+
+
 def side_index(size: int, side: str) -> torch.Tensor:
     """(S, 2) (row, col) of the pixels of a face side, in increasing row/column order."""
     s = size
@@ -72,10 +82,23 @@ def side_index(size: int, side: str) -> torch.Tensor:
 
 
 def _keys(size: int) -> torch.Tensor:
-    """(6, S, S, 3) integer lattice keys of the pixel centres on the cube surface."""
+    """(6, S, S, 3) integer lattice keys of all pixel centres on the cube surface (reference for
+    :func:`_pixel_keys`, which computes the keys of given pixels only)."""
     d = face_directions(size, dtype=torch.float64)
     p = d / d.abs().amax(dim=-1, keepdim=True)  # cube of half-size 1
     return torch.round(p * (size - 1)).to(torch.int64)  # coordinates -(S-1) + 2j
+
+
+def _pixel_keys(size: int, face: torch.Tensor, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+    """(N, 3) lattice keys of the pixel centres (face, row, col): the same numbers as
+    ``_keys(size)[face, row, col]`` (a face pixel's point on the cube of half-size 1 is twice its
+    point on the half-size-0.5 cube of ``face_points``), computed for these pixels only."""
+    # numpy: small arrays, no thread pool to wake (torch's is slow to start on a loaded machine)
+    b = np.asarray(FACE_BASIS, dtype=np.float64)[face.numpy()]  # (N, 3 vectors, xyz)
+    t = face_plane_coords(size).numpy()
+    p = 0.5 * b[:, 0] + t[col.numpy()][:, None] * b[:, 1] + t[row.numpy()][:, None] * b[:, 2]
+    p /= np.abs(p).max(axis=-1, keepdims=True)
+    return torch.from_numpy(np.rint(p * (size - 1)).astype(np.int64))
 
 
 @lru_cache(maxsize=16)
@@ -84,13 +107,13 @@ def cube_adjacency(size: int) -> CubeAdjacency:
     if not isinstance(size, int) or size < 2:
         raise PanoInputError(f"faces: cube faces must be at least 2x2 pixels, got size {size!r}")
     s = size
-    keys = _keys(s)
-    ring = torch.zeros(s, s, dtype=torch.bool)
-    ring[0, :] = ring[-1, :] = ring[:, 0] = ring[:, -1] = True
-    border = torch.nonzero(ring.flatten()).squeeze(1)  # (4S-4,)
+    border = torch.from_numpy(ring_indices(s))  # (4S-4,) row-major
     border_index = torch.cat([f * s * s + border for f in range(6)])
-    bkeys = keys.reshape(6 * s * s, 3)[border_index]
-    _, group, count = torch.unique(bkeys, dim=0, return_inverse=True, return_counts=True)
+    # keys of the border pixels only (O(S) work and memory, not O(S^2))
+    bkeys = _pixel_keys(s, border_index // (s * s), (border_index % (s * s)) // s, border_index % s).numpy()
+    code = ((bkeys[:, 0] + (s - 1)) * (2 * s - 1) + (bkeys[:, 1] + (s - 1))) * (2 * s - 1) + (bkeys[:, 2] + (s - 1))
+    _, group, count = np.unique(code, return_inverse=True, return_counts=True)
+    group, count = torch.from_numpy(group.reshape(-1)), torch.from_numpy(count)
     n_corner = int((count == 3).sum())
     if not bool(((count == 2) | (count == 3)).all()) or n_corner != 8:
         raise RuntimeError(f"cube adjacency: unexpected border structure for size {s} (corners {n_corner})")
@@ -100,7 +123,7 @@ def cube_adjacency(size: int) -> CubeAdjacency:
     for f in range(6):
         for sd in SIDES:
             idx = side_index(s, sd)
-            k = keys[f, idx[:, 0], idx[:, 1]]  # (S, 3)
+            k = _pixel_keys(s, torch.full((s,), f), idx[:, 0], idx[:, 1])  # (S, 3)
             sides.append((f, sd, k))
     edges = []
     used = set()

@@ -30,7 +30,7 @@ from ..errors import PanoInputError
 from ..geometry import FACE_NAMES
 from ..validate import check_choice, check_faces, check_int
 from .adjacency import cube_adjacency
-from .solvers import solve_exact, solve_gauss_seidel, solve_gauss_seidel_spectral
+from .solvers import solve_exact, solve_gauss_seidel, solve_gauss_seidel_spectral, solve_ring_scipy
 
 __all__ = ["METHODS", "blend_cube_faces", "edge_targets"]
 
@@ -107,20 +107,43 @@ def blend_cube_faces(
     work = faces if orig_dtype in (torch.float32, torch.float64) else faces.float()
     adj = cube_adjacency(s)
     cur, target = edge_targets(work, keep_mask)
-    # boundary change d = g - f on the ring (zero inside), laid out like the faces
     ring = adj.border_index[: adj.border_index.shape[0] // 6].to(work.device)
-    d = torch.zeros_like(work)
-    d.view(n6 // 6, 6, c, s * s)[..., ring] = (target - cur).reshape(n6 // 6, c, 6, -1).transpose(1, 2)
-    if method == "exact":
-        out = solve_exact(None, d, backend=backend, x0=work)
-    elif gs_impl == "spectral":
-        out = solve_gauss_seidel_spectral(None, d, iterations, backend=backend, x0=work)
+    delta = (target - cur).reshape(n6 // 6, c, 6, -1).transpose(1, 2)  # (B, 6, C, 4S-4)
+    use_ring = (method == "exact" or gs_impl == "spectral") and s >= 3 and (
+        backend == "scipy" or (backend == "auto" and work.device.type == "cpu"))
+    if use_ring and not (method == "gauss-seidel" and iterations <= 0):
+        # CPU fast path: the ring values go straight to the solver (no full-size boundary image);
+        # the output starts as a copy of the faces (same memory format) with the new ring
+        cl = work.permute(0, 2, 3, 1).is_contiguous()  # channels-last faces stay channels-last
+        out = work.clone(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        out.view(n6 // 6, 6, c, s * s)[..., ring] += delta.to(out.dtype)
+        b = delta.reshape(n6 * c, -1)  # per plane: the ring in border order
+        sides = _ring_sides(b, s)
+        solve_ring_scipy(sides, out, None if method == "exact" else iterations)
     else:
-        out = work + solve_gauss_seidel(None, d, iterations)
+        # boundary change d = g - f on the ring (zero inside), laid out like the faces; a fresh
+        # contiguous buffer (zeros_like would keep the strides of a layout view)
+        d = torch.zeros(work.shape, dtype=work.dtype, device=work.device)
+        d.view(n6 // 6, 6, c, s * s)[..., ring] = delta
+        if method == "exact":
+            out = solve_exact(None, d, backend=backend, x0=work)
+        elif gs_impl == "spectral":
+            out = solve_gauss_seidel_spectral(None, d, iterations, backend=backend, x0=work)
+        else:
+            out = work + solve_gauss_seidel(None, d, iterations)
     if keep_mask is not None and bool(keep_mask.any()):
         sel = keep_mask.to(out.device).repeat(n6 // 6)
         out[sel] = work[sel]
     return out.to(orig_dtype)
+
+
+def _ring_sides(b: torch.Tensor, s: int):
+    """Ring values of each plane (P, 4S-4) in border order (row-major, see
+    ``adjacency.ring_indices``) -> (top, bottom, left, right) without the corners: the four sides
+    next to the interior, as the solvers take them."""
+    inner = torch.arange(1, s - 1, device=b.device)
+    left = s + 2 * (inner - 1)
+    return b[:, inner], b[:, s + 2 * (s - 2) + inner], b[:, left], b[:, left + 1]
 
 
 def _keep_mask(keep) -> torch.Tensor | None:

@@ -101,6 +101,14 @@ def _gs_factor(m: int, n: int, iterations: int, lib=np, device=None):
     return 0.5 * mu ** (2 * iterations - 1) * (1.0 + mu)
 
 
+@functools.lru_cache(maxsize=8)
+def _gs_factor_cached(m: int, n: int, iterations: int, dtype) -> np.ndarray:
+    """:func:`_gs_factor` (computed in float64) as a read-only array of ``dtype``, cached."""
+    a = _gs_factor(m, n, iterations).astype(dtype)
+    a.setflags(write=False)
+    return a
+
+
 def _apply_gs(hhat, iterations: int, lib=np):
     """Turn the exact solution's DST-I coefficients into those of ``iterations`` red-black sweeps.
 
@@ -113,47 +121,88 @@ def _apply_gs(hhat, iterations: int, lib=np):
     ``h_K = h* + M^K (-h*)``: per coefficient
     ``h_K[j,k] = h*[j,k] - mu^(2K-1) (1+mu) / 2 * (h*[j,k] - h*[m+1-j, n+1-k])``.
     This is the same iterate as sweeping (verified against :func:`solve_gauss_seidel`), computed
-    in O(N log N) instead of O(K N).
+    in O(N log N) instead of O(K N). The numpy path works in place in the array's precision with
+    a cached factor.
     """
     m, n = hhat.shape[-2:]
     if lib is np:
-        fac = _gs_factor(m, n, iterations)
-        return hhat - fac * (hhat - hhat[..., ::-1, ::-1])
+        diff = np.subtract(hhat, hhat[..., ::-1, ::-1])
+        diff *= _gs_factor_cached(m, n, iterations, hhat.dtype)
+        hhat -= diff
+        return hhat
     fac = _gs_factor(m, n, iterations, torch, hhat.device).to(hhat.dtype)
     return hhat - fac * (hhat - hhat.flip(-1, -2))
 
 
-def _solve_scipy(r, d, x0, iterations):
+CHUNK_BYTES = 64 * 2**20  # spectrum bytes per chunk of planes in the scipy solver
+
+
+def _sine_basis(m: int, n: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return tuple(v.astype(dtype) for v in (_sine_vec(m, 0), _sine_vec(m, m - 1), _sine_vec(n, 0), _sine_vec(n, n - 1)))
+
+
+def solve_ring_scipy(sides, out: torch.Tensor, iterations: int | None = None, r: torch.Tensor | None = None) -> None:
+    """Add the interior of the solution ``h`` to ``out`` in place (CPU, scipy).
+
+    ``out``: (P, H, W) planes, or (N, C, H, W) of any memory format (plane ``q`` is
+    ``out[q // C, q % C]``; e.g. channels-last faces).
+
+    ``sides``: the boundary change on the ring next to the interior, ``(top, bottom, left, right)``
+    of shapes (P, W-2), (P, W-2), (P, H-2), (P, H-2) (any float dtype); ``r``: optional interior
+    right-hand side (P, H-2, W-2). Exact solve (``iterations`` None) or the spectral Gauss-Seidel
+    iterate. Works in chunks of planes (:data:`CHUNK_BYTES`), so its temporaries stay small
+    whatever the image size; the spectrum is the outer-product sum of the four side transforms
+    (one rank-4 matrix product per plane, no full-size broadcasts).
+    """
     import scipy.fft as sfft
 
-    shape = d.shape
-    H, W = shape[-2:]
+    H, W = out.shape[-2:]
+    npl = out.shape[0] if out.ndim == 3 else out.shape[0] * out.shape[1]
     m, n = H - 2, W - 2
     workers = max(1, min(4, torch.get_num_threads()))
+    wdtype = np.float64 if out.dtype == torch.float64 else np.float32
+    top, bottom, left, right = (v.detach().double().cpu().numpy() for v in sides)
+    # DST2(e_0 (x) v) = s_0 (x) DST1(v): the ring part of the spectrum from four 1-D transforms
+    ft, fb, fl, fr = (sfft.dst(v, type=1, norm="ortho", axis=-1, workers=workers).astype(wdtype)
+                      for v in (top, bottom, left, right))
+    s_m0, s_m1, s_n0, s_n1 = _sine_basis(m, n, wdtype)
+    inv = _inv_eigenvalues(m, n, wdtype, 1.0 if r is not None else -1.0)
+    step = max(1, CHUNK_BYTES // max(1, m * n * np.dtype(wdtype).itemsize))
+    for p0 in range(0, npl, step):
+        p1 = min(npl, p0 + step)
+        k = p1 - p0
+        u = np.empty((k, m, 4), dtype=wdtype)
+        u[:, :, 0], u[:, :, 1], u[:, :, 2], u[:, :, 3] = s_m0, s_m1, fl[p0:p1], fr[p0:p1]
+        v = np.empty((k, 4, n), dtype=wdtype)
+        v[:, 0], v[:, 1], v[:, 2], v[:, 3] = ft[p0:p1], fb[p0:p1], s_n0, s_n1
+        bhat = np.matmul(u, v)  # (k, m, n)
+        if r is not None:
+            rr = r[p0:p1].detach().double().cpu().numpy()
+            rhat = sfft.dstn(rr, type=1, norm="ortho", axes=(-2, -1), workers=workers).astype(wdtype)
+            np.subtract(rhat, bhat, out=bhat)
+        bhat *= inv
+        if iterations is not None:
+            _apply_gs(bhat, iterations)
+        h = torch.from_numpy(sfft.idstn(bhat, type=1, norm="ortho", axes=(-2, -1), workers=workers,
+                                        overwrite_x=True)).to(out.dtype)
+        if out.ndim == 3:
+            out[p0:p1, 1:-1, 1:-1] += h
+        else:
+            c = out.shape[1]
+            for q in range(p0, p1):
+                out[q // c, q % c, 1:-1, 1:-1] += h[q - p0]
+
+
+def _solve_scipy(r, d, x0, iterations):
+    shape = d.shape
+    H, W = shape[-2:]
     d3 = d.detach().reshape(-1, H, W)
-    top, bottom, left, right = (v.double().cpu().numpy() for v in _ring_rhs(d3))
-    # b = r - (ring contributions); the ring part of its 2-D DST is computed sparsely:
-    # DST2(e_0 (x) v) = s_0 (x) DST1(v), so the four sides cost four 1-D transforms.
-    s_m0, s_m1 = _sine_vec(m, 0), _sine_vec(m, m - 1)
-    s_n0, s_n1 = _sine_vec(n, 0), _sine_vec(n, n - 1)
-    ft, fb, fl, fr = (sfft.dst(v, type=1, norm="ortho", axis=-1, workers=workers) for v in (top, bottom, left, right))
-    # the spectrum is assembled and inverted in the output precision (float32 is ~2x faster)
-    wdtype = np.float64 if d.dtype == torch.float64 else np.float32
-    bhat = np.multiply(s_m0.astype(wdtype)[None, :, None], ft.astype(wdtype)[:, None, :])
-    bhat += s_m1.astype(wdtype)[None, :, None] * fb.astype(wdtype)[:, None, :]
-    bhat += fl.astype(wdtype)[:, :, None] * s_n0.astype(wdtype)[None, None, :]
-    bhat += fr.astype(wdtype)[:, :, None] * s_n1.astype(wdtype)[None, None, :]
-    if r is not None:
-        bhat = -bhat
-        rr = r.detach().reshape(-1, m, n).double().cpu().numpy()
-        bhat += sfft.dstn(rr, type=1, norm="ortho", axes=(-2, -1), workers=workers).astype(wdtype)
-        bhat *= _inv_eigenvalues(m, n, wdtype, 1.0)[None]
-    else:
-        bhat *= _inv_eigenvalues(m, n, wdtype, -1.0)[None]
-    if iterations is not None:
-        bhat = _apply_gs(bhat, iterations).astype(wdtype, copy=False)
-    h_int = sfft.idstn(bhat, type=1, norm="ortho", axes=(-2, -1), workers=workers, overwrite_x=True)
-    return _assemble(torch.from_numpy(h_int), d3, x0, shape)
+    out = _assemble(None, d3, x0, shape).reshape(-1, H, W)
+    if x0 is None:
+        out[:, 1:-1, 1:-1] = 0
+    rr = None if r is None else r.reshape(-1, H - 2, W - 2)
+    solve_ring_scipy(_ring_rhs(d3), out, iterations, rr)
+    return out.reshape(shape)
 
 
 def _assemble(h_int: torch.Tensor, d3: torch.Tensor, x0: torch.Tensor | None, shape) -> torch.Tensor:
@@ -161,14 +210,17 @@ def _assemble(h_int: torch.Tensor, d3: torch.Tensor, x0: torch.Tensor | None, sh
     H, W = shape[-2:]
     if x0 is None:
         out = d3.clone()
-        out[:, 1:-1, 1:-1] = h_int.to(device=d3.device, dtype=d3.dtype)
+        if h_int is not None:
+            out[:, 1:-1, 1:-1] = h_int.to(device=d3.device, dtype=d3.dtype)
         return out.reshape(shape)
-    out = x0.reshape(-1, H, W).clone()
+    out = x0.reshape(-1, H, W)
+    out = out.clone() if out.data_ptr() == x0.data_ptr() else out  # reshape may have copied already
     out[:, 0, :] += d3[:, 0, :]
     out[:, -1, :] += d3[:, -1, :]
     out[:, 1:-1, 0] += d3[:, 1:-1, 0]
     out[:, 1:-1, -1] += d3[:, 1:-1, -1]
-    out[:, 1:-1, 1:-1] += h_int.to(device=out.device, dtype=out.dtype)
+    if h_int is not None:
+        out[:, 1:-1, 1:-1] += h_int.to(device=out.device, dtype=out.dtype)
     return out.reshape(shape)
 
 
