@@ -151,28 +151,22 @@ def _run(args: argparse.Namespace) -> int:
             info = build_caches(cfg, progress=progress)
             print(f"caches for {args.model}: {info}")
         return 0
-    if args.command == "dit360":
+    if args.command in ("dit360", "jopano"):
         if not args.data:
             raise PanoInputError("--data: the prepared folder is required (pano360-train prepare --output DIR)")
         if not args.output:
             raise PanoInputError("--output: a run folder is required")
-        from .dit360 import train
+        if args.command == "dit360":
+            from .dit360 import train
 
-        cfg = trainer_config(args)
-        result = train(cfg, resume=args.resume, progress=progress)
-        if result.get("lora"):
-            print(f"LoRA written to {result['lora']}")
-        return 0
-    if args.command == "jopano":
-        if not args.data:
-            raise PanoInputError("--data: the prepared folder is required (pano360-train prepare --output DIR)")
-        if not args.output:
-            raise PanoInputError("--output: a run folder is required")
-        from .jopano import train as train_jopano
+            key, what = "lora", "LoRA"
+        else:
+            from .jopano import train
 
-        result = train_jopano(trainer_config(args), resume=args.resume, progress=progress)
-        if result.get("adapter"):
-            print(f"Joint-Face adapter written to {result['adapter']}")
+            key, what = "adapter", "Joint-Face adapter"
+        result = train(trainer_config(args), resume=args.resume, progress=progress)
+        if result.get(key):
+            print(f"{what} written to {result[key]}")
         return 0
     if args.command == "sample":
         from .config import load_config
