@@ -11,7 +11,7 @@ import pytest
 import torch
 
 PACK_NAME = "pano360_pack_panorama_under_test"
-FAMILIES = ("Flux2", "Chroma", "QwenImage", "Lumina2", "WAN21", "HunyuanImage21")
+FAMILIES = ("Flux2", "Chroma", "QwenImage", "Lumina2", "WAN21", "WAN22", "HiDream", "HunyuanImage21")
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +149,51 @@ def test_errors(pack, dits, errors):
     too_wide = pack.Pano360PanoramaPatch().patch(_model(dits, "Lumina2"), 5, "latent")[0]  # 16 tokens -> max 4
     with pytest.raises(E, match="padding"):
         _sample(dits, too_wide, "Lumina2")
+
+
+@pytest.mark.parametrize("fam", ["Lumina2", "WAN22"])
+def test_noise_mask(pack, dits, fam):
+    """A noise mask (Wan 2.2 also hands it to the model as ``denoise_mask``, padded with the latent):
+    the kept region stays the source latent, the masked region is generated."""
+    import comfy.sample
+
+    model = pack.Pano360PanoramaPatch().patch(_model(dits, fam), 1, "latent")[0]
+    m, spy = _spied(model)
+    shape = dits.latent_shape(fam)
+    g = torch.Generator().manual_seed(3)
+    noise, latent = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    mask = torch.zeros(1, shape[-2], shape[-1])
+    mask[..., 8:20] = 1.0
+    pos = dits.cond(fam, 0)
+    out = comfy.sample.sample(m, noise, 2, 1.0, "euler", "simple", pos, pos, latent, noise_mask=mask, seed=0,
+                              disable_pbar=True)
+    assert out.shape == latent.shape and torch.isfinite(out).all()
+    assert torch.allclose(out[..., :8], latent[..., :8], atol=1e-5)
+    assert not torch.allclose(out[..., 8:20], latent[..., 8:20], atol=1e-3)
+    assert all(x.shape[-1] == shape[-1] + 4 for x in spy.xs)
+
+
+def test_hidream_e1_image_cond_is_not_padded(pack, dits):
+    """HiDream-E1 concatenates its image condition along the width: only the generated part is padded."""
+    import comfy.patcher_extension
+    import comfy.sample
+
+    seen = []
+
+    def spy(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kw):
+        seen.append((x.shape, kw["image_cond"].shape))
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kw)
+
+    model = pack.Pano360PanoramaPatch().patch(_model(dits, "HiDream"), 1, "latent")[0].clone()
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test_spy", spy)
+    shape = dits.latent_shape("HiDream")
+    pos = dits.cond("HiDream", 0)
+    pos = [[pos[0][0], {**pos[0][1], "concat_latent_image": torch.randn(shape, generator=torch.Generator().manual_seed(5))}]]
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    out = comfy.sample.sample(model, noise, 2, 1.0, "euler", "simple", pos, pos, torch.zeros_like(noise), seed=0,
+                              disable_pbar=True)
+    assert out.shape == shape and torch.isfinite(out).all()
+    assert seen and all(xs[-1] == shape[-1] + 4 and ic[-1] == shape[-1] for xs, ic in seen)
 
 
 def test_c_concat_and_denoise_mask_are_padded(P, dits):

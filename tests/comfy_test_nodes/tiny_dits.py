@@ -47,6 +47,17 @@ CONFIGS: dict[str, dict] = {
         "num_layers": 1, "patch_size": (1, 2, 2), "freq_dim": 32, "window_size": (-1, -1), "qk_norm": True,
         "cross_attn_norm": True, "eps": 1e-6, "in_dim": 16, "text_dim": CTX,
     },
+    "WAN22": {
+        "image_model": "wan2.1", "model_type": "t2v", "dim": H, "out_dim": 48, "num_heads": 2, "ffn_dim": 64,
+        "num_layers": 1, "patch_size": (1, 2, 2), "freq_dim": 32, "window_size": (-1, -1), "qk_norm": True,
+        "cross_attn_norm": True, "eps": 1e-6, "in_dim": 48, "text_dim": CTX,
+    },
+    "HiDream": {
+        "image_model": "hidream", "patch_size": 2, "in_channels": 16, "out_channels": 16, "num_layers": 1,
+        "num_single_layers": 1, "attention_head_dim": 16, "num_attention_heads": 2, "caption_channels": [CTX, CTX],
+        "text_emb_dim": CTX, "num_routed_experts": 2, "num_activated_experts": 1, "axes_dims_rope": [8, 4, 4],
+        "max_resolution": [64, 64], "llama_layers": [0, 1],
+    },
     "HunyuanImage21": {
         "image_model": "hunyuan_video", "in_channels": 64, "out_channels": 64, "patch_size": [1, 1],
         "vec_in_dim": None, "axes_dim": [8, 8], "meanflow": False, "context_in_dim": CTX, "hidden_size": H,
@@ -56,8 +67,8 @@ CONFIGS: dict[str, dict] = {
 }
 """family (ComfyUI model_base class name) -> tiny unet_config."""
 
-LATENT_CHANNELS = {"Flux2": 128, "Chroma": 16, "QwenImage": 16, "Lumina2": 16, "WAN21": 16, "HunyuanImage21": 64}
-VIDEO = {"WAN21", "QwenImage"}
+LATENT_CHANNELS = {"WAN22": 48, "HiDream": 16, "Flux2": 128, "Chroma": 16, "QwenImage": 16, "Lumina2": 16, "WAN21": 16, "HunyuanImage21": 64}
+VIDEO = {"WAN21", "WAN22", "QwenImage"}
 
 
 def build(family: str, seed: int = 0):
@@ -91,6 +102,9 @@ def cond(family: str, seed: int = 0, tokens: int = 5) -> list:
         extra["pooled_output"] = None
     if family == "Flux2":
         extra["guidance"] = 3.0
+    if family == "HiDream":
+        extra["pooled_output"] = torch.randn(1, CTX, generator=g)
+        extra["conditioning_llama3"] = torch.randn(1, 2, tokens, CTX, generator=g)
     return [[ctx, extra]]
 
 
