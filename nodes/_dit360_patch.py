@@ -45,9 +45,11 @@ OPT_KEY = "pano360_dit360"
 RESYNC_MODES = ("none", "per step")
 
 
-def flux_model_or_error(model, user: str = "the DiT360 panorama patch") -> torch.nn.Module:
+def flux_model_or_error(model, user: str = "the DiT360 panorama patch", patch_sizes: tuple[int, ...] = (2,)
+                        ) -> torch.nn.Module:
     """Return the Flux diffusion model of a ComfyUI MODEL or raise a PanoInputError naming its type
-    (``user``: what needs the Flux model, for the message)."""
+    (``user``: what needs the Flux model, for the message; ``patch_sizes``: accepted patch sizes,
+    2 = FLUX.1, 1 = FLUX.2, whose ``comfy.ldm.flux`` model has the same ``post_input`` path)."""
     import comfy.ldm.flux.model
 
     base = getattr(model, "model", None)
@@ -59,13 +61,21 @@ def flux_model_or_error(model, user: str = "the DiT360 panorama patch") -> torch
             f"model: {user} needs a Flux model (FLUX.1-dev/schnell/Fill/Kontext); "
             f"got a {kind} model (diffusion model {inner})"
         )
-    if getattr(dm, "patch_size", 2) != 2:
-        raise PanoInputError(f"model: expected a Flux model with 2x2 patches, got patch size {dm.patch_size}")
+    if getattr(dm, "patch_size", 2) not in patch_sizes:
+        raise PanoInputError(
+            f"model: {user} expects a Flux model with patch size {' or '.join(map(str, patch_sizes))}, got patch "
+            f"size {dm.patch_size}"
+        )
     return dm
 
 
-def _grid(h_lat: int, w_lat: int, p: int, id_mode: str = "wrapped") -> TokenGrid:
-    """The token grid of a Flux latent ``h_lat x w_lat`` with ``p`` padded token columns per side."""
+def _grid(h_lat: int, w_lat: int, p: int, id_mode: str = "wrapped", patch: int = 2) -> TokenGrid:
+    """The token grid of a Flux latent ``h_lat x w_lat`` with ``p`` padded token columns per side
+    (``patch``: 2 for FLUX.1, 1 for FLUX.2)."""
+    if patch != 2:
+        w_tok = w_lat // patch
+        check_padding(w_tok, p, name=f"padding (panorama {w_tok} tokens wide)")
+        return TokenGrid.from_latent((h_lat, w_lat), p, id_mode, patch=patch)
     if w_lat % 2 or h_lat % 2:
         raise PanoInputError(
             f"latent: the panorama width and height must be multiples of 16 px for Flux (2x2 patches of "
@@ -193,10 +203,11 @@ def _pad_conds(conds: dict, dims: tuple[int, int], cols: int) -> None:
 class OuterSampleWrapper:
     """``WrappersMP.OUTER_SAMPLE``: run the sampler on a wrap-padded latent, crop the result."""
 
-    def __init__(self, padding: int, id_mode: str, resync: str):
+    def __init__(self, padding: int, id_mode: str, resync: str, patch: int = 2):
         self.padding = int(padding)
         self.id_mode = id_mode
         self.resync = resync
+        self.patch = int(patch)
 
     def __call__(self, executor, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
                  disable_pbar=False, seed=None, latent_shapes=None):
@@ -205,7 +216,7 @@ class OuterSampleWrapper:
         if noise.ndim != 4 or getattr(latent_image, "is_nested", False) or (latent_shapes and len(latent_shapes) > 1):
             raise PanoInputError("latent: the DiT360 panorama patch expects a single image latent (B, C, H, W)")
         b, ch, h_lat, w_lat = noise.shape
-        grid = _grid(h_lat, w_lat, p, self.id_mode)
+        grid = _grid(h_lat, w_lat, p, self.id_mode, self.patch)
         if p == 0:
             return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed,
                             latent_shapes=latent_shapes)
@@ -294,7 +305,7 @@ class DiffusionModelWrapper:
         if not info or info["grid"].p == 0:
             return executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs)
         grid = info["grid"]
-        if x.ndim != 4 or x.shape[-1] != 2 * grid.wp or x.shape[-2] != 2 * grid.h:
+        if x.ndim != 4 or x.shape[-1] != grid.patch * grid.wp or x.shape[-2] != grid.patch * grid.h:
             # e.g. area conditioning crops the input: not the full padded grid, leave it alone
             return executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs)
         if info["resync"] == "per step":
@@ -314,8 +325,8 @@ class DiffusionModelWrapper:
 
 
 def apply_dit360_patch(model, padding: int = 1, id_mode: str = "wrapped", resync: str = "per step"):
-    """Clone a ComfyUI Flux MODEL and add the circular-padding wrappers (replacing earlier ones)."""
-    flux_model_or_error(model)
+    """Clone a ComfyUI FLUX.1 or FLUX.2 MODEL and add the circular-padding wrappers (replacing earlier ones)."""
+    dm = flux_model_or_error(model, patch_sizes=(2, 1))
     check_choice(id_mode, "id_mode", ID_MODES)
     check_choice(resync, "resync", RESYNC_MODES)
     check_int(padding, "padding", 0, what="a number of token columns per side")
@@ -323,7 +334,7 @@ def apply_dit360_patch(model, padding: int = 1, id_mode: str = "wrapped", resync
     WMP = comfy.patcher_extension.WrappersMP
     m.remove_wrappers_with_key(WMP.OUTER_SAMPLE, KEY)
     m.remove_wrappers_with_key(WMP.DIFFUSION_MODEL, KEY)
-    m.add_wrapper_with_key(WMP.OUTER_SAMPLE, KEY, OuterSampleWrapper(padding, id_mode, resync))
+    m.add_wrapper_with_key(WMP.OUTER_SAMPLE, KEY, OuterSampleWrapper(padding, id_mode, resync, dm.patch_size))
     m.add_wrapper_with_key(WMP.DIFFUSION_MODEL, KEY, DiffusionModelWrapper(padding, id_mode, resync))
     return m
 

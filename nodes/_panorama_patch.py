@@ -44,7 +44,7 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "Flux": Family("FLUX.1 (dev/schnell/Fill/Kontext/Krea)", 2, (4,), token_level=True),
-    "Flux2": Family("FLUX.2", 1, (4,)),
+    "Flux2": Family("FLUX.2", 1, (4,), token_level=True),
     "Chroma": Family("Chroma", 2, (4,)),
     "QwenImage": Family("Qwen-Image (incl. Edit)", 2, (5,)),
     "HunyuanImage21": Family("HunyuanImage 2.1", 1, (4,)),

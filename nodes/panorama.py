@@ -30,7 +30,7 @@ class Pano360PanoramaPatch:
                     "of the panorama's token width. 0 = no effect."}),
                 "level": (list(LEVELS), {"default": "auto", "tooltip":
                     "latent: the latent is wrap-padded at every model call and cropped after (linear positions; "
-                    "every family). token: DiT360's wrapped position ids (FLUX.1 only; same as "
+                    "every family). token: DiT360's wrapped position ids (FLUX.1 and FLUX.2; same as "
                     "Pano360DiT360Patch with resync 'per step'). auto: token where offered, else latent."}),
             }
         }
@@ -49,7 +49,7 @@ class Pano360PanoramaPatch:
         fam = patch.family_of(model)
         if level == "token" and not fam.token_level:
             raise PanoInputError(
-                f"level: token-level wrapped ids are offered for FLUX.1 only; {fam.name} supports level 'latent'"
+                f"level: token-level wrapped ids are offered for FLUX.1 and FLUX.2 only; {fam.name} supports level 'latent'"
             )
         if level == "token" or (level == "auto" and fam.token_level):
             return (dit360.apply_dit360_patch(model, padding, "wrapped", "per step"),)

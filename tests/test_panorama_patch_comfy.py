@@ -139,12 +139,62 @@ def test_flux1_levels(pack, tiny_models):
     assert out.shape == noise.shape and spy.xs[0].shape[-1] == 32 + 4
 
 
+class _IdsSpy:
+    """A user post_input patch (runs after the DiT360 ids patch): records image tokens and ids."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, args):
+        self.calls.append({k: args[k].detach().clone() for k in ("img", "img_ids")})
+        return args
+
+
+@pytest.mark.parametrize("id_mode", ["wrapped", "linear"])
+@pytest.mark.parametrize("sampler", ["euler", "euler_ancestral"])
+def test_flux2_token_level_wrapped_ids(pack, dits, id_mode, sampler):
+    """FLUX.2 through Flux's post_input path: patch size 1, 4-axis ids; padded tokens equal their
+    source at every call (re-sync per step) and carry the opposite edge's ids (wrapped) or extended ids."""
+    import comfy.patcher_extension
+
+    model = _model(dits, "Flux2")
+    dit360 = importlib.import_module(f"{PACK_NAME}.nodes.dit360")
+    p0 = dit360.Pano360DiT360Patch().patch(model, 0, id_mode, "per step")[0]
+    ref = _sample(dits, model, "Flux2")
+    assert torch.equal(_sample(dits, p0, "Flux2"), ref)
+
+    p = 2
+    patched = (pack.Pano360PanoramaPatch().patch(model, p, "auto")[0] if id_mode == "wrapped"
+               else dit360.Pano360DiT360Patch().patch(model, p, id_mode, "per step")[0])
+    assert patched.get_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "pano360_dit360")
+    m = patched.clone()
+    spy = _IdsSpy()
+    m.set_model_post_input_patch(spy)
+    out = _sample(dits, m, "Flux2", batch=2, steps=3, cfg=2.0, sampler=sampler, neg=dits.cond("Flux2", 1))
+    assert out.shape == dits.latent_shape("Flux2", 2) and torch.isfinite(out).all()
+    assert not torch.allclose(out[:1], _sample(dits, model, "Flux2", steps=3, sampler=sampler), atol=1e-6)
+    h, w = 8, 32
+    wp = w + 2 * p
+    assert len(spy.calls) == 3
+    for c in spy.calls:
+        ids = c["img_ids"][0]
+        assert ids.shape == (h * wp, 4)
+        g = ids.reshape(h, wp, 4)
+        cols = torch.arange(wp, dtype=ids.dtype) - p
+        expected = cols % w if id_mode == "wrapped" else cols
+        assert torch.equal(g[..., 2], expected.expand(h, wp))
+        assert torch.equal(g[..., 1], torch.arange(h, dtype=ids.dtype)[:, None].expand(h, wp))
+        img = c["img"].reshape(c["img"].shape[0], h, wp, -1)
+        assert torch.allclose(img[:, :, :p], img[:, :, w:w + p], atol=1e-6)  # left pad = last columns
+        assert torch.allclose(img[:, :, -p:], img[:, :, p:2 * p], atol=1e-6)  # right pad = first columns
+
+
 def test_errors(pack, dits, errors):
     E = errors.PanoInputError
     fake = types.SimpleNamespace(model=torch.nn.Linear(1, 1))
     with pytest.raises(E, match="supports FLUX.1.*Wan 2.2; got a Linear model"):
         pack.Pano360PanoramaPatch().patch(fake, 1)
-    with pytest.raises(E, match="token-level wrapped ids are offered for FLUX.1 only"):
+    with pytest.raises(E, match="token-level wrapped ids are offered for FLUX.1 and FLUX.2 only"):
         pack.Pano360PanoramaPatch().patch(_model(dits, "Lumina2"), 1, "token")
     too_wide = pack.Pano360PanoramaPatch().patch(_model(dits, "Lumina2"), 5, "latent")[0]  # 16 tokens -> max 4
     with pytest.raises(E, match="padding"):
