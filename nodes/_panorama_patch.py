@@ -7,7 +7,9 @@ whole patches per side, pads the spatial inputs that the family's adapter names
 (``c_concat`` always; e.g. Wan 2.2's ``denoise_mask``), lets the model see the wider latent with
 its own *linear* positions, and crops the result. Because the padding is rebuilt from the current
 latent at every call, the padded columns equal their source at every model call (re-sync every
-step) whatever the sampler does, and the sampler never sees them.
+step) whatever the sampler does, and the sampler never sees them. An ``OUTER_SAMPLE`` wrapper records
+the sampled latent's size for the run, so model calls on an area-conditioning crop of the latent
+(whose edges are not the panorama's) are left unpadded.
 
 Knowledge per family (patch width, latent ranks, spatial inputs) is the table :data:`FAMILIES`,
 keyed by ComfyUI's ``model_base`` class name; the padding math is
@@ -102,7 +104,9 @@ class ApplyModelWrapper:
 
     def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
                  **kwargs):
-        if self.padding == 0:
+        full = (transformer_options or {}).get(KEY)
+        if self.padding == 0 or (full is not None and tuple(x.shape[-2:]) != full):
+            # padding 0, or an area-conditioning crop of the latent: its edges are not the panorama's
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         grid = self.grid(x)
         if control is not None:
@@ -131,6 +135,25 @@ class ApplyModelWrapper:
         return grid.crop_latent(out)
 
 
+class OuterSampleWrapper:
+    """``WrappersMP.OUTER_SAMPLE``: tell the model wrapper the sampled latent's (H, W) for this run, so
+    that calls on a cropped part of it (area conditioning) are left unpadded."""
+
+    def __call__(self, executor, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
+                 disable_pbar=False, seed=None, latent_shapes=None):
+        topts = executor.class_obj.model_options.setdefault("transformer_options", {})
+        had, old = KEY in topts, topts.get(KEY)
+        topts[KEY] = tuple(noise.shape[-2:])
+        try:
+            return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed,
+                            latent_shapes=latent_shapes)
+        finally:
+            if had:
+                topts[KEY] = old
+            else:
+                topts.pop(KEY, None)
+
+
 def apply_latent_patch(model, padding: int = 1):
     """Clone a ComfyUI MODEL of a supported family and add the latent-level padding wrapper
     (replacing an earlier one)."""
@@ -139,5 +162,7 @@ def apply_latent_patch(model, padding: int = 1):
     m = model.clone()
     WMP = comfy.patcher_extension.WrappersMP
     m.remove_wrappers_with_key(WMP.APPLY_MODEL, KEY)
+    m.remove_wrappers_with_key(WMP.OUTER_SAMPLE, KEY)
+    m.add_wrapper_with_key(WMP.OUTER_SAMPLE, KEY, OuterSampleWrapper())
     m.add_wrapper_with_key(WMP.APPLY_MODEL, KEY, ApplyModelWrapper(fam, padding))
     return m

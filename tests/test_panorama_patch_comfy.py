@@ -223,6 +223,28 @@ def test_noise_mask(pack, dits, fam):
     assert all(x.shape[-1] == shape[-1] + 4 for x in spy.xs)
 
 
+def test_area_conditioning_crop_is_not_padded(pack, dits):
+    """ConditioningSetArea crops the latent for its cond: that crop is not the panorama, so it is
+    passed through unpadded while the full-latent calls are padded."""
+    import node_helpers
+
+    fam = "Lumina2"
+    model = pack.Pano360PanoramaPatch().patch(_model(dits, fam), 1, "latent")[0]
+    m, spy = _spied(model)
+    pos = dits.cond(fam, 0)
+    area = node_helpers.conditioning_set_values(dits.cond(fam, 1), {"area": (8, 16, 0, 8), "strength": 1.0,
+                                                                    "set_area_to_bounds": False})
+    import comfy.sample
+
+    shape = dits.latent_shape(fam)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    out = comfy.sample.sample(m, noise, 2, 1.0, "euler", "simple", pos + area, pos, torch.zeros_like(noise), seed=0,
+                              disable_pbar=True)
+    assert out.shape == shape and torch.isfinite(out).all()
+    widths = sorted({x.shape[-1] for x in spy.xs})
+    assert widths == [16, 32 + 4], widths
+
+
 def test_hidream_e1_image_cond_is_not_padded(pack, dits):
     """HiDream-E1 concatenates its image condition along the width: only the generated part is padded."""
     import comfy.patcher_extension
