@@ -55,7 +55,7 @@ class Pano360DiT360Patch:
     FUNCTION = "patch"
     CATEGORY = CATEGORY
     DESCRIPTION = (
-        "Circular token padding with wrapped RoPE ids for any ComfyUI Flux model (use with the DiT360 LoRA "
+        "Circular token padding with wrapped RoPE ids for any ComfyUI Flux model, FLUX.1 or FLUX.2 (use with the DiT360 LoRA "
         "through LoraLoaderModelOnly). Non-destructive: returns a patched clone. Works with KSampler, "
         "KSamplerAdvanced, SamplerCustomAdvanced, noise masks, Flux Fill and Kontext reference latents."
     )

@@ -223,6 +223,25 @@ def test_noise_mask(pack, dits, fam):
     assert all(x.shape[-1] == shape[-1] + 4 for x in spy.xs)
 
 
+def test_lora_style_weight_patch_and_padding_together(pack, dits):
+    """Weight patches (what LoraLoaderModelOnly adds) and the padding wrapper coexist on a clone chain:
+    patched weights change the padded result, and the patch order does not matter."""
+    fam = "QwenImage"
+    base = _model(dits, fam)
+    key = next(k for k in base.model_state_dict() if k.endswith("img_in.weight"))
+    w = base.model_state_dict()[key]
+    delta = torch.randn(w.shape, generator=torch.Generator().manual_seed(9)) * 0.2
+    lora = base.clone()
+    lora.add_patches({key: ("diff", (delta,))}, 1.0)
+    a = _sample(dits, pack.Pano360PanoramaPatch().patch(lora, 1, "latent")[0], fam)
+    patched = pack.Pano360PanoramaPatch().patch(base, 1, "latent")[0].clone()
+    patched.add_patches({key: ("diff", (delta,))}, 1.0)
+    b = _sample(dits, patched, fam)
+    plain = _sample(dits, pack.Pano360PanoramaPatch().patch(base, 1, "latent")[0], fam)
+    assert torch.allclose(a, b, atol=1e-6)
+    assert not torch.allclose(a, plain, atol=1e-4)
+
+
 def test_area_conditioning_crop_is_not_padded(pack, dits):
     """ConditioningSetArea crops the latent for its cond: that crop is not the panorama, so it is
     passed through unpadded while the full-latent calls are padded."""
