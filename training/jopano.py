@@ -56,8 +56,15 @@ from .caches import LatentCache, TextCache, cache_dir, input_hash
 from .checkpoints import load_checkpoint, resolve_resume, save_checkpoint
 from .config import get, save_config
 from .dit360.data import DataPlan, _bar
-from .dit360.trainer import _accelerator, _check_run_folder, _flat, _optimizer, _schedule
-from .loop import LoopState, run_steps
+from .loop import (
+    LoopState,
+    check_run_folder,
+    flat_config,
+    make_accelerator,
+    make_lr_schedule,
+    make_optimizer,
+    run_steps,
+)
 from .prepare import read_manifest
 from .randomness import derive_seed, sample_generator
 from .samples import LossLog, append_metrics, plot_losses, write_sample_grid
@@ -568,10 +575,10 @@ def train(cfg: dict, resume: str | None = None, progress: bool = True) -> dict:
         raise PanoInputError("--data: the prepared folder is required")
     run = Path(cfg["output"])
     _check(cfg)
-    _check_run_folder(run, resume)
+    check_run_folder(run, resume)
     ck_path = resolve_resume(resume, run)
     manifest = read_manifest(get(cfg, "data.dir"))
-    acc = _accelerator(cfg, run)
+    acc = make_accelerator(cfg, run)
     main = acc.is_main_process
     seed = int(get(cfg, "train.seed"))
     dev = acc.device
@@ -607,13 +614,13 @@ def train(cfg: dict, resume: str | None = None, progress: bool = True) -> dict:
     transformer.train()
     adapters.train()
     params = [p for p in adapters.parameters()]
-    optimizer = _optimizer(cfg, params)
+    optimizer = make_optimizer(cfg, params)
     B, ga, world = int(get(cfg, "train.batch_size")), int(get(cfg, "train.gradient_accumulation")), acc.num_processes
     max_steps = get(cfg, "train.max_steps")
     if max_steps is None:
         max_steps = max(1, plan.samples_in(int(get(cfg, "train.epochs"))) // (B * ga * world))
     max_steps = int(max_steps)
-    scheduler = _schedule(cfg, optimizer, max_steps)
+    scheduler = make_lr_schedule(cfg, optimizer, max_steps)
     model, optimizer = acc.prepare(adapters, optimizer)
 
     state = LoopState()
@@ -636,7 +643,7 @@ def train(cfg: dict, resume: str | None = None, progress: bool = True) -> dict:
             loss_log.truncate(state.step)
             log.info("resumed from %s at step %d", ck_path, state.step)
     if get(cfg, "log.logger") == "tensorboard":
-        acc.init_trackers("jopano", config={k: v for k, v in _flat(cfg).items() if isinstance(v, (int, float, str, bool))})
+        acc.init_trackers("jopano", config={k: v for k, v in flat_config(cfg).items() if isinstance(v, (int, float, str, bool))})
 
     keep, grad_dump, sync = int(get(cfg, "checkpoint.keep")), get(cfg, "debug.grad_dump"), bool(get(cfg, "train.sync"))
     edt = jp.dtype
