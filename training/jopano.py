@@ -52,10 +52,10 @@ from pano_core.errors import PanoInputError
 from pano_core.geometry import FACE_NAMES, e2c
 from pano_core.io import read_image
 
-from .caches import LatentCache, TextCache, cache_dir, input_hash
+from .caches import LatentCache, TextCache, cache_dir, input_hash, progress_bar
 from .checkpoints import load_checkpoint, resolve_resume, save_checkpoint
 from .config import get, save_config
-from .dit360.data import DataPlan, _bar
+from .dit360.data import DataPlan
 from .loop import (
     LoopState,
     check_run_folder,
@@ -251,7 +251,7 @@ def build_caches(cfg: dict, progress: bool = True, jp=None, device: torch.device
               "input": input_hash(folder, manifest, files, {"face_size": s}),
               "latent_channels": int(jp.latent_channels), "vae_factor": int(jp.vae_factor)}
     lat = LatentCache.open(root, expect)
-    bar = _bar(len(items), "cache face latents", progress)
+    bar = progress_bar(len(items), "cache face latents", progress)
     if lat is None:
         measured: dict = {}
 
@@ -278,17 +278,11 @@ def build_caches(cfg: dict, progress: bool = True, jp=None, device: torch.device
     t_expect = {"version": 1, "model": model, "max_sequence_length": int(get(cfg, "data.max_sequence_length")),
                 "instruction": bool(get(cfg, "data.complex_human_instruction")),
                 "texts": hashlib.sha1("\n".join(texts).encode()).hexdigest()}
-    txt = TextCache.open(root, t_expect)
-    if txt is None:
-        tbar = _bar(len(texts), "cache Gemma embeddings", progress)
-
-        def tgen():
-            for t in texts:
-                e, m = _encode_text(jp, cfg, t)
-                yield _text_key(t, bool(t)), {"embeds": e, "mask": m}
-
-        txt = TextCache.write(root, t_expect, tgen(), progress=tbar.update)
-        tbar.close()
+    txt = TextCache.ensure(
+        root, t_expect,
+        ((_text_key(t, bool(t)), {"embeds": e, "mask": m}) for t in texts for e, m in (_encode_text(jp, cfg, t),)),
+        total=len(texts), desc="cache Gemma embeddings", progress=progress,
+    )
     return {"folder": str(root), "latents": lat.record.get("items"), "texts": txt.record.get("items"),
             "side_permutation_error": lat.record.get("side_permutation_error"),
             "ud_rotation_error": lat.record.get("ud_rotation_error")}
@@ -740,7 +734,7 @@ def sample_from_run(run, prompts, step: int | None = None, output=None, seed: in
     out.mkdir(parents=True, exist_ok=True)
     mode = _sample_mode(cfg)
     written = []
-    bar = _bar(len(lines), "sample", progress)
+    bar = progress_bar(len(lines), "sample", progress)
     for i, text in enumerate(lines):
         res = jp(text, mode=mode, face_size=s, steps=int(get(cfg, "sample.steps")), cfg=float(get(cfg, "sample.cfg")),
                  blend=str(get(cfg, "sample.blend")), seed=seed + i, progress=False)
