@@ -24,7 +24,13 @@ Samples (fixed seeds, Euler, mu from the padded token count) are scored with
 0/360 seam relative to neighbouring columns) and the cube seam metrics; the training cost is
 the wall time per step. Results go to stdout and, with ``--write``, to benchmarks/RESULTS.md.
 
+A second table (``--table jopano``) does the same for JoPano (see :func:`jopano_table`): a tiny
+Sana trained on the six cube faces of the same synthetic set, sampled ``independent``, ``sync``,
+``adapter`` and ``adapter+sync``, seam metrics before and after cross-face blending, beside the
+ordering of the paper's Table 3.
+
 Run from the repository root:  python benchmarks/bench_training_ablation.py [--steps 300] [--write]
+                               python benchmarks/bench_training_ablation.py --table jopano [--write]
 """
 
 from __future__ import annotations
@@ -212,9 +218,21 @@ def main(argv=None) -> int:
     ap.add_argument("--sample-steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--write", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    ap.add_argument("--table", choices=("dit360", "jopano", "both"), default="dit360",
+                    help="dit360: the DiT360 ablation (default); jopano: the JoPano modes (jopano_table); both")
+    ap.add_argument("--jopano-base-steps", type=int, default=400, help="jopano: steps of the base (per-face) training")
+    ap.add_argument("--jopano-adapter-steps", type=int, default=200, help="jopano: steps of each adapter training")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.table in ("jopano", "both"):
+        table = jopano_table(args)
+        print(table)
+        if args.write:
+            p = ROOT / "benchmarks" / "RESULTS.md"
+            p.write_text(p.read_text().rstrip() + "\n\n" + table + "\n")
+        if args.table == "jopano":
+            return 0
     data = torch.cat([encode(synthetic_panorama(i)) for i in range(args.images)])
     ref = [seam_ref(synthetic_panorama(1000 + i)) for i in range(args.samples)]
     real = {k: statistics.mean(r[k] for r in ref) for k in ref[0]}
@@ -258,6 +276,222 @@ def render(results: dict, real: dict, args) -> str:
     for name, r in results.items():
         lines.append(f"| {name} | {r['wrap_seam']:.3f} | {r['wrap_jump']:.2f} | {r['seam_ssim']:.3f} | {r['seam_jump']:.2f} | "
                      f"{r['pole_seam_jump']:.2f} | {r['s_per_step']:.3f} | {r['final_loss']:.4f} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------- JoPano table
+
+JOPANO_FACE = 64  # face pixels; the toy latent is 16 x 16 tokens per face (POOL 4)
+JOPANO_MODES = ("independent", "sync", "adapter", "adapter+sync")
+# JoPano's Table 3 (SUN360): Seam-SSIM / Seam-Sobel, w/o and w/ cross-face blending (CFB)
+PAPER_TABLE3 = [("Noise", 0.004, 129.62), ("Ground Truth", 0.847, 11.16), ("DreamCube (training-free sync)", 0.725, 35.85),
+                ("JoPano-T2P w/o CFB", 0.762, 39.69), ("JoPano-T2P w/ CFB", 0.831, 12.66),
+                ("JoPano-V2P w/o CFB", 0.786, 41.16), ("JoPano-V2P w/ CFB", 0.861, 12.18)]
+
+
+def face_latents(erp: torch.Tensor) -> torch.Tensor:
+    """The toy autoencoder on cube faces: ``e2c`` then 4x average pool (3 colour channels + 1 zero
+    channel = the tiny Sana's 4 latent channels)."""
+    from pano_core.geometry import e2c
+
+    z = F.avg_pool2d(e2c(erp, JOPANO_FACE) * 2 - 1, POOL) * 1.5
+    return torch.cat([z, torch.zeros(z.shape[0], 1, *z.shape[-2:])], 1)
+
+
+def build_sana(seed: int = 0):
+    """A small Sana transformer (diffusers ``SanaTransformer2DModel``: width 64, 4 blocks, patch 1,
+    random init) -- the base that the first stage trains on single faces."""
+    from diffusers import SanaTransformer2DModel
+
+    torch.manual_seed(seed)
+    return SanaTransformer2DModel(in_channels=4, out_channels=4, num_attention_heads=4, attention_head_dim=16, num_layers=4,
+                                  num_cross_attention_heads=4, cross_attention_head_dim=16, cross_attention_dim=64,
+                                  caption_channels=16, mlp_ratio=2.5, sample_size=JOPANO_FACE // POOL, patch_size=1,
+                                  norm_elementwise_affine=False, norm_eps=1e-6)
+
+
+def _jopano_batches(data: torch.Tensor, steps: int, batch: int, v2p: float, seed: int):
+    """Batches of whole panoramas (6 faces each) for the trainer's loss: the trainer's own draws
+    (``pano360_training.jopano.draw``: timestep, T2P/V2P switch with face F, quarter yaw) and noise
+    from (seed, sample index); quarter yaws applied with the trainer's ``apply_quarter_yaw`` (the
+    toy encoder is a pool, exactly rotation-equivariant, so turning U/D latents is exact here)."""
+    from pano360_training import jopano as J
+    from pano360_training.config import load_config, set_value
+    from pano360_training.randomness import sample_generator
+
+    cfg = load_config("jopano_adapter")
+    set_value(cfg, "condition.v2p_probability", float(v2p))
+    emb = torch.zeros(6 * batch, 4, 16)
+    mask = torch.ones(6 * batch, 4, dtype=torch.long)
+    n = 0
+    for _ in range(steps):
+        xs, ns, sig, cond, v = [], [], [], [], []
+        for _ in range(batch):
+            d = J.draw(cfg, seed, n)
+            x0 = J.apply_quarter_yaw(data[n % data.shape[0]], d.quarter)
+            xs.append(x0)
+            ns.append(torch.randn(x0.shape, generator=sample_generator(seed, n, "noise")))
+            sig.append(J.timestep(cfg, seed, n))
+            c = torch.zeros(6, dtype=torch.bool)
+            c[d.face] = d.v2p
+            cond.append(c)
+            v.append(d.v2p)
+            n += 1
+        yield J.Batch(x0=torch.cat(xs), noise=torch.cat(ns), sigma=torch.tensor(sig), cond=torch.cat(cond),
+                      embeds=emb, mask=mask, v2p=torch.tensor(v), indices=list(range(n - batch, n)))
+
+
+def _plain(transformer, **kw):
+    return transformer(**kw)
+
+
+def _mode(tr, adapters, mode: str):
+    import contextlib
+
+    from pano_core.jopano.adapter import adapters_attached
+    from pano_core.jopano.sync import joint_face_sync
+
+    stack = contextlib.ExitStack()
+    if "adapter" in mode:
+        stack.enter_context(adapters_attached(tr, adapters))
+    if "sync" in mode:
+        stack.enter_context(joint_face_sync(transformer=tr))
+    return stack
+
+
+def _train_jopano(tr, adapters, data, steps: int, batch: int, sync: bool, lr: float) -> tuple[float, float]:
+    """Stage 1 (``adapters`` None): every weight of the base trained on single faces (independent
+    T2P). Stage 2: the base frozen, only the adapters trained (condition switching 0.5, face F)."""
+    from pano360_training import jopano as J
+
+    from pano_core.jopano.adapter import detach_adapters
+    from pano_core.jopano.sync import joint_face_sync
+
+    params = list(tr.parameters()) if adapters is None else list(adapters.parameters())
+    tr.requires_grad_(adapters is None)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    model = _plain if adapters is None else adapters
+    t0 = time.perf_counter()
+    losses = []
+    import contextlib
+
+    for b in _jopano_batches(data, steps, batch, 0.0 if adapters is None else 0.5, seed=0 if adapters is None else 1):
+        with joint_face_sync(transformer=tr) if sync else contextlib.nullcontext():
+            loss, _ = J.compute_loss(model, tr, b)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+    detach_adapters(tr)
+    return (time.perf_counter() - t0) / steps, statistics.mean(losses[-20:])
+
+
+@torch.no_grad()
+def _sample_faces(tr, adapters, mode: str, seed: int, steps: int, given: torch.Tensor | None = None) -> torch.Tensor:
+    """Euler sampling of one panorama's six faces (Sana 1.5's shift-3 flow schedule, no CFG); with
+    ``given`` (1, 4, h, h) face F is the V2P condition: clean at its own timestep 0."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from pano360_training import jopano as J
+
+    h = JOPANO_FACE // POOL
+    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    sched.set_timesteps(steps)
+    x = torch.randn(6, 4, h, h, generator=torch.Generator().manual_seed(seed))
+    if given is not None:
+        x[0] = given[0]
+    emb, mask = torch.zeros(6, 4, 16), torch.ones(6, 4, dtype=torch.long)
+    with _mode(tr, adapters, mode):
+        for i in range(steps):
+            s = float(sched.sigmas[i])
+            sig = torch.full([6], s)
+            if given is not None:
+                sig[0] = 0.0
+            v = J.velocity(_plain, tr, x, sig, emb, mask)
+            x = x + (float(sched.sigmas[i + 1]) - s) * v
+            if given is not None:
+                x[0] = given[0]
+    return decode(x)
+
+
+def _cube_metrics(faces: torch.Tensor) -> dict:
+    from pano_core.seams.metrics import seam_metrics
+
+    m = seam_metrics(faces.clamp(0, 1), layout="stack", band=2)
+    return {k: float(m[k]) for k in ("seam_ssim", "seam_sobel", "seam_jump")}
+
+
+def jopano_table(args) -> str:
+    """Train the tiny Sana (stage 1: on single faces; stage 2: adapter, and adapter with sync on),
+    sample every mode T2P and V2P with fixed seeds, and score the raw and blended cubes."""
+
+    from pano_core.jopano.adapter import JointFaceAdapterSet
+    from pano_core.seams.poisson import blend_cube_faces
+
+    data = torch.stack([face_latents(synthetic_panorama(i, h=2 * JOPANO_FACE)) for i in range(args.images)])
+    ref = [_cube_metrics(decode(face_latents(synthetic_panorama(1000 + i, h=2 * JOPANO_FACE)))) for i in range(args.samples)]
+    gt = {k: statistics.mean(r[k] for r in ref) for k in ref[0]}
+    noise = _cube_metrics(torch.rand(6, 3, JOPANO_FACE // POOL, JOPANO_FACE // POOL, generator=torch.Generator().manual_seed(0)))
+    tr = build_sana(0)
+    tr.train()
+    base_s, base_loss = _train_jopano(tr, None, data, args.jopano_base_steps, args.batch, False, 1e-3)
+    print(f"base (single faces): {base_s:.3f} s/step, final loss {base_loss:.4f}", flush=True)
+    tr.requires_grad_(False)
+    adapters, cost = {}, {}
+    for name, sync in (("adapter", False), ("adapter+sync", True)):
+        torch.manual_seed(1)
+        a = JointFaceAdapterSet.for_transformer(tr)
+        a.train()
+        cost[name] = _train_jopano(tr, a, data, args.jopano_adapter_steps, args.batch, sync, 1e-3)
+        print(f"{name}: {cost[name][0]:.3f} s/step, final loss {cost[name][1]:.4f}", flush=True)
+        adapters[name] = a.eval()
+    tr.eval()
+    rows = {}
+    for task in ("T2P", "V2P"):
+        for mode in JOPANO_MODES:
+            raw, blended = [], []
+            for s in range(args.samples):
+                given = data[s % data.shape[0], :1] if task == "V2P" else None
+                faces = _sample_faces(tr, adapters.get(mode), mode, 100 + s, args.sample_steps, given)
+                raw.append(_cube_metrics(faces))
+                keep = ["F"] if task == "V2P" else None
+                blended.append(_cube_metrics(blend_cube_faces(faces, method="exact", keep=keep).clamp(0, 1)))
+            rows[(task, mode)] = ({k: statistics.mean(r[k] for r in raw) for k in raw[0]},
+                                  {k: statistics.mean(r[k] for r in blended) for k in blended[0]})
+            r, b = rows[(task, mode)]
+            print(f"{task} {mode:13s} raw {r} blended {b}", flush=True)
+    return render_jopano(rows, gt, noise, base_s, cost, args)
+
+
+def render_jopano(rows: dict, gt: dict, noise: dict, base_s: float, cost: dict, args) -> str:
+    lines = [
+        "## training ablation (toy JoPano, CPU)",
+        "",
+        f"`python benchmarks/bench_training_ablation.py --table jopano --jopano-base-steps {args.jopano_base_steps} "
+        f"--jopano-adapter-steps {args.jopano_adapter_steps} --batch {args.batch} --images {args.images} --samples "
+        f"{args.samples} --sample-steps {args.sample_steps} --threads {args.threads}`: the same synthetic 360° set as six "
+        f"{JOPANO_FACE} px cube faces, a toy autoencoder (4x average pool: {JOPANO_FACE // POOL}x{JOPANO_FACE // POOL} "
+        "latent tokens per face, metrics on the generated colour channels at that resolution). A small Sana "
+        "(`SanaTransformer2DModel`, width 64, 4 blocks, patch 1, random init) is first trained on **single faces** "
+        f"(all weights, T2P, {base_s:.3f} s/step) -- the stand-in for Sana's natural-image pretraining; then, with it "
+        "frozen, a Joint-Face adapter set (default width = half the model's) is trained with the trainer's loss "
+        "(`pano360_training.jopano.compute_loss`: condition switching 0.5/0.5 with face F, quarter-yaw augmentation), "
+        "once plain (`adapter`) and once with the joint-face sync on while it learns (`adapter+sync`, "
+        f"{cost['adapter'][0]:.3f} and {cost['adapter+sync'][0]:.3f} s/step). Samples: {args.samples} fixed seeds per "
+        f"mode, {args.sample_steps} Euler steps (shift 3, no CFG); V2P gives face F of a training panorama. "
+        "Seam-SSIM (band 2 px; higher is better), Seam-Sobel and seam jump (mean step across the 12 cube edges, 0..255; "
+        "lower is better), raw and after the exact cross-face blend (CFB).",
+        "",
+        "| task | mode | Seam-SSIM raw | Seam-Sobel raw | seam jump raw | Seam-SSIM CFB | Seam-Sobel CFB | seam jump CFB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| | noise | {noise['seam_ssim']:.3f} | {noise['seam_sobel']:.2f} | {noise['seam_jump']:.2f} | | | |",
+        f"| | ground truth (data faces) | {gt['seam_ssim']:.3f} | {gt['seam_sobel']:.2f} | {gt['seam_jump']:.2f} | | | |",
+    ]
+    for (task, mode), (r, b) in rows.items():
+        lines.append(f"| {task} | {mode} | {r['seam_ssim']:.3f} | {r['seam_sobel']:.2f} | {r['seam_jump']:.2f} | "
+                     f"{b['seam_ssim']:.3f} | {b['seam_sobel']:.2f} | {b['seam_jump']:.2f} |")
+    lines += ["", "The paper's Table 3 (SUN360, 512 px faces; Seam-SSIM / Seam-Sobel): "
+              + "; ".join(f"{n} {a:.3f} / {b:.2f}" for n, a, b in PAPER_TABLE3) + "."]
     return "\n".join(lines)
 
 

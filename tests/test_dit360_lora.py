@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pano_core.diffusion.lora import group_lora_keys, lora_module, match_lora_modules
+from pano_core.diffusion.lora import group_lora_keys, lora_module, lora_shape_problem, match_lora_modules
 from pano_core.errors import PanoInputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -280,3 +280,49 @@ def test_mismatch_is_an_execution_error_and_the_server_goes_on(comfy):
     out = comfy.run(_graph("pano360_checked_good.safetensors"), timeout=120)
     (img,) = comfy.images(out, "9")
     assert img.shape == (64, 128, 3)
+
+
+# ------------------------------------------------ right names, wrong shapes; corrupt files (issue 14.15)
+
+
+def test_lora_shape_problem():
+    assert lora_shape_problem((32, 16), "lora", ((32, 4), (4, 16))) is None
+    assert lora_shape_problem((32, 16, 3, 3), "lora", ((32, 4), (4, 16, 3, 3))) is None
+    assert "LoRA 48x16 vs model 32x16" in lora_shape_problem((32, 16), "lora", ((48, 4), (4, 16)))
+    assert "rank" in lora_shape_problem((32, 16), "lora", ((32, 4), (8, 16)))
+    assert lora_shape_problem((32,), "diff", ((32,),)) is None
+    assert "diff (16,) vs model (32,)" in lora_shape_problem((32,), "diff", ((16,),))
+
+
+def test_right_names_wrong_shapes_are_unmatched(node_mod, model, tiny_models, loras):
+    sd = tiny_models.tiny_dit360_lora_state_dict(0, 4)
+    h = sd["transformer.transformer_blocks.0.attn.to_q.lora_B.weight"].shape[0]
+    bad = {}
+    for k, v in sd.items():  # a LoRA made for a wider model: every B has 2x the rows
+        bad[k] = torch.cat([v, v]) if k.endswith("lora_B.weight") and "to_q" in k else v
+    save_file(bad, str(loras / "wide.safetensors"))
+    node = node_mod.Pano360DiT360LoraLoader()
+    with pytest.raises(ValueError) as info:
+        node.load(model, "wide.safetensors", 1.0)
+    msg = str(info.value)
+    assert msg.startswith("lora_name: only 5 of 7 LoRA modules"), msg
+    assert "2 with shapes that do not fit the model" in msg and f"LoRA {2 * h}x{h} vs model {h}x{h}" in msg
+    # warn: the fitting modules are applied, the misfits are not (sampling works)
+    out, summary = node.load(model, "wide.safetensors", 1.0, on_mismatch="warn")
+    assert summary == msg
+    assert sum(len(v) for v in out.patches.values()) == 5
+    import comfy.sample
+
+    clip = tiny_models.build_tiny_clip(0)
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize("a panorama"))
+    noise = torch.randn(1, 16, 8, 16, generator=torch.Generator().manual_seed(0))
+    res = comfy.sample.sample(out, noise, 1, 1.0, "euler", "simple", cond, cond, torch.zeros_like(noise), seed=0,
+                              disable_pbar=True)  # no "shapes cannot be multiplied"
+    assert torch.isfinite(res).all()
+
+
+def test_corrupt_safetensors_names_the_file(node_mod, model, loras):
+    (loras / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(ValueError, match=r"lora_name: broken.safetensors \(.*broken.safetensors\) is not a "
+                                         r"readable .safetensors file"):
+        node_mod.Pano360DiT360LoraLoader().load(model, "broken.safetensors", 1.0)

@@ -8,6 +8,10 @@ Raw input (never written to):
   line, paths relative to the jsonl file (a list of captions -> the longest);
 * optionally a folder of perspective photos with same-name ``.txt`` captions (perspective guidance).
 
+Optional per-face captions for the Joint-Face trainer: ``NAME.F.txt`` ... ``NAME.D.txt`` beside
+``NAME.txt`` (or ``"face_captions": {"F": TEXT, ...}`` in a jsonl line) are copied as
+``captions/NAME.F.txt`` ... and listed under ``extra["face_captions"]``.
+
 Every file is checked first (readable, 2:1, caption present, mask readable and 2:1) and all
 problems are reported together. The prepared set (``--output``) holds::
 
@@ -76,6 +80,10 @@ class RawItem:
     image: Path
     caption: str
     mask: Path | None = None
+    face_captions: dict = field(default_factory=dict)  # {"F": text, ...} (Joint-Face trainer)
+
+
+FACE_KEYS = ("F", "R", "B", "L", "U", "D")
 
 
 @dataclass
@@ -146,7 +154,8 @@ def _folder_items(folder: Path, problems: list[str], what: str, masks: bool) -> 
                 if cand.is_file():
                     mask = cand
                     break
-        items.append(RawItem(_unique(p.stem, used), p, caption or "", mask))
+        faces = {k: t for k in FACE_KEYS if (t := _read_caption(p.parent / f"{p.stem}.{k}.txt")) is not None}
+        items.append(RawItem(_unique(p.stem, used), p, caption or "", mask, faces))
     return items
 
 
@@ -174,7 +183,12 @@ def _jsonl_items(path: Path, problems: list[str]) -> list[RawItem]:
         img = (base / rec["image"]).expanduser()
         mask = rec.get("mask")
         mask = (base / mask).expanduser() if isinstance(mask, str) and mask else None
-        items.append(RawItem(_unique(Path(rec["image"]).stem, used), img, cap or "", mask))
+        fc = rec.get("face_captions") or {}
+        if not isinstance(fc, dict) or any(k not in FACE_KEYS or not isinstance(v, str) for k, v in fc.items()):
+            problems.append(f"data: {path.name} line {n}: face_captions must map faces {' '.join(FACE_KEYS)} to texts")
+            fc = {}
+        fc = {k: v.strip() for k, v in fc.items() if v.strip()}
+        items.append(RawItem(_unique(Path(rec["image"]).stem, used), img, cap or "", mask, fc))
     return items
 
 
@@ -314,6 +328,11 @@ def prepare_dataset(
         write_image(out / rel, img, force=True)
         (out / "captions" / f"{it.name}.txt").write_text(it.caption + "\n", encoding="utf-8")
         entry = PreparedItem(it.name, rel, f"captions/{it.name}.txt")
+        if it.face_captions:
+            entry.extra["face_captions"] = {}
+            for k, text in it.face_captions.items():
+                (out / "captions" / f"{it.name}.{k}.txt").write_text(text + "\n", encoding="utf-8")
+                entry.extra["face_captions"][k] = f"captions/{it.name}.{k}.txt"
         if it.mask is not None:
             m = (_resize(_grey(read_image(it.mask, name="mask")), h, w) > 0.5).float()
             entry.mask = f"masks/{it.name}.png"
