@@ -10,6 +10,7 @@ import logging
 
 import torch
 
+from ..pano_core.budget import pixel_limit
 from ..pano_core.errors import PanoInputError
 
 log = logging.getLogger("pano360")
@@ -88,9 +89,66 @@ def check_input_value(name: str, typ: str, value) -> None:
             check_finite(value, name)
 
 
+# ------------------------------------------------------------------ the Size limit setting
+
+SIZE_LIMIT_SETTING = "Pano360.SizeLimitMegapixels"
+"""ComfyUI setting (Settings → Pano360 → Size limit, registered by web/pano360_settings.js): the
+largest image a node makes, in megapixels; 0 or unset: $PANO360_MAX_PIXELS or the default."""
+SIZE_LIMIT_HINT = f"ComfyUI Settings → Pano360 → Size limit ({SIZE_LIMIT_SETTING}), or PANO360_MAX_PIXELS"
+_settings_cache: dict[str, tuple[tuple[int, int], int | None]] = {}
+
+
+def settings_file() -> str | None:
+    """The settings file the frontend writes (``<user dir>/default/comfy.settings.json``; with
+    ``--multi-user`` the default user's, which applies to the whole server), or None outside ComfyUI."""
+    import os
+
+    try:
+        import folder_paths
+    except ImportError:
+        return None
+    getter = getattr(folder_paths, "get_public_user_directory", None)
+    root = getter("default") if getter else os.path.join(folder_paths.get_user_directory(), "default")
+    return os.path.join(root, "comfy.settings.json") if root else None
+
+
+def size_limit_from_settings(path: str | None = None) -> int | None:
+    """The Size limit setting in pixels, or None when it is unset or 0 (re-read when the file changes).
+    An unreadable file or a bad value is logged and ignored (the other limits apply)."""
+    import json
+    import math
+    import os
+
+    path = settings_file() if path is None else path
+    if not path:
+        return None
+    try:
+        st = os.stat(path)
+        mtime = (st.st_mtime_ns, st.st_size)
+    except OSError:
+        return None
+    hit = _settings_cache.get(path)
+    if hit is not None and hit[0] == mtime:
+        return hit[1]
+    value = None
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f).get(SIZE_LIMIT_SETTING)
+        if raw not in (None, 0, "", "0"):
+            mpx = float(raw)
+            if not math.isfinite(mpx) or mpx < 0:
+                raise ValueError(raw)
+            value = max(1, int(mpx * 1_000_000)) if mpx > 0 else None
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        log.warning("Pano360: ignoring the %s setting in %s (%s)", SIZE_LIMIT_SETTING, path, e)
+        value = None
+    _settings_cache[path] = (mtime, value)
+    return value
+
+
 def add_input_checks(cls) -> type:
-    """Wrap the node's FUNCTION so every FLOAT, IMAGE and MASK input is checked before it runs
-    (applied to every node of the pack at registration)."""
+    """Wrap the node's FUNCTION so every FLOAT, IMAGE and MASK input is checked before it runs,
+    and it runs under the Size limit setting (applied to every node of the pack at registration)."""
     import functools
 
     fname = getattr(cls, "FUNCTION", None)
@@ -109,7 +167,8 @@ def add_input_checks(cls) -> type:
             if t in ("FLOAT", "IMAGE", "MASK"):
                 for item in (v if listed and isinstance(v, list) else [v]):
                     check_input_value(k, t, item)
-        return fn(self, *args, **kwargs)
+        with pixel_limit(size_limit_from_settings(), SIZE_LIMIT_HINT):
+            return fn(self, *args, **kwargs)
 
     checked._pano360_checked = True
     setattr(cls, fname, checked)

@@ -3,7 +3,8 @@
 * :func:`max_pixels` -- the largest image (input file or output) accepted, in pixels. Default
   16384 x 8192 (134 Mpx; a float32 RGB image of that size is 1.5 GiB). Set it with the CLI's
   ``--max-pixels``, the environment variable ``PANO360_MAX_PIXELS`` (read by the ComfyUI nodes
-  and the CLI) or :func:`set_max_pixels`.
+  and the CLI), :func:`set_max_pixels`, or for one block of work :func:`pixel_limit` (the
+  ComfyUI nodes use it for the *Pano360 › Size limit* setting).
 * :func:`check_pixels` -- refuse a size above the limit, naming the input.
 * :func:`check_bytes` -- refuse an estimated allocation larger than the memory available now.
 * :func:`guard_alloc` -- turn an allocation failure (``MemoryError``, torch's "can't allocate")
@@ -13,15 +14,19 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 
 from .errors import PanoInputError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "max_pixels", "set_max_pixels", "check_pixels", "check_bytes", "guard_alloc",
-           "available_bytes"]
+__all__ = ["DEFAULT_MAX_PIXELS", "max_pixels", "set_max_pixels", "pixel_limit", "check_pixels", "check_bytes",
+           "guard_alloc", "available_bytes"]
 
 DEFAULT_MAX_PIXELS = 16384 * 8192
+_DEFAULT_HINT = "--max-pixels, PANO360_MAX_PIXELS"
 _override: int | None = None
+# (limit, how to raise it) for the work running in this context (pixel_limit)
+_scoped: contextvars.ContextVar[tuple[int, str] | None] = contextvars.ContextVar("pano360_pixel_limit", default=None)
 
 
 def _parse(text: str, name: str) -> int:
@@ -35,7 +40,10 @@ def _parse(text: str, name: str) -> int:
 
 
 def max_pixels() -> int:
-    """The current pixel limit (set_max_pixels > $PANO360_MAX_PIXELS > the default)."""
+    """The current pixel limit (pixel_limit > set_max_pixels > $PANO360_MAX_PIXELS > the default)."""
+    scoped = _scoped.get()
+    if scoped is not None:
+        return scoped[0]
     if _override is not None:
         return _override
     env = os.environ.get("PANO360_MAX_PIXELS")
@@ -46,6 +54,21 @@ def set_max_pixels(value: int | None) -> None:
     """Set the pixel limit for this process (``None``: back to the environment/default)."""
     global _override
     _override = None if value is None else _parse(value, "max_pixels")
+
+
+@contextlib.contextmanager
+def pixel_limit(value: int | None, hint: str = _DEFAULT_HINT):
+    """``with pixel_limit(50_000_000, "the Size limit setting"): ...``: the pixel limit for the work
+    in this block (this thread/context only); ``hint`` says in error messages how to raise it.
+    ``None`` leaves the limit as it is."""
+    if value is None:
+        yield
+        return
+    token = _scoped.set((_parse(value, "max_pixels"), hint))
+    try:
+        yield
+    finally:
+        _scoped.reset(token)
 
 
 def _mpx(n: int) -> str:
@@ -61,8 +84,13 @@ def check_pixels(name: str, width: int, height: int, what: str = "image", count:
         many = f"{count} x " if count != 1 else ""
         raise PanoInputError(
             f"{name}: {what} of {many}{width}x{height} pixels ({_mpx(n)}) is above the limit of {_mpx(lim)}; "
-            "choose a smaller size, or raise the limit (--max-pixels, PANO360_MAX_PIXELS) if you have the memory"
+            f"choose a smaller size, or raise the limit ({_hint()}) if you have the memory"
         )
+
+
+def _hint() -> str:
+    scoped = _scoped.get()
+    return scoped[1] if scoped is not None else _DEFAULT_HINT
 
 
 def available_bytes() -> int | None:

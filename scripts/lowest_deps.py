@@ -23,7 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 # the diffusers-path test files run against the lowest versions
-TESTS = ("tests/test_dit360_edit.py", "tests/test_dit360_pipeline.py")
+TESTS = ("tests/test_dit360_edit.py", "tests/test_dit360_pipeline.py", "tests/test_jopano_pipeline.py")
 
 
 def minimum(text: str, name: str) -> str:

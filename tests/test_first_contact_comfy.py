@@ -67,3 +67,32 @@ def test_seam_blend_template_shows_the_repair(comfy):
         return float(re.search(r"Seam jump\s+([0-9.]+)", t).group(1))
 
     assert jump(text["9"]) > 2 * jump(text["7"]), text
+
+
+SIZE_LIMIT_SETTING = "Pano360.SizeLimitMegapixels"
+
+
+def test_size_limit_setting(comfy):
+    """The Size limit setting (Settings → Pano360, stored by the frontend through /settings) is what
+    the nodes obey: above it a clear error naming the input and the setting, the server keeps
+    serving, and 0 gives the default limit back."""
+    # the id the frontend extension registers (web/pano360_settings.js) and the nodes read (nodes/_common.py)
+    assert f'SIZE_LIMIT_ID = "{SIZE_LIMIT_SETTING}"' in (ch.REPO_ROOT / "web" / "pano360_settings.js").read_text()
+    assert f'SIZE_LIMIT_SETTING = "{SIZE_LIMIT_SETTING}"' in (ch.REPO_ROOT / "nodes" / "_common.py").read_text()
+    name = _load(comfy)
+    status, _ = comfy.post_json(f"/settings/{SIZE_LIMIT_SETTING}", 0.2)  # 0.2 Mpx
+    assert status == 200
+    try:
+        assert comfy.get_json(f"/settings/{SIZE_LIMIT_SETTING}") == 0.2
+        # 6 faces of 256^2 = 0.39 Mpx: above 0.2 Mpx
+        with pytest.raises(ch.ComfyExecutionError) as info:
+            comfy.run(_chain(name, 256), timeout=300)
+        msg = info.value.exception_message
+        assert info.value.node_type == "Pano360ERPToCubemap"
+        assert "face_size" in msg and "above the limit of 0.2 Mpx" in msg and "Settings → Pano360 → Size limit" in msg, msg
+        out = comfy.run(_chain(name, 128), timeout=300)  # 0.1 Mpx: below the limit
+        assert comfy.images(out, "6")[0].shape[:2] == (256, 512)
+    finally:
+        comfy.post_json(f"/settings/{SIZE_LIMIT_SETTING}", 0)
+    out = comfy.run(_chain(name, 256), timeout=300)  # 0: the default limit again
+    assert comfy.images(out, "6")[0].shape[:2] == (512, 1024)

@@ -90,3 +90,30 @@ def test_nan_and_empty_batch_in_the_server(comfy):
     out = comfy.run({"1": load, "2": small, "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}}},
                     timeout=300)
     assert comfy.images(out, "3")[0].shape[:2] == (32, 64)
+
+
+def test_size_limit_setting_parsing_and_scope(nodes, tmp_path):
+    """The Size limit setting file: megapixels -> pixels, 0/unset/bad values give the other limits
+    back (a bad value is ignored, not fatal), a change of the file is seen; the limit and its hint
+    apply only inside the node call."""
+    import json
+
+    from pano_core import budget
+    from pano_core.errors import PanoInputError
+
+    _, common = nodes
+    f = tmp_path / "comfy.settings.json"
+    assert common.size_limit_from_settings(str(f)) is None  # no file
+    for raw, want in ((2.5, 2_500_000), (0, None), ("abc", None), (-1, None), (float("nan"), None), (1e-9, 1)):
+        f.write_text(json.dumps({common.SIZE_LIMIT_SETTING: raw, "Comfy.Other": 1}))
+        assert common.size_limit_from_settings(str(f)) == want, raw
+    f.write_text("{not json")
+    assert common.size_limit_from_settings(str(f)) is None
+    default = budget.max_pixels()
+    with budget.pixel_limit(100, common.SIZE_LIMIT_HINT):
+        assert budget.max_pixels() == 100
+        with pytest.raises(PanoInputError, match="Settings → Pano360 → Size limit"):
+            budget.check_pixels("face_size", 20, 10)
+    assert budget.max_pixels() == default
+    with pytest.raises(PanoInputError, match="--max-pixels"):
+        budget.check_pixels("face_size", 20, 10, limit=100)

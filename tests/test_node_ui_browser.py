@@ -52,3 +52,22 @@ def test_overridden_view_widgets_are_marked(page):
         """() => { const n = app.graph.getNodeById(6); n.disconnectInput(n.findInputSlot('yaw_in'));
              const w = n.widgets.find(x => x.name === 'yaw'); return [!!w.disabled, w.label ?? null]; }""")
     assert state[0] is False and state[1] in (None, "yaw")
+
+
+def test_size_limit_setting_is_registered_and_stored_on_the_server(comfy, page):
+    """Settings → Pano360 → Size limit exists in the frontend, and a value set there lands in the
+    server's settings, where the nodes read it (tests/test_first_contact_comfy.py runs a node under it)."""
+    sid = "Pano360.SizeLimitMegapixels"
+    page.page.wait_for_function("() => app.extensions.some(e => e.name === 'pano360.settings')", timeout=60_000)
+    info = page.page.evaluate(
+        """async (sid) => { const s = app.extensionManager.setting;
+             const before = s.get(sid);
+             await s.set(sid, 3);
+             return [before, s.get(sid)]; }""", sid)
+    try:
+        assert info == [0, 3], info
+        assert comfy.get_json(f"/settings/{sid}") == 3
+    finally:
+        page.page.evaluate("async (sid) => { await app.extensionManager.setting.set(sid, 0); }", sid)
+    assert comfy.get_json(f"/settings/{sid}") == 0
+    assert not page.our_errors(), page.our_errors()

@@ -357,3 +357,23 @@ def test_split_and_join_rgb_alpha_round_trip():
         unchanged = torch.ones(8, 16, dtype=torch.bool)
         unchanged[0, 0] = False
         assert torch.equal(back[..., unchanged], erp[..., unchanged])  # everything else bit-identical
+
+
+@pytest.mark.parametrize("h,s,b,c,mode", [(4, 2, 1, 3, "bilinear"), (6, 3, 2, 1, "nearest"), (8, 5, 1, 4, "bicubic"),
+                                          (64, 32, 2, 3, "bilinear"), (128, 40, 1, 3, "nearest"),
+                                          (256, 64, 1, 3, "bicubic")])
+def test_e2c_pole_faces_are_e2c_faces_u_d(h, s, b, c, mode):
+    """Pole extraction makes only U and D (issue 14, point 16: no side faces), bit-identical to e2c's."""
+    from pano_core.geometry import e2c
+    from pano_core.geometry.cube import e2c_pole_faces
+
+    erp = torch.rand(b, c, h, 2 * h, generator=torch.Generator().manual_seed(h))
+    want = e2c(erp, face_size=s, mode=mode).reshape(b, 6, c, s, s)[:, 4:6].reshape(2 * b, c, s, s)
+    assert torch.equal(e2c_pole_faces(erp, s, mode), want)
+    # the differentiable path (no cv2 fast path): e2c's differentiable faces, and a gradient
+    g = erp.clone().requires_grad_(True)
+    faces = e2c_pole_faces(g, s, mode)
+    want = e2c(g, face_size=s, mode=mode).reshape(b, 6, c, s, s)[:, 4:6].reshape(2 * b, c, s, s)
+    assert torch.equal(faces.detach(), want.detach())
+    faces.sum().backward()
+    assert g.grad is not None and float(g.grad.abs().sum()) > 0

@@ -101,6 +101,7 @@ def build_tokenizer():
     """A Gemma tokenizer made in code: BPE over printable ASCII (+ ``▁``, byte fallback), with
     merges learned here from Sana's complex human instruction, so that the ~700-character
     instruction every prompt carries is ~150 tokens, not ~700 (the tiny Gemma-2 attends eagerly)."""
+    import transformers
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import GemmaTokenizer
 
@@ -117,7 +118,19 @@ def build_tokenizer():
     for b in range(256):  # byte fallback tokens: anything else still encodes
         vocab.setdefault(f"<0x{b:02X}>", len(vocab))
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in data["merges"]]
-    return GemmaTokenizer(vocab=vocab, merges=merges, add_bos_token=True, model_max_length=4096)
+    fast = getattr(transformers, "GemmaTokenizerFast", None)
+    if fast is None:  # transformers 5: GemmaTokenizer is the tokenizers-backed one, built from vocab + merges
+        return GemmaTokenizer(vocab=vocab, merges=merges, add_bos_token=True, model_max_length=4096)
+    # transformers 4.x: GemmaTokenizer is the sentencepiece one (needs a vocab_file); give the fast one
+    # the same tokenizers object transformers 5 builds (BPE with byte fallback, " " -> "▁")
+    from tokenizers import decoders
+
+    obj = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=True, unk_token="<unk>", byte_fallback=True))
+    obj.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous", invert=False)
+    obj.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    obj.normalizer = normalizers.Replace(" ", "▁")
+    return fast(tokenizer_object=obj, add_bos_token=True, model_max_length=4096, unk_token="<unk>",
+                bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", mask_token="<mask>")
 
 
 def _instruction_text() -> list[str]:

@@ -21,7 +21,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -122,6 +122,18 @@ class _ShardedCache:
         os.replace(tmp, cls.record_path(folder))
         return cls(folder, record)
 
+    @classmethod
+    def ensure(cls, folder: Path, expect: dict, items: Iterable[tuple[str, dict[str, torch.Tensor]]], *,
+               total: int, desc: str, progress: bool):
+        """The cache in ``folder`` when its record matches ``expect``, else ``items`` written there
+        (``items`` is consumed only then: pass a generator so nothing is encoded for a valid cache)."""
+        cache = cls.open(folder, expect)
+        if cache is None:
+            bar = progress_bar(total, desc, progress)
+            cache = cls.write(folder, expect, items, progress=bar.update)
+            bar.close()
+        return cache
+
     def get(self, key: str, name: str) -> torch.Tensor:
         tk = f"{key}::{name}"
         if tk not in self._index:
@@ -142,6 +154,28 @@ class TextCache(_ShardedCache):
     """``get(caption_key, "prompt_embeds")`` (S, D) and ``get(caption_key, "pooled")`` (D,)."""
 
     kind = "text"
+
+
+class _Bar:
+    def __init__(self, bar=None):
+        self.bar = bar
+
+    def update(self, n: int = 1):
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def progress_bar(total: int, desc: str, enabled: bool) -> _Bar:
+    """A tqdm bar when ``enabled`` (rank 0), else a no-op with the same ``update``/``close``."""
+    if not enabled:
+        return _Bar()
+    from tqdm.auto import tqdm
+
+    return _Bar(tqdm(total=total, desc=desc, unit="it"))
 
 
 def remove(folder: Path) -> None:

@@ -52,12 +52,19 @@ from pano_core.errors import PanoInputError
 from pano_core.geometry import FACE_NAMES, e2c
 from pano_core.io import read_image
 
-from .caches import LatentCache, TextCache, cache_dir, input_hash
+from .caches import LatentCache, TextCache, cache_dir, input_hash, progress_bar
 from .checkpoints import load_checkpoint, resolve_resume, save_checkpoint
 from .config import get, save_config
-from .dit360.data import DataPlan, _bar
-from .dit360.trainer import _accelerator, _check_run_folder, _flat, _optimizer, _schedule
-from .loop import LoopState, run_steps
+from .dit360.data import DataPlan
+from .loop import (
+    LoopState,
+    check_run_folder,
+    flat_config,
+    make_accelerator,
+    make_lr_schedule,
+    make_optimizer,
+    run_steps,
+)
 from .prepare import read_manifest
 from .randomness import derive_seed, sample_generator
 from .samples import LossLog, append_metrics, plot_losses, write_sample_grid
@@ -244,7 +251,7 @@ def build_caches(cfg: dict, progress: bool = True, jp=None, device: torch.device
               "input": input_hash(folder, manifest, files, {"face_size": s}),
               "latent_channels": int(jp.latent_channels), "vae_factor": int(jp.vae_factor)}
     lat = LatentCache.open(root, expect)
-    bar = _bar(len(items), "cache face latents", progress)
+    bar = progress_bar(len(items), "cache face latents", progress)
     if lat is None:
         measured: dict = {}
 
@@ -271,17 +278,11 @@ def build_caches(cfg: dict, progress: bool = True, jp=None, device: torch.device
     t_expect = {"version": 1, "model": model, "max_sequence_length": int(get(cfg, "data.max_sequence_length")),
                 "instruction": bool(get(cfg, "data.complex_human_instruction")),
                 "texts": hashlib.sha1("\n".join(texts).encode()).hexdigest()}
-    txt = TextCache.open(root, t_expect)
-    if txt is None:
-        tbar = _bar(len(texts), "cache Gemma embeddings", progress)
-
-        def tgen():
-            for t in texts:
-                e, m = _encode_text(jp, cfg, t)
-                yield _text_key(t, bool(t)), {"embeds": e, "mask": m}
-
-        txt = TextCache.write(root, t_expect, tgen(), progress=tbar.update)
-        tbar.close()
+    txt = TextCache.ensure(
+        root, t_expect,
+        ((_text_key(t, bool(t)), {"embeds": e, "mask": m}) for t in texts for e, m in (_encode_text(jp, cfg, t),)),
+        total=len(texts), desc="cache Gemma embeddings", progress=progress,
+    )
     return {"folder": str(root), "latents": lat.record.get("items"), "texts": txt.record.get("items"),
             "side_permutation_error": lat.record.get("side_permutation_error"),
             "ud_rotation_error": lat.record.get("ud_rotation_error")}
@@ -568,10 +569,10 @@ def train(cfg: dict, resume: str | None = None, progress: bool = True) -> dict:
         raise PanoInputError("--data: the prepared folder is required")
     run = Path(cfg["output"])
     _check(cfg)
-    _check_run_folder(run, resume)
+    check_run_folder(run, resume)
     ck_path = resolve_resume(resume, run)
     manifest = read_manifest(get(cfg, "data.dir"))
-    acc = _accelerator(cfg, run)
+    acc = make_accelerator(cfg, run)
     main = acc.is_main_process
     seed = int(get(cfg, "train.seed"))
     dev = acc.device
@@ -607,13 +608,13 @@ def train(cfg: dict, resume: str | None = None, progress: bool = True) -> dict:
     transformer.train()
     adapters.train()
     params = [p for p in adapters.parameters()]
-    optimizer = _optimizer(cfg, params)
+    optimizer = make_optimizer(cfg, params)
     B, ga, world = int(get(cfg, "train.batch_size")), int(get(cfg, "train.gradient_accumulation")), acc.num_processes
     max_steps = get(cfg, "train.max_steps")
     if max_steps is None:
         max_steps = max(1, plan.samples_in(int(get(cfg, "train.epochs"))) // (B * ga * world))
     max_steps = int(max_steps)
-    scheduler = _schedule(cfg, optimizer, max_steps)
+    scheduler = make_lr_schedule(cfg, optimizer, max_steps)
     model, optimizer = acc.prepare(adapters, optimizer)
 
     state = LoopState()
@@ -636,7 +637,7 @@ def train(cfg: dict, resume: str | None = None, progress: bool = True) -> dict:
             loss_log.truncate(state.step)
             log.info("resumed from %s at step %d", ck_path, state.step)
     if get(cfg, "log.logger") == "tensorboard":
-        acc.init_trackers("jopano", config={k: v for k, v in _flat(cfg).items() if isinstance(v, (int, float, str, bool))})
+        acc.init_trackers("jopano", config={k: v for k, v in flat_config(cfg).items() if isinstance(v, (int, float, str, bool))})
 
     keep, grad_dump, sync = int(get(cfg, "checkpoint.keep")), get(cfg, "debug.grad_dump"), bool(get(cfg, "train.sync"))
     edt = jp.dtype
@@ -733,7 +734,7 @@ def sample_from_run(run, prompts, step: int | None = None, output=None, seed: in
     out.mkdir(parents=True, exist_ok=True)
     mode = _sample_mode(cfg)
     written = []
-    bar = _bar(len(lines), "sample", progress)
+    bar = progress_bar(len(lines), "sample", progress)
     for i, text in enumerate(lines):
         res = jp(text, mode=mode, face_size=s, steps=int(get(cfg, "sample.steps")), cfg=float(get(cfg, "sample.cfg")),
                  blend=str(get(cfg, "sample.blend")), seed=seed + i, progress=False)

@@ -1,4 +1,6 @@
-"""The optimizer-step loop every trainer shares (accelerate; exact resume; rank-0 outputs).
+"""The optimizer-step loop every trainer shares (accelerate; exact resume; rank-0 outputs), and
+what every trainer sets up around it: :func:`make_accelerator`, :func:`make_optimizer`,
+:func:`make_lr_schedule`, :func:`check_run_folder`, :func:`flat_config`.
 
 :func:`run_steps` runs optimizer steps from ``state.step`` to ``max_steps``: per step
 ``train.gradient_accumulation`` micro-batches, each of the global samples
@@ -12,7 +14,7 @@ the progress bar, checkpoints every ``checkpoint.every``, samples every ``sample
 ``samples(step)`` and ``micro_context()`` (a context manager around forward and backward, e.g.
 the joint-face sync).
 
-Example (see ``training/jopano.py``)::
+Example (see ``training/jopano.py`` and ``training/dit360/trainer.py``)::
 
     state = LoopState(step=0, samples_seen=0)
     stopped = run_steps(acc, model, optimizer, scheduler, params, cfg, state, max_steps,
@@ -22,15 +24,32 @@ Example (see ``training/jopano.py``)::
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from pano_core.errors import PanoInputError
+
+from .checkpoints import list_checkpoints
 from .config import get
 from .randomness import derive_seed
 
-__all__ = ["LoopState", "run_steps"]
+log = logging.getLogger("pano360")
+
+__all__ = [
+    "LoopState",
+    "check_run_folder",
+    "flat_config",
+    "make_accelerator",
+    "make_lr_schedule",
+    "make_optimizer",
+    "run_steps",
+]
 
 
 @dataclass
@@ -111,3 +130,92 @@ def run_steps(acc, model, optimizer, scheduler, params, cfg: dict, state: LoopSt
     finally:
         if bar is not None:
             bar.close()
+
+
+# ------------------------------------------------------------- what every trainer sets up
+
+
+def make_lr_schedule(cfg: dict, optimizer, total_steps: int):
+    name = get(cfg, "scheduler.name")
+    w = float(get(cfg, "scheduler.warmup"))
+    warm = int(round(w * total_steps)) if w < 1 else int(w)
+
+    if name == "constant_with_warmup":
+        def f(s):
+            return min(1.0, (s + 1) / warm) if warm > 0 else 1.0
+    elif name == "constant":
+        def f(s):
+            return 1.0
+    elif name == "cosine":
+        def f(s):
+            if warm > 0 and s < warm:
+                return (s + 1) / warm
+            prog = (s - warm) / max(1, total_steps - warm)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, prog)))
+    else:
+        raise PanoInputError(f"scheduler.name: expected constant_with_warmup, constant or cosine, got {name!r}")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, f)
+
+
+def make_optimizer(cfg: dict, params):
+    name = get(cfg, "optimizer.name")
+    kw = dict(lr=float(get(cfg, "optimizer.lr")), weight_decay=float(get(cfg, "optimizer.weight_decay")),
+              eps=float(get(cfg, "optimizer.eps")), betas=tuple(float(b) for b in get(cfg, "optimizer.betas")))
+    if name == "adamw":
+        return torch.optim.AdamW(params, **kw)
+    if name == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise PanoInputError("optimizer.name: adamw8bit needs bitsandbytes (pip install bitsandbytes); "
+                                 "or use --set optimizer.name=adamw") from None
+        return bnb.optim.AdamW8bit(params, **kw)
+    raise PanoInputError(f"optimizer.name: expected adamw or adamw8bit, got {name!r}")
+
+
+def make_accelerator(cfg: dict, run: Path):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    mp = str(get(cfg, "train.mixed_precision"))
+    if mp not in ("no", "fp16", "bf16"):
+        raise PanoInputError(f"train.mixed_precision: expected no, fp16 or bf16, got {mp!r}")
+    if not torch.cuda.is_available() and mp != "no":
+        log.info("train.mixed_precision %s needs a GPU: training in fp32 on the CPU", mp)
+        mp = "no"
+    logger = get(cfg, "log.logger")
+    kw = {}
+    if logger == "tensorboard":
+        kw["log_with"] = "tensorboard"
+    elif logger not in ("none", None):
+        raise PanoInputError(f"log.logger: expected tensorboard or none, got {logger!r}")
+    # Several processes without CUDA (torchrun / `accelerate launch --multi_gpu` on a CPU machine):
+    # DDP over gloo on the CPU. (accelerate's own `--cpu` launcher starts one process unless mpirun
+    # is configured.)
+    cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=mp,
+        gradient_accumulation_steps=int(get(cfg, "train.gradient_accumulation")),
+        project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / "logs")),
+        **kw,
+    )
+
+
+def check_run_folder(run: Path, resume) -> None:
+    if resume is None and run.exists() and (run / "checkpoints").is_dir() and list_checkpoints(run):
+        raise PanoInputError(
+            f"--output: {run} already holds a training run; pass --resume to continue it or choose a new folder "
+            "(nothing there is overwritten)"
+        )
+
+
+def flat_config(cfg: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (the tracker's hyper-parameter table)."""
+    out = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            out.update(flat_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -178,6 +178,25 @@ def e2c(erp: torch.Tensor, face_size: int | None = None, mode: str = "bilinear",
     return _layout(faces, layout)
 
 
+def e2c_pole_faces(erp: torch.Tensor, face_size: int, mode: str = "bilinear") -> torch.Tensor:
+    """The ``U`` and ``D`` faces of :func:`e2c` only: (2B, C, S, S) ordered ``U0, D0, U1, D1, ...``,
+    bit-identical to ``e2c``'s, without making the four side faces (pole refinement)."""
+    check_mode(mode)
+    erp = check_erp(erp, "panorama", channels=None)
+    b, c, h, w = erp.shape
+    s = face_size
+    if not isinstance(s, int) or isinstance(s, bool) or s < 1:
+        raise PanoInputError(f"face_size: expected a positive integer, got {face_size!r}")
+    check_output_size("face_size", s, s, 2 * b, c, erp.element_size(), "pole faces")
+    if fast_path_ok(erp, mode) and fits(h, w, s):
+        wd = work_dtype(erp.dtype)
+        plan = cached_plan(("e2c-poles", h, w, s, mode, "cv2", wd),
+                           lambda: build_e2c_remap(h, w, s, mode, wd, poles_only=True))
+        return plan(erp)
+    faces = e2c(erp, face_size=s, mode=mode, layout="stack")
+    return faces.reshape(b, 6, c, s, s)[:, 4:6].reshape(2 * b, c, s, s).contiguous()
+
+
 def _c2e_plan(s: int, h: int, w: int, mode: str, device: torch.device, dtype: torch.dtype):
     def build():
         return build_c2e_plan(s, h, w, mode, device, dtype, default_row_chunks())

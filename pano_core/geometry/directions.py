@@ -73,16 +73,22 @@ def erp_lonlat(h: int, w: int, device=None, dtype=None) -> tuple[torch.Tensor, t
     return lon.to(_dtype(dtype)), lat.to(_dtype(dtype))
 
 
-def erp_directions(h: int, w: int, device=None, dtype=None) -> torch.Tensor:
-    """(h, w, 3) unit directions of the pixel centres of an ERP image of size h x w."""
+def erp_directions(h: int, w: int, device=None, dtype=None, rows: torch.Tensor | None = None,
+                   cols: torch.Tensor | None = None) -> torch.Tensor:
+    """(h, w, 3) unit directions of the pixel centres of an ERP image of size h x w; with ``rows``
+    and/or ``cols`` (integer index tensors) only those rows/columns, (len(rows), len(cols), 3),
+    without building the full grid."""
     _check_size(h, "height")
     _check_size(w, "width")
     dt = torch.float64
-    lon = torch.deg2rad(((torch.arange(w, device=device, dtype=dt) + 0.5) / w - 0.5) * 360.0)
-    lat = torch.deg2rad((0.5 - (torch.arange(h, device=device, dtype=dt) + 0.5) / h) * 180.0)
+    ci = torch.arange(w, device=device, dtype=dt) if cols is None else cols.to(device=device, dtype=dt)
+    ri = torch.arange(h, device=device, dtype=dt) if rows is None else rows.to(device=device, dtype=dt)
+    lon = torch.deg2rad(((ci + 0.5) / w - 0.5) * 360.0)
+    lat = torch.deg2rad((0.5 - (ri + 0.5) / h) * 180.0)
     c = torch.cos(lat)[:, None]
     d = torch.stack(
-        (c * torch.sin(lon)[None, :], torch.sin(lat)[:, None].expand(h, w), c * torch.cos(lon)[None, :]), dim=-1
+        (c * torch.sin(lon)[None, :], torch.sin(lat)[:, None].expand(len(ri), len(ci)), c * torch.cos(lon)[None, :]),
+        dim=-1,
     )
     return d.to(_dtype(dtype))
 

@@ -361,8 +361,9 @@ def erp_xy(lon_deg: torch.Tensor | np.ndarray, lat_deg, h: int, w: int):
     return x, y
 
 
-def build_e2c_remap(h: int, w: int, s: int, mode: str, dtype: torch.dtype) -> RemapPlan:
-    """Plan for e2c: ERP (h, w) -> faces F R B L U D (6, s, s), analytic float32 maps.
+def build_e2c_remap(h: int, w: int, s: int, mode: str, dtype: torch.dtype, poles_only: bool = False) -> RemapPlan:
+    """Plan for e2c: ERP (h, w) -> faces F R B L U D (6, s, s), analytic float32 maps
+    (``poles_only``: the U and D faces only (2, s, s), the same maps as in the full plan).
 
     Side faces: the ERP column depends on the face column only (1D, float64, snapped) and the
     ERP row pattern is shared by the four faces (one 2D ``arctan``). U: one ``arctan2`` and one
@@ -384,7 +385,7 @@ def build_e2c_remap(h: int, w: int, s: int, mode: str, dtype: torch.dtype) -> Re
     if mode == "nearest":
         np.rint(y_side, out=y_side)
     xmaps, ymaps = [], []
-    for k in range(4):
+    for k in range(0 if poles_only else 4):
         x, _ = erp_xy(lon_loc + 90.0 * k, np.zeros(1), h, w)
         xm = snap(x, mode, dtype)
         xmaps.append(np.repeat(xm[None, :], s, axis=0))
@@ -432,7 +433,7 @@ def build_e2c_remap(h: int, w: int, s: int, mode: str, dtype: torch.dtype) -> Re
             ww = hi_ - lo_
             r, c = flat // ww, flat % ww
             r = np.where(n == 0, r + lo_, r + s - hi_)
-            patch = (n + 4, r * s + c + lo_, tidx, tw)
+            patch = (n + len(xmaps) - 2, r * s + c + lo_, tidx, tw)
     return RemapPlan(xmaps, ymaps, (h, w), mode, "wrap", patch)
 
 

@@ -174,11 +174,10 @@ def extract_pole_faces(
 
 
 def _extract(erp: torch.Tensor, fraction: float, s: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-    from ..geometry import e2c
+    from ..geometry.cube import e2c_pole_faces
 
-    b, c, h, w = erp.shape
-    cube = e2c(erp, face_size=s, mode=mode, layout="stack")
-    faces = cube.reshape(b, 6, c, s, s)[:, _U : _D + 1].reshape(2 * b, c, s, s).contiguous()
+    b = erp.shape[0]
+    faces = e2c_pole_faces(erp, s, mode)  # U, D only: no side faces made
     masks = pole_mask(s, fraction, device=erp.device, dtype=erp.dtype).expand(2 * b, 1, s, s).contiguous()
     return faces, masks
 
@@ -222,7 +221,7 @@ def _row_radius(h: int, w: int, s: int) -> torch.Tensor:
     # Each row is a circle of latitude around the face centre. Measure it in the column at
     # longitude ~45 degrees (towards a face corner), where it stays on U/D the longest.
     col = min(w - 1, int(round((45.0 / 360.0 + 0.5) * w - 0.5)))
-    d = erp_directions(h, w, dtype=torch.float64)[:, col]
+    d = erp_directions(h, w, dtype=torch.float64, cols=torch.tensor([col]))[:, 0]
     face, j, i = dirs_to_cube(d, s)
     c = (s - 1) / 2.0
     r = torch.hypot(j - c, i - c)
@@ -242,14 +241,20 @@ def _band_plan(h: int, w: int, s: int, n_top: int, n_bottom: int, mode: str, dev
     if hit is not None:
         return hit
     rows = torch.cat([torch.arange(n_top), torch.arange(h - n_bottom, h)])
-    d = erp_directions(h, w, dtype=torch.float64)[rows]  # (R, W, 3)
-    face, j, i = dirs_to_cube(d, s)
-    want = torch.cat([torch.full((n_top,), _U), torch.full((n_bottom,), _D)])[:, None]
-    valid = face == want
-    j = j.clamp(0, s - 1)
-    i = i.clamp(0, s - 1) + (want - _U) * s  # D lies below U in the atlas
-    grid = torch.stack(((j + 0.5) * (2.0 / s) - 1.0, (i + 0.5) * (2.0 / (2 * s)) - 1.0), dim=-1)
-    plan = (rows.to(device), grid[None].to(device=device, dtype=dtype), valid[None, None].to(device))
+    want_all = torch.cat([torch.full((n_top,), _U), torch.full((n_bottom,), _D)])[:, None]
+    grid = torch.empty(len(rows), w, 2, dtype=dtype)
+    valid = torch.empty(len(rows), w, dtype=torch.bool)
+    step = max(1, (1 << 20) // w)  # float64 work in chunks of ~1 Mpx rows, not the whole band at once
+    for a in range(0, len(rows), step):
+        sl = slice(a, a + step)
+        face, j, i = dirs_to_cube(erp_directions(h, w, dtype=torch.float64, rows=rows[sl]), s)  # (r, W)
+        want = want_all[sl]
+        valid[sl] = face == want
+        j = j.clamp(0, s - 1)
+        i = i.clamp(0, s - 1) + (want - _U) * s  # D lies below U in the atlas
+        grid[sl, :, 0] = (j + 0.5) * (2.0 / s) - 1.0
+        grid[sl, :, 1] = (i + 0.5) * (2.0 / (2 * s)) - 1.0
+    plan = (rows.to(device), grid[None].to(device=device), valid[None, None].to(device))
     if len(_BAND_CACHE) >= _BAND_CACHE_MAX:
         _BAND_CACHE.pop(next(iter(_BAND_CACHE)))
     _BAND_CACHE[key] = plan
@@ -388,14 +393,24 @@ def _merge(erp: torch.Tensor, faces: torch.Tensor, masks: torch.Tensor, feather:
 
     both = torch.cat([faces, wface], dim=1)  # (2B, C+1, S, S)
     atlas = both.reshape(b, 2, c + 1, s, s).transpose(1, 2).reshape(b, c + 1, 2 * s, s)
-    (n_top, n_bottom), vals, valid = _project_poles(h, w, atlas, wface, mode)
+    del both
     out = erp.clone()
-    if vals is None:
+    n_top, n_bottom = _band_rows(h, w, s, wface)
+    if n_top + n_bottom == 0:
         return out
-    img, wt = vals[:, :c], (vals[:, c:] * valid).clamp(0, 1)
-    for src, dst in ((slice(0, n_top), slice(0, n_top)), (slice(n_top, n_top + n_bottom), slice(h - n_bottom, h))):
-        band, bw = erp[:, :, dst], wt[:, :, src]
-        out[:, :, dst] = torch.where(bw > 0, torch.lerp(band, img[:, :, src], bw), band)
+    _, grid, valid = _band_plan(h, w, s, n_top, n_bottom, mode, atlas.device, atlas.dtype)
+    # project and blend in chunks of ~1 Mpx rows: the samples and blend temporaries stay small
+    # (each ERP pixel is sampled independently, so the result is the same as in one piece)
+    step = max(1, (1 << 20) // w)
+    for src0, src1, dst0 in ((0, n_top, 0), (n_top, n_top + n_bottom, h - n_bottom)):
+        for a in range(src0, src1, step):
+            e = min(a + step, src1)
+            vals = F.grid_sample(atlas, grid[:, a:e].expand(b, -1, -1, -1), mode=mode, padding_mode="border",
+                                 align_corners=False)
+            bw = (vals[:, c:] * valid[:, :, a:e]).clamp(0, 1)
+            rows = slice(dst0 + a - src0, dst0 + e - src0)
+            band = erp[:, :, rows]
+            out[:, :, rows] = torch.where(bw > 0, torch.lerp(band, vals[:, :c], bw), band)
     return out
 
 

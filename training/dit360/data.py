@@ -15,7 +15,7 @@ from pano_core.errors import PanoInputError
 from pano_core.io import read_image
 
 from .. import losses as L
-from ..caches import LatentCache, TextCache, cache_dir, input_hash
+from ..caches import LatentCache, TextCache, cache_dir, input_hash, progress_bar
 from ..config import get
 from ..prepare import read_manifest
 from ..randomness import data_order, draw_sample, sample_generator
@@ -192,7 +192,7 @@ def build_caches(cfg: dict, progress: bool = True, pipe=None, device: torch.devi
     }
     lat = LatentCache.open(root, expect)
     summary: dict = {"folder": str(root)}
-    bar = _bar(len(items), "cache latents", progress)
+    bar = progress_bar(len(items), "cache latents", progress)
     if lat is None:
         if root.exists() and (root / "latents.json").is_file():
             log.info("latent cache %s does not match this model/size/input: rebuilding", root)
@@ -230,17 +230,12 @@ def build_caches(cfg: dict, progress: bool = True, pipe=None, device: torch.devi
     msl = int(get(cfg, "data.max_sequence_length"))
     t_expect = {"version": 1, "model": model, "max_sequence_length": msl,
                 "texts": hashlib.sha1("\n".join(texts).encode()).hexdigest()}
-    txt = TextCache.open(root, t_expect)
-    if txt is None:
-        tbar = _bar(len(texts), "cache text", progress)
-
-        def tgen():
-            for t in texts:
-                e = _encode_text(pipe, t, msl)
-                yield _text_key(t), {"prompt_embeds": e.prompt_embeds[0], "pooled": e.pooled[0]}
-
-        txt = TextCache.write(root, t_expect, tgen(), progress=tbar.update)
-        tbar.close()
+    txt = TextCache.ensure(
+        root, t_expect,
+        ((_text_key(t), {"prompt_embeds": e.prompt_embeds[0], "pooled": e.pooled[0]})
+         for t in texts for e in (_encode_text(pipe, t, msl),)),
+        total=len(texts), desc="cache text", progress=progress,
+    )
     summary["texts"] = txt.record.get("items")
     return summary
 
@@ -248,27 +243,6 @@ def build_caches(cfg: dict, progress: bool = True, pipe=None, device: torch.devi
 def _encode_text(pipe, text: str, max_sequence_length: int):
     with torch.no_grad():
         return pipe.encode_prompt(text, prompt_prefix=None, max_sequence_length=max_sequence_length)
-
-
-class _Bar:
-    def __init__(self, bar=None):
-        self.bar = bar
-
-    def update(self, n: int = 1):
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _bar(total: int, desc: str, enabled: bool) -> _Bar:
-    if not enabled:
-        return _Bar()
-    from tqdm.auto import tqdm
-
-    return _Bar(tqdm(total=total, desc=desc, unit="it"))
 
 
 # ----------------------------------------------------------------------------------- batches

@@ -9,10 +9,11 @@ import torch
 
 from pano_core.errors import PanoInputError
 
+from ..caches import progress_bar
 from ..checkpoints import list_checkpoints
 from ..config import get, load_config
 from ..samples import append_metrics, sample_metrics, write_sample_grid
-from .data import _bar, _caption_text, _encode_text, load_pipeline
+from .data import _caption_text, _encode_text, load_pipeline
 
 # ----------------------------------------------------------------------------------- sampling
 
@@ -106,7 +107,7 @@ def sample_from_run(run: str | os.PathLike, prompts: str | os.PathLike, step: in
     out.mkdir(parents=True, exist_ok=True)
     h = int(get(cfg, "sample.height") or get(cfg, "data.resolution"))
     written = []
-    bar = _bar(len(lines), "sample", progress)
+    bar = progress_bar(len(lines), "sample", progress)
     for i, line in enumerate(lines):
         embeds = _sample_embeds(pipe, cfg, [line], dev)
         img = render_samples(pipe, h, embeds, [seed + i], int(get(cfg, "sample.steps")), float(get(cfg, "sample.guidance")),
