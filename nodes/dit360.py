@@ -151,8 +151,9 @@ class Pano360CircularVAEDecode:
 
     def decode(self, samples, vae, wrap_columns=DEFAULT_WRAP_COLS, tiled=False, tile_size=512, overlap=64):
         lat = samples["samples"]
-        if lat.ndim != 4:
-            raise PanoInputError(f"samples: expected an image latent (B, C, H, W), got shape {tuple(lat.shape)}")
+        if lat.ndim not in (4, 5):
+            raise PanoInputError(f"samples: expected an image latent (B, C, H, W) or a video latent (B, C, T, H, W), "
+                                 f"got shape {tuple(lat.shape)}")
         if wrap_columns > lat.shape[-1]:
             raise PanoInputError(f"wrap_columns: at most the latent width ({lat.shape[-1]}), got {wrap_columns}")
         scale = int(vae.spacial_compression_decode())
@@ -165,6 +166,8 @@ class Pano360CircularVAEDecode:
         else:
             fn = vae.decode
         img = decode_circular(fn, lat, int(wrap_columns), scale=scale, channels_last=True)
+        if img.ndim == 5:  # video VAE: (B, T, H, W, C) -> IMAGE batch of B * T frames, as VAE Decode does
+            img = img.reshape(-1, *img.shape[-3:])
         return (img.contiguous(),)
 
 

@@ -9,7 +9,9 @@ through :class:`pano_core.diffusion.tokens.TokenGrid`), the VAE helpers and the 
 - :func:`pad_latent` / :func:`crop_latent` / :func:`resync_latent` (x, cols)
 - :func:`pad_span` (x, size, width, cols): a horizontal span after :func:`pad_latent`
 - :func:`decode_circular` (decode, latent, cols, scale): decode with ``cols`` wrapped latent
-  columns per side with any callable, crop ``cols * scale`` pixels per side
+  columns per side with any callable, crop ``cols * scale`` pixels per side; image latents
+  ``(B, C, H, W)`` and video latents ``(B, C, T, H, W)`` of causal 3D VAEs (Wan, Qwen-Image)
+  alike: only the width is wrapped, never time or height
 - :func:`encode_circular` (encode, image, cols, scale): encode with ``cols * scale`` wrapped pixel
   columns per side with any callable, crop ``cols`` latent columns per side
 - :func:`periodic_reference` (fn, x): ``fn`` of the input tiled three times side by side, middle
@@ -114,7 +116,9 @@ def decode_circular(decode, latent: torch.Tensor, cols: int, scale: int = 8, cha
     """Decode a panorama latent with ``cols`` wrapped latent columns on both sides, then crop.
 
     ``decode`` maps a latent ``(B, C, h, w)`` to an image ``(B, 3, h*scale, w*scale)`` (or
-    ``(B, H, W, 3)`` with ``channels_last=True``, as ComfyUI's ``VAE.decode`` returns). The
+    ``(B, H, W, 3)`` with ``channels_last=True``, as ComfyUI's ``VAE.decode`` returns); a video
+    latent ``(B, C, T, h, w)`` to ``(B, 3, T', H, W)`` (or ``(B, T', H, W, 3)``): only the last
+    (width) axis of the latent is padded and only the output's width is cropped. The
     decoder sees the panorama's opposite edge next to each border instead of zero padding,
     so the 0/360 seam is decoded like any interior column boundary. ``cols=0`` is a plain
     decode.
@@ -140,7 +144,9 @@ def encode_circular(encode, image: torch.Tensor, cols: int, scale: int = 8, chan
     ``cols`` latent columns per side.
 
     ``encode`` maps an image ``(B, 3, H, W)`` (or ``(B, H, W, 3)`` with ``channels_last=True``, as
-    ComfyUI's ``VAE.encode`` takes it) to a latent ``(B, C, H/scale, W/scale)``. The encoder sees
+    ComfyUI's ``VAE.encode`` takes it) to a latent ``(B, C, H/scale, W/scale)``, or for a video
+    VAE to ``(B, C, T, H/scale, W/scale)`` (ComfyUI takes the image batch as frames); only the
+    image's width is padded and only the latent's last axis cropped. The encoder sees
     the opposite edge next to each border instead of zero padding, so no seam is baked into the
     latent at 0/360 degrees. ``cols=0`` is a plain encode.
     """
