@@ -1,0 +1,158 @@
+"""Per-step cost of ``Pano360PanoramaPatch`` (issue 15) for every supported DiT family.
+
+CPU: the tiny random models of the tests (FLUX.1 from tests/comfy_test_nodes/tiny_models.py, the
+other families from tests/comfy_test_nodes/tiny_dits.py), real ComfyUI sampling
+(``comfy.sample.sample``, euler, cfg 1). Per family the contenders are
+
+* ``unpatched`` at the panorama's latent size;
+* ``unpatched, padded width``: the same model on a latent ``2 * padding`` tokens wider, i.e. the
+  inherent cost of the extra tokens;
+* ``latent``: the latent-level patch (every family), and ``token``: DiT360's wrapped ids where
+  offered (FLUX.1, FLUX.2).
+
+All contenders of all families run in interleaved rounds (one sampling of each per round,
+``--repeats`` rounds after a warm-up); the table shows medians of the rounds. Per patched
+contender: ``ratio = patched / unpatched``, the token share ``(w + 2p) / w`` (padded / unpadded
+image tokens) and the overhead beyond the share ``ratio / share`` against the target ≤ 1.05
+(met / not met); ``/ padded`` is the measured ``patched / unpatched padded width`` for comparison
+(the share is the nominal cost of the extra tokens, the padded-width reference the measured one).
+
+Run from the repository root:  python benchmarks/bench_panorama_patch.py [--steps N] [--repeats R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COMFY = Path(os.environ.get("COMFYUI_PATH") or ROOT / ".comfy" / "ComfyUI")
+TARGET = 1.05
+FAMILIES = ("Flux", "Flux2", "Chroma", "QwenImage", "HunyuanImage21", "Lumina2", "HiDream", "WAN21", "WAN22")
+
+
+def _setup_comfy():
+    sys.path.insert(0, str(COMFY))
+    import comfy.options
+
+    comfy.options.enable_args_parsing(False)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    import comfy.model_management  # noqa: F401
+
+    sys.path.insert(0, str(ROOT / "tests" / "comfy_test_nodes"))
+
+
+def _load_pack(name: str = "pano360_pack_bench_panorama"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return importlib.import_module(f"{name}.nodes.panorama"), importlib.import_module(f"{name}.nodes._panorama_patch")
+
+
+def _sample_time(model, noise, cond, steps):
+    import comfy.sample
+
+    t = time.perf_counter()
+    comfy.sample.sample(model, noise, steps, 1.0, "euler", "simple", cond, cond, noise * 0, seed=0,
+                        disable_pbar=True)
+    return (time.perf_counter() - t) / steps
+
+
+def _family_setup(fam, tiny_models, tiny_dits, P, h_tok, w_tok, p):
+    """(model, cond, noise, wide noise, patch width) for one family at an h_tok x w_tok token grid."""
+    import torch
+
+    patch = P.FAMILIES[fam].patch
+    h, w, wide = h_tok * patch, w_tok * patch, (w_tok + 2 * p) * patch
+    g = torch.Generator().manual_seed(0)
+    if fam == "Flux":
+        model = tiny_models.build_tiny_flux(0, "dev")
+        clip = tiny_models.build_tiny_clip(0)
+        cond = clip.encode_from_tokens_scheduled(clip.tokenize("This is a panorama. a snowy village"))
+        shape, shape_w = (1, 16, h, w), (1, 16, h, wide)
+    else:
+        model = tiny_dits.build(fam, 0)
+        cond = tiny_dits.cond(fam, 0)
+        shape, shape_w = tiny_dits.latent_shape(fam, 1, h, w), tiny_dits.latent_shape(fam, 1, h, wide)
+    return model, cond, torch.randn(shape, generator=g), torch.randn(shape_w, generator=g)
+
+
+def bench(args):
+    import torch
+
+    _setup_comfy()
+    import tiny_dits
+    import tiny_models
+
+    node, P = _load_pack()
+    assert set(FAMILIES) == set(P.FAMILIES), "benchmark families out of date with nodes/_panorama_patch.py"
+    p, h_tok, w_tok = args.padding, args.tokens_h, args.tokens_w
+    share = (w_tok + 2 * p) / w_tok
+    configs: dict[tuple[str, str], tuple] = {}
+    for fam in args.families:
+        model, cond, noise, noise_wide = _family_setup(fam, tiny_models, tiny_dits, P, h_tok, w_tok, p)
+        configs[fam, "unpatched"] = (model, noise, cond)
+        configs[fam, "unpatched, padded width"] = (model, noise_wide, cond)
+        configs[fam, "latent"] = (node.Pano360PanoramaPatch().patch(model, p, "latent")[0], noise, cond)
+        if P.FAMILIES[fam].token_level:
+            configs[fam, "token"] = (node.Pano360PanoramaPatch().patch(model, p, "token")[0], noise, cond)
+    for m, x, c in configs.values():
+        _sample_time(m, x, c, 1)  # warm-up of each (model load, first-call costs)
+    times: dict[tuple[str, str], list[float]] = {k: [] for k in configs}
+    t0 = time.perf_counter()
+    for _ in range(args.repeats):  # interleaved rounds; medians below
+        for k, (m, x, c) in configs.items():
+            times[k].append(_sample_time(m, x, c, args.steps))
+    wall = time.perf_counter() - t0
+    med = {k: statistics.median(v) for k, v in times.items()}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"tiny random models, {h_tok}x{w_tok} image tokens, padding {p} token(s) per side, "
+          f"{torch.get_num_threads()} threads, median of {args.repeats} interleaved rounds of {args.steps} step(s) "
+          f"({wall:.0f} s of rounds), load average at the end {load:.2f}")
+    print(f"token share (padded / unpadded image tokens) = ({w_tok} + {2 * p}) / {w_tok} = {share:.4f}; "
+          f"target: ratio / share <= {TARGET}")
+    print("| family | level | unpatched ms/step | padded width ms/step | patched ms/step (min..max) | "
+          "ratio patched / unpatched | token share | overhead beyond share (ratio / share) | "
+          "/ padded width (measured) | ≤ 1.05 |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    ok = True
+    for fam in args.families:
+        base, wide = med[fam, "unpatched"], med[fam, "unpatched, padded width"]
+        for level in ("latent", "token"):
+            if (fam, level) not in med:
+                continue
+            t = med[fam, level]
+            lo, hi = min(times[fam, level]) * 1e3, max(times[fam, level]) * 1e3
+            ratio = t / base
+            over = ratio / share
+            met = over <= TARGET
+            ok = ok and met
+            print(f"| {P.FAMILIES[fam].name} | {level} | {base * 1e3:.2f} | {wide * 1e3:.2f} | "
+                  f"{t * 1e3:.2f} ({lo:.2f}..{hi:.2f}) | {ratio:.3f} | {share:.4f} | **{over:.3f}** | "
+                  f"{t / wide:.3f} | {'met' if met else 'not met'} |")
+    return ok
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=2, help="sampling steps per timed call")
+    ap.add_argument("--repeats", type=int, default=9, help="interleaved rounds")
+    ap.add_argument("--padding", type=int, default=1, help="token columns per side")
+    ap.add_argument("--tokens-h", type=int, default=16, help="image token rows")
+    ap.add_argument("--tokens-w", type=int, default=32, help="image token columns (2:1 panorama)")
+    ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    args = ap.parse_args(argv)
+    return 0 if bench(args) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
