@@ -102,9 +102,10 @@ class ApplyModelWrapper:
         # height is not padded: a grid one token row per latent row is enough for the width math
         return TokenGrid(h=h, w=w // fam.patch, p=self.padding, id_mode="linear", patch=fam.patch, frames=frames)
 
-    def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
+    def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
                  **kwargs):
-        full = (transformer_options or {}).get(KEY)
+        transformer_options = {} if transformer_options is None else transformer_options
+        full = transformer_options.get(KEY)
         if self.padding == 0 or (full is not None and tuple(x.shape[-2:]) != full):
             # padding 0, or an area-conditioning crop of the latent: its edges are not the panorama's
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)

@@ -69,7 +69,7 @@ class _Spy:
     def __init__(self):
         self.xs = []
 
-    def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kw):
+    def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kw):  # noqa: B006 (ComfyUI's signature)
         self.xs.append(x.detach().clone())
         out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kw)
         assert out.shape == x.shape
@@ -271,7 +271,7 @@ def test_hidream_e1_image_cond_is_not_padded(pack, dits):
 
     seen = []
 
-    def spy(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kw):
+    def spy(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kw):  # noqa: B006 (ComfyUI's signature)
         seen.append((x.shape, kw["image_cond"].shape))
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kw)
 

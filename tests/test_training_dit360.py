@@ -4,10 +4,7 @@ sampling, fp8 base, and the 2-process DDP gradient check (accelerate launch, glo
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,7 @@ from pano360_training.dit360 import DataPlan, build_caches
 from pano360_training.lora_export import add_lora, export_lora, lora_state_dict
 from pano360_training.memory import quantize_linear_fp8_
 from safetensors.torch import load_file
-from training_helpers import FAST, RES, _losses, _pano, _sets, _train
+from training_helpers import FAST, RES, _losses, _pano, _sets, _train, ddp_and_single_grads
 
 from pano_core.io import read_image, write_image
 
@@ -237,19 +234,7 @@ def test_ddp_two_processes_give_the_gradients_of_one_batch_of_two(tiny_flux, pre
     common = ["dit360", "--data", str(prepared), "--model", str(tiny_flux), "--max-steps", "1",
               "--resolution", str(RES), "--no-progress",
               *_sets(FAST + ["lora.dropout=0.0", "log.logger=none", "sample.prompts=[]", "data.perspective=false"])]
-    ddp = tmp_path / "ddp.safetensors"
-    one = tmp_path / "one.safetensors"
-    env = dict(training_env, OMP_NUM_THREADS="1")
-    r = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(29500 + os.getpid() % 1000),
-         "-m", "pano360_training", *common, "--output", str(tmp_path / "ddp"),
-         "--set", "train.batch_size=1", "--set", f"debug.grad_dump={ddp}"],
-        env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert cli.main([*common, "--output", str(tmp_path / "one"), "--set", "train.batch_size=2",
-                     "--set", f"debug.grad_dump={one}"]) == 0
-    a, b = load_file(ddp), load_file(one)
+    a, b = ddp_and_single_grads(common, tmp_path, training_env, 29500)
     assert a.keys() == b.keys() and len(a) > 10
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-7)

@@ -6,9 +6,6 @@ and the 2-process DDP gradients."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +16,7 @@ from pano360_training import jopano as J
 from pano360_training.config import load_config, set_value
 from pano360_training.prepare import prepare_dataset
 from safetensors.torch import load_file
-from training_helpers import _losses, _pano, _sets
+from training_helpers import _losses, _pano, _sets, ddp_and_single_grads
 
 from pano_core.errors import PanoInputError
 from pano_core.geometry import e2c
@@ -239,18 +236,7 @@ def test_ddp_two_processes_give_the_gradients_of_one_batch_of_two(sana, data, tm
     all-reduce to the gradients of 1 x batch 2 (all draws from (seed, global sample index))."""
     common = ["jopano", "--data", str(data), "--model", str(sana), "--max-steps", "1", "--face-size", str(S),
               "--no-progress", *_sets(FAST + ["condition.v2p_probability=0.5"])]
-    ddp, one = tmp_path / "ddp.safetensors", tmp_path / "one.safetensors"
-    env = dict(training_env, OMP_NUM_THREADS="1")
-    r = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(29700 + os.getpid() % 1000),
-         "-m", "pano360_training", *common, "--output", str(tmp_path / "ddp"),
-         "--set", "train.batch_size=1", "--set", f"debug.grad_dump={ddp}"],
-        env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert cli.main([*common, "--output", str(tmp_path / "one"), "--set", "train.batch_size=2",
-                     "--set", f"debug.grad_dump={one}"]) == 0  # the same code in this process: 1 x batch 2
-    a, b = load_file(ddp), load_file(one)
+    a, b = ddp_and_single_grads(common, tmp_path, training_env, 29700)
     assert a.keys() == b.keys() and any(a[k].abs().sum() > 0 for k in a)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-7)

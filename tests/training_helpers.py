@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 from pano360_training import cli
 from pano360_training.prepare import prepare_dataset
+from safetensors.torch import load_file
 
 from pano_core.io import write_image
 
@@ -71,3 +75,19 @@ def _losses(run):
     return [json.loads(x) for x in (Path(run) / "logs" / "losses.jsonl").read_text().splitlines()]
 
 
+def ddp_and_single_grads(common: list[str], tmp_path: Path, env: dict, port_base: int):
+    """The step-0 gradients of ``pano360-train <common>`` run as 2 CPU processes x batch 1 (gloo DDP
+    through ``accelerate launch --multi_gpu``: accelerate's ``--cpu`` launcher starts one process
+    unless mpirun is set up) and in this process as 1 x batch 2. Returns ``(ddp, single)`` dicts;
+    the runs are ``tmp_path/ddp`` and ``tmp_path/one``."""
+    ddp, one = tmp_path / "ddp.safetensors", tmp_path / "one.safetensors"
+    r = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port_base + os.getpid() % 1000),
+         "-m", "pano360_training", *common, "--output", str(tmp_path / "ddp"),
+         "--set", "train.batch_size=1", "--set", f"debug.grad_dump={ddp}"],
+        env=dict(env, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert cli.main([*common, "--output", str(tmp_path / "one"), "--set", "train.batch_size=2",
+                     "--set", f"debug.grad_dump={one}"]) == 0  # the same code in this process: 1 x batch 2
+    return load_file(ddp), load_file(one)
