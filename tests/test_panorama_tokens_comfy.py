@@ -212,6 +212,32 @@ def test_replacement_added_after_the_patch_is_wrapped_too(pack, dits):
     assert all(torch.allclose(c["pe"], expected.expand_as(c["pe"]), atol=1e-6) for c in spy.calls)
 
 
+def test_qwen_image_edit_reference_latents_keep_their_pe(pack, dits):
+    """Qwen-Image-Edit appends reference-latent tokens (and ids) after the image grid: only the grid's
+    padded columns get wrapped ids; text and reference tokens keep the model's own embedding."""
+    import comfy.sample
+
+    fam, p = "QwenImage", 2
+    model = _model(dits, fam)
+    ref = torch.randn(1, 16, 1, 8, 16, generator=torch.Generator().manual_seed(4))
+    pos = [[c, {**d, "reference_latents": [ref]}] for c, d in dits.cond(fam, 0)]
+    noise = torch.randn(dits.latent_shape(fam), generator=torch.Generator().manual_seed(0))
+    pes = {}
+    for level in ("token", "latent"):
+        m, spy = _with_block_spy(_patch(pack, model, p, level), fam)
+        out = comfy.sample.sample(m, noise, 1, 1.0, "euler", "simple", pos, pos, torch.zeros_like(noise), seed=0,
+                                  disable_pbar=True)
+        assert torch.isfinite(out).all() and len(spy.calls) == 1
+        pes[level], txt = spy.calls[0]["pe"], spy.calls[0]["txt"]
+    n = (H // 2) * (W // 2 + 2 * p)
+    assert pes["token"].shape[2] == txt + n + 4 * 8  # text, padded image grid, reference tokens
+    assert torch.equal(pes["token"][:, :, :txt], pes["latent"][:, :, :txt])
+    assert torch.equal(pes["token"][:, :, txt + n:], pes["latent"][:, :, txt + n:])
+    assert torch.allclose(pes["token"][:, :, txt:txt + n], _expected_pe(fam, model.model.diffusion_model, p, txt)[:, :, txt:],
+                          atol=1e-6)
+    assert not torch.equal(pes["token"][:, :, txt:txt + n], pes["latent"][:, :, txt:txt + n])
+
+
 def test_area_crop_calls_keep_their_own_pe(pack, dits):
     """Area conditioning: the crop calls are not padded, so their blocks keep the model's embedding."""
     import comfy.sample
