@@ -41,19 +41,19 @@ class Family:
     patch: int  # latent columns per token (the model's patch width)
     ranks: tuple[int, ...]  # accepted latent ranks: 4 (B, C, H, W) and/or 5 (B, C, T, H, W)
     spatial: tuple[str, ...] = ()  # apply_model kwargs aligned with x's (H, W): padded like x
-    token_level: bool = False  # DiT360 wrapped ids available (Pano360DiT360Patch)
+    token_level: bool = False  # DiT360 wrapped ids available (FLUX: Pano360DiT360Patch; else _panorama_tokens)
 
 
 FAMILIES: dict[str, Family] = {
     "Flux": Family("FLUX.1 (dev/schnell/Fill/Kontext/Krea)", 2, (4,), token_level=True),
     "Flux2": Family("FLUX.2", 1, (4,), token_level=True),
-    "Chroma": Family("Chroma", 2, (4,)),
-    "QwenImage": Family("Qwen-Image (incl. Edit)", 2, (5,)),
-    "HunyuanImage21": Family("HunyuanImage 2.1", 1, (4,)),
+    "Chroma": Family("Chroma", 2, (4,), token_level=True),
+    "QwenImage": Family("Qwen-Image (incl. Edit)", 2, (5,), token_level=True),
+    "HunyuanImage21": Family("HunyuanImage 2.1", 1, (4,), token_level=True),
     "Lumina2": Family("Lumina 2 (incl. Z-Image)", 2, (4,)),
     "HiDream": Family("HiDream (incl. E1)", 2, (4,)),
-    "WAN21": Family("Wan 2.1", 2, (5,)),
-    "WAN22": Family("Wan 2.2", 2, (5,), spatial=("denoise_mask",)),
+    "WAN21": Family("Wan 2.1", 2, (5,), token_level=True),
+    "WAN22": Family("Wan 2.2", 2, (5,), spatial=("denoise_mask",), token_level=True),
 }
 """ComfyUI ``model_base`` class name (exact type, not subclasses) -> :class:`Family`."""
 

@@ -194,7 +194,7 @@ def test_errors(pack, dits, errors):
     fake = types.SimpleNamespace(model=torch.nn.Linear(1, 1))
     with pytest.raises(E, match="supports FLUX.1.*Wan 2.2; got a Linear model"):
         pack.Pano360PanoramaPatch().patch(fake, 1)
-    with pytest.raises(E, match="token-level wrapped ids are offered for FLUX.1 and FLUX.2 only"):
+    with pytest.raises(E, match="token-level wrapped ids are offered for FLUX.1.*; Lumina 2"):
         pack.Pano360PanoramaPatch().patch(_model(dits, "Lumina2"), 1, "token")
     too_wide = pack.Pano360PanoramaPatch().patch(_model(dits, "Lumina2"), 5, "latent")[0]  # 16 tokens -> max 4
     with pytest.raises(E, match="padding"):

@@ -15,7 +15,7 @@ that take latents) and 2 (Flux), images and video latents alike. Pure tensor cod
 any dtype (fp32/bf16/fp16/fp8 activations), autograd-safe.
 
 - :class:`TokenGrid` -- ``from_pixels`` / ``from_latent`` constructors; ``pad`` / ``crop`` /
-  ``resync`` (packed tokens or per-token masks), ``pad_ids`` / ``crop_ids``, ``pad_latent`` /
+  ``resync`` (packed tokens or per-token masks), ``pad_ids`` / ``crop_ids`` / ``source_index``, ``pad_latent`` /
   ``crop_latent`` / ``resync_latent`` (latents, masks, ``c_concat``), ``pack`` / ``unpack``,
   ``tokens`` / ``padded_tokens``, ``padded_pixel_size``.
 - :func:`check_padding` -- validate a padding width (``0 <= p <= w // 4``).
@@ -186,6 +186,17 @@ class TokenGrid:
     def crop_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`pad_ids` (either mode)."""
         return _crop_ids(ids, self.rows, self.w, self.p)
+
+    def source_index(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """For every token of the padded grid (row-major), the index of the token it mirrors: its
+        own index for an interior token, its source's (the opposite edge, same row) for a padded
+        one; a ``(padded_tokens,)`` long tensor.
+
+        Gathering a padded grid's ``linear`` ids (or any per-token function of them, such as a
+        RoPE embedding) with it gives the ``wrapped`` ones: ``ids.index_select(-2, g.source_index())``.
+        """
+        n = self.padded_tokens
+        return self.resync(torch.arange(n, device=device).view(1, n, 1))[0, :, 0]
 
     # ------------------------------------------------------------------ latents
     def pad_latent(self, x: torch.Tensor) -> torch.Tensor:
