@@ -45,6 +45,30 @@ KNOWN_WEIGHTS: dict[str, tuple[str, str, str]] = {
                                "9.8 GB"),
     "ae.safetensors": ("FLUX VAE, ae.safetensors of black-forest-labs/FLUX.1-schnell (Apache-2.0) or FLUX.1-dev",
                        "Apache-2.0 (schnell copy)", "0.3 GB"),
+    # Qwen-Image 360 (workflows/qwen_image_360_text_to_panorama.json)
+    "qwen_image_fp8_e4m3fn.safetensors": (
+        "Qwen-Image transformer (fp8), Comfy-Org/Qwen-Image_ComfyUI (split_files/diffusion_models/)", "Apache-2.0",
+        "20.4 GB"),
+    "qwen_2.5_vl_7b_fp8_scaled.safetensors": (
+        "Qwen2.5-VL-7B text encoder (fp8), Comfy-Org/Qwen-Image_ComfyUI (split_files/text_encoders/)", "Apache-2.0",
+        "9.4 GB"),
+    "qwen_image_vae.safetensors": ("Qwen-Image VAE, Comfy-Org/Qwen-Image_ComfyUI (split_files/vae/)", "Apache-2.0",
+                                   "0.25 GB"),
+    "qwen_360_diffusion_lora.safetensors": (
+        "Qwen-Image 360° panorama LoRA: the LoRA file of ProGamerGov/qwen-360-diffusion, renamed (or any Qwen-Image "
+        "360° equirectangular LoRA)", "MIT (its model card; the base model's licence still applies)", ""),
+    # FLUX.2 360 (workflows/flux2_360_text_to_panorama.json)
+    "flux2_dev_fp8mixed.safetensors": (
+        "FLUX.2 [dev] transformer (fp8 mixed), Comfy-Org/flux2-dev (split_files/diffusion_models/); original "
+        "black-forest-labs/FLUX.2-dev", "FLUX.2-dev Non-Commercial License (no commercial use)", "35 GB"),
+    "mistral_3_small_flux2_bf16.safetensors": (
+        "FLUX.2 text encoder (Mistral Small 3.2 24B, bf16), Comfy-Org/flux2-dev (split_files/text_encoders/)",
+        "Apache-2.0", "18 GB"),
+    "flux2-vae.safetensors": ("FLUX.2 VAE, Comfy-Org/flux2-dev (split_files/vae/)",
+                              "Apache-2.0 (the FLUX.2 autoencoder)", "0.33 GB"),
+    "flux2_dev_360_erp_lora.safetensors": (
+        "a 360° equirectangular LoRA trained on FLUX.2 [dev] (not Klein), renamed; no specific public one is "
+        "confirmed by us", "its own model card (the FLUX.2-dev Non-Commercial License still applies)", ""),
     "SANA1.5_1.6B_1024px_diffusers": (
         "Sana 1.5 1.6B as a diffusers folder, Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers (a folder, "
         "not a file)", "the licence on its model card (NVIDIA's own terms; read them before use)", ""),

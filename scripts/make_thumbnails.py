@@ -4,7 +4,7 @@
 * Workflows that need no model weights are run for real in a ComfyUI server (the test harness,
   ``tests/comfy_harness.py``; full-size example inputs from ``tests/assets``, no substitutions),
   and the thumbnail is their saved output.
-* Workflows that need FLUX.1-dev weights cannot be run here: their thumbnail is an illustration
+* Workflows that need model weights (FLUX.1-dev, FLUX.2, Qwen-Image, Sana) cannot be run here: their thumbnail is an illustration
   made from the example input with a banner saying so (never presented as a result).
 
     COMFYUI_PATH=... python scripts/make_thumbnails.py [--only NAME]
@@ -43,6 +43,10 @@ ILLUSTRATION = {  # workflow -> (example image, banner lines)
                                              "needs the Sana 1.5 1.6B diffusers weights"]),
     "jopano_view_to_panorama": ("chalet_erp.png", ["ILLUSTRATION: the example input photo",
                                                    "needs the Sana 1.5 1.6B diffusers weights"]),
+    "qwen_image_360_text_to_panorama": ("snow_village_erp.png", ["ILLUSTRATION - not a result of this workflow",
+                                                                 "needs Qwen-Image + a 360 LoRA (~30 GB)"]),
+    "flux2_360_text_to_panorama": ("chalet_erp.png", ["ILLUSTRATION - not a result of this workflow",
+                                                      "needs FLUX.2 [dev] + a 360 LoRA (~53 GB)"]),
 }
 MASKED = {"dit360_inpaint", "dit360_outpaint"}
 

@@ -1,7 +1,8 @@
-"""Circular VAE Decode / Encode (panorama) with ComfyUI's causal 3D video VAE (Wan 2.1 layout,
-also Qwen-Image's VAE): 5-D latents (B, C, T, H, W), only the width wrapped, time and height
-untouched. Built in-process from ComfyUI's own ``comfy.ldm.wan.vae.WanVAE`` with explicit init and
-loaded through ``comfy.sd.VAE`` (which detects it as a Wan 2.1 VAE)."""
+"""Circular VAE Decode / Encode (panorama) with ComfyUI's causal 3D video VAEs (Wan 2.1 layout, also
+Qwen-Image's VAE; and Wan 2.2's): 5-D latents (B, C, T, H, W), only the width wrapped, time and height
+untouched. Built in-process from ComfyUI's own ``comfy.ldm.wan`` VAE classes with explicit init and
+loaded through ``comfy.sd.VAE`` (which detects them from the state dict), see
+tests/comfy_test_nodes/tiny_family_extras.py."""
 
 from __future__ import annotations
 
@@ -27,19 +28,33 @@ def C(pack):
 
 
 @pytest.fixture(scope="module")
-def wan_vae(tiny_models):
+def extras(tiny_models):
+    import tiny_family_extras
+
+    return tiny_family_extras
+
+
+@pytest.fixture(scope="module")
+def wan_vae(extras):
     """A real ``comfy.sd.VAE`` holding a tiny Wan 2.1 causal 3D VAE (dim 4, 16 latent channels)."""
     import comfy.ldm.wan.vae
-    import comfy.sd
 
-    m = comfy.ldm.wan.vae.WanVAE(dim=4, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-                                 temperal_downsample=[False, True, True], dropout=0.0)
-    tiny_models.init_module_(m, seed=3, gain=1.0)
-    sd = {k: v.detach().clone().float() for k, v in m.state_dict().items()}
-    vae = comfy.sd.VAE(sd=sd)
+    vae = extras.build_tiny_wan21_vae(seed=3)
     assert vae.latent_dim == 3 and vae.latent_channels == 16
     assert isinstance(vae.first_stage_model, comfy.ldm.wan.vae.WanVAE)
     assert vae.spacial_compression_decode() == 8 and vae.spacial_compression_encode() == 8
+    return vae
+
+
+@pytest.fixture(scope="module")
+def wan22_vae(extras):
+    """A real ``comfy.sd.VAE`` on ComfyUI's Wan 2.2 branch (48 channels, 16x, 4x in time), tiny width."""
+    import comfy.ldm.wan.vae2_2
+
+    vae = extras.build_tiny_wan22_vae(seed=5)
+    assert vae.latent_dim == 3 and vae.latent_channels == 48
+    assert isinstance(vae.first_stage_model, comfy.ldm.wan.vae2_2.WanVAE)
+    assert vae.spacial_compression_decode() == 16 and vae.spacial_compression_encode() == 16
     return vae
 
 
@@ -146,3 +161,44 @@ def test_pano_core_circular_with_a_wan22_vae_at_16x(C, tiny_models):
         whole = float((z - z_ref).abs().mean())
         print("Wan 2.2 encode edge error (plain / circular / circular, whole latent):", e_plain, e_circ, whole)
         assert e_circ < 0.3 * e_plain and e_circ < 1.2 * whole
+
+
+def _periodic_latent_48(t=2, h=2, w=16, seed=0):
+    """Like :func:`_periodic_latent` with the Wan 2.2 VAE's 48 channels."""
+    g = torch.Generator().manual_seed(seed)
+    ang = torch.linspace(0, 2 * torch.pi, w + 1)[:-1]
+    base = torch.sin(ang)[None, None, None, None, :] * torch.randn(1, 48, t, 1, 1, generator=g)
+    return base.repeat(1, 1, 1, h, 1) + 0.3 * torch.randn(1, 48, t, h, w, generator=g)
+
+
+def test_circular_decode_and_encode_nodes_with_a_wan22_vae(pack, C, wan22_vae):
+    """Both nodes on ComfyUI's Wan 2.2 VAE (16x with its 2x2 patchify): the wrapped edges meet as in a
+    periodic (tiled) reference, frames and height untouched, wrap 0 = the plain ComfyUI decode/encode."""
+    vae = wan22_vae
+    lat = _periodic_latent_48()  # (1, 48, 2, 2, 16): 2 latent frames -> 5 frames of 32 x 256 px
+    dec = pack.Pano360CircularVAEDecode()
+    img = dec.decode({"samples": lat}, vae)[0]  # default 8 latent columns = 128 px per side
+    assert img.shape == (5, 32, 256, 3)
+    plain = vae.decode(lat)
+    assert plain.shape == (1, 5, 32, 256, 3)
+    ref = C.periodic_reference(vae.decode, lat, scale=16, out_channels_last=True)
+    circ = img.reshape(plain.shape)
+    e_plain, e_circ = _edge_error(plain, ref, 16, dim=3), _edge_error(circ, ref, 16, dim=3)
+    whole = float((circ - ref).detach().abs().mean())
+    print("Wan 2.2 node decode edge error (plain / circular / circular, whole image):", e_plain, e_circ, whole)
+    assert e_circ < 0.3 * e_plain and e_circ < 1.2 * whole  # global mid-block attention: see above
+    assert torch.equal(dec.decode({"samples": lat}, vae, 0)[0], plain.reshape(-1, 32, 256, 3))
+    with pytest.raises(Exception, match="wrap_columns"):
+        dec.decode({"samples": lat}, vae, 17)
+
+    frames = img.detach().clamp(0, 1).contiguous()  # a horizontally continuous 5-frame clip
+    enc = pack.Pano360CircularVAEEncode()
+    z = enc.encode(frames, vae)[0]["samples"]
+    z_plain = vae.encode(frames)
+    assert z.shape == z_plain.shape == lat.shape
+    z_ref = C.periodic_reference(vae.encode, frames, scale=1 / 16, channels_last=True, out_channels_last=False)
+    e_plain, e_circ = _edge_error(z_plain, z_ref, 1, dim=-1), _edge_error(z, z_ref, 1, dim=-1)
+    whole = float((z - z_ref).detach().abs().mean())
+    print("Wan 2.2 node encode edge error (plain / circular / circular, whole latent):", e_plain, e_circ, whole)
+    assert e_circ < 0.3 * e_plain and e_circ < 1.2 * whole
+    assert torch.equal(enc.encode(frames, vae, 0)[0]["samples"], z_plain)

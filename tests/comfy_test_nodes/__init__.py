@@ -8,13 +8,15 @@ models that stand in for real weights when workflows run in tests:
 - ``Pano360TestTinyVAE``    -> VAE   (TAESD architecture, 16 latent channels; replaces VAELoader)
 - ``Pano360TestTinyCheckpoint`` -> MODEL, CLIP, VAE (replaces CheckpointLoaderSimple)
 - ``Pano360TestTinyDiT``    -> MODEL, CONDITIONING (tiny FLUX.2/Chroma/Qwen-Image/Lumina 2/Wan/HunyuanImage)
+- ``Pano360TestTinyDiTCLIP`` -> CLIP (features of the tiny DiTs' width; replaces CLIPLoader for Qwen-Image/FLUX.2)
+- ``Pano360TestTinyFamilyVAE`` -> VAE (the Wan 2.1 / Qwen-Image, Wan 2.2 or FLUX.2 VAE, tiny; replaces VAELoader)
 - ``Pano360TestRaise``      raises an exception with a given message (harness error tests)
 - ``Pano360TestSaveTinyLoRA`` writes a tiny DiT360-format LoRA into the ``loras`` folder
 """
 
 from __future__ import annotations
 
-from . import tiny_dits, tiny_models
+from . import tiny_dits, tiny_family_extras, tiny_models
 
 _SEED = ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF})
 _CATEGORY = "Pano360/testing"
@@ -150,7 +152,44 @@ class Pano360TestTinyDiT:
         return (tiny_dits.build(family, seed), tiny_dits.cond(family, seed))
 
 
+class Pano360TestTinyDiTCLIP:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": _SEED}}
+
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "build"
+    CATEGORY = _CATEGORY
+    DESCRIPTION = "Tiny text encoder whose conditioning fits the tiny DiTs (Pano360TestTinyDiT)."
+
+    def build(self, seed):
+        return (tiny_family_extras.build_tiny_dit_clip(seed),)
+
+
+_FAMILY_VAES = {
+    "wan21 (qwen_image)": tiny_family_extras.build_tiny_wan21_vae,
+    "wan22": tiny_family_extras.build_tiny_wan22_vae,
+    "flux2": tiny_family_extras.build_tiny_flux2_vae,
+}
+
+
+class Pano360TestTinyFamilyVAE:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": _SEED, "family": (list(_FAMILY_VAES), {"default": "wan21 (qwen_image)"})}}
+
+    RETURN_TYPES = ("VAE",)
+    FUNCTION = "build"
+    CATEGORY = _CATEGORY
+    DESCRIPTION = "Tiny random VAE of a DiT family, detected by ComfyUI's own comfy.sd.VAE from its state dict."
+
+    def build(self, seed, family="wan21 (qwen_image)"):
+        return (_FAMILY_VAES[family](seed),)
+
+
 NODE_CLASS_MAPPINGS = {
+    "Pano360TestTinyDiTCLIP": Pano360TestTinyDiTCLIP,
+    "Pano360TestTinyFamilyVAE": Pano360TestTinyFamilyVAE,
     "Pano360TestTinyDiT": Pano360TestTinyDiT,
     "Pano360TestTinyFlux": Pano360TestTinyFlux,
     "Pano360TestTinyCLIP": Pano360TestTinyCLIP,

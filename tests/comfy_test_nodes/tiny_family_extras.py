@@ -1,0 +1,196 @@
+"""Tiny stand-ins for the other pieces a Qwen-Image / FLUX.2 / Wan workflow loads (test-only, never
+shipped): a text encoder whose features fit the tiny DiTs of :mod:`tiny_dits`, the family VAEs as
+real ``comfy.sd.VAE`` objects (ComfyUI detects them from their state dicts and takes its own
+branch for each), and LoRA files in the key formats ComfyUI's ``LoraLoaderModelOnly`` maps for
+those families.
+
+- :func:`build_tiny_dit_clip` -> ``comfy.sd.CLIP``: Flux tokenizer, conditioning (1, T, 16) = the
+  tiny DiTs' text width (``tiny_dits.CTX``), no pooled vector.
+- :func:`build_tiny_wan21_vae` -> the causal 3-D VAE of Wan 2.1 and Qwen-Image (16 channels, /8).
+- :func:`build_tiny_wan22_vae` -> the Wan 2.2 VAE (48 channels, /16). ``comfy.sd.VAE`` hard-codes
+  its width (dim 160, ~700 M parameters), so the class it instantiates is narrowed while it is
+  built; everything else (detection, ratios, latent format, decode/encode paths) is ComfyUI's.
+- :func:`build_tiny_flux2_vae` -> the FLUX.2 VAE (AutoencoderKL, 32 z-channels, batch-norm latent
+  with 2x2 patchify = 128 channels, /16). Full width (ComfyUI hard-codes ``ch`` 128; 84 M
+  parameters, about 2 s to build on 2 cores).
+- :func:`tiny_dit_lora_state_dict` / :func:`save_tiny_dit_lora`: LoRA files for the tiny
+  ``QwenImage``, ``WAN21``/``WAN22`` and ``Flux2`` (shapes from :data:`tiny_dits.CONFIGS`, so no
+  ComfyUI import is needed to write one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+try:  # inside the test node pack (server) / top-level module (in-process tests)
+    from . import tiny_dits
+    from .tiny_models import TinyTextEncoder, _generator, init_module_
+except ImportError:
+    import tiny_dits
+    from tiny_models import TinyTextEncoder, _generator, init_module_
+
+
+# --------------------------------------------------------------------------- text encoder
+
+
+def build_tiny_dit_clip(seed: int = 0):
+    """A real ``comfy.sd.CLIP`` (Flux tokenizer) whose conditioning has the tiny DiTs' text width
+    (``tiny_dits.CTX``) and no pooled output (as Qwen-Image's and FLUX.2's encoders)."""
+    import comfy.sd
+    import comfy.supported_models_base
+    import comfy.text_encoders.flux
+
+    class _Encoder(TinyTextEncoder):
+        def __init__(self, device="cpu", dtype=None, model_options=None):
+            super().__init__(device=device, dtype=dtype, model_options=model_options, seed=seed)
+            self.t5_emb = torch.nn.Embedding(self.T5_VOCAB, tiny_dits.CTX, device=device, dtype=torch.float32)
+            with torch.no_grad():
+                self.t5_emb.weight.copy_(torch.randn(self.t5_emb.weight.shape, generator=_generator(seed + 1)))
+
+        def encode_token_weights(self, token_weight_pairs):
+            return self._embed(self.t5_emb, token_weight_pairs["t5xxl"]), None
+
+    target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.flux.FluxTokenizer, _Encoder)
+    return comfy.sd.CLIP(target=target, embedding_directory=None)
+
+
+# --------------------------------------------------------------------------- VAEs
+
+
+def _state_dict(module: torch.nn.Module, seed: int) -> dict:
+    init_module_(module, seed, gain=1.0)
+    return {k: v.detach().clone().float() for k, v in module.state_dict().items()}
+
+
+def build_tiny_wan21_vae(seed: int = 3):
+    """A real ``comfy.sd.VAE`` holding a tiny Wan 2.1 causal 3-D VAE (dim 4, 16 latent channels,
+    /8): the VAE of Wan 2.1 and of Qwen-Image (ComfyUI reads ``dim`` from the state dict)."""
+    import comfy.ldm.wan.vae
+    import comfy.sd
+
+    m = comfy.ldm.wan.vae.WanVAE(dim=4, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                                 temperal_downsample=[False, True, True], dropout=0.0)
+    vae = comfy.sd.VAE(sd=_state_dict(m, seed))
+    if not isinstance(vae.first_stage_model, comfy.ldm.wan.vae.WanVAE) or vae.latent_channels != 16:
+        raise RuntimeError("ComfyUI did not detect the tiny Wan 2.1 VAE")
+    return vae
+
+
+WAN22_TINY = {"dim": 4, "dec_dim": 8, "num_res_blocks": 1}
+
+
+@contextlib.contextmanager
+def _narrow_wan22_vae():
+    """While active, ``comfy.ldm.wan.vae2_2.WanVAE(...)`` builds the tiny width of :data:`WAN22_TINY`."""
+    import comfy.ldm.wan.vae2_2 as v22
+
+    real = v22.WanVAE
+
+    class _Tiny(real):
+        def __init__(self, **kwargs):
+            super().__init__(**{**kwargs, **WAN22_TINY})
+
+    v22.WanVAE = _Tiny
+    try:
+        yield real
+    finally:
+        v22.WanVAE = real
+
+
+def build_tiny_wan22_vae(seed: int = 5):
+    """A real ``comfy.sd.VAE`` on ComfyUI's Wan 2.2 branch (48 latent channels, 16x spatial with its
+    2x2 patchify, 4x temporal), narrowed to dim 4 / dec_dim 8 (see the module docstring)."""
+    import comfy.sd
+
+    with _narrow_wan22_vae() as real:
+        m = real(z_dim=48, dim_mult=[1, 2, 4, 4], attn_scales=[], temperal_downsample=[False, True, True],
+                 dropout=0.0, **WAN22_TINY)
+        vae = comfy.sd.VAE(sd=_state_dict(m, seed))
+    if not isinstance(vae.first_stage_model, real) or vae.latent_channels != 48:
+        raise RuntimeError("ComfyUI did not detect the tiny Wan 2.2 VAE")
+    if vae.spacial_compression_decode() != 16:
+        raise RuntimeError(f"Wan 2.2 VAE: expected 16x spatial compression, got {vae.spacial_compression_decode()}")
+    return vae
+
+
+def build_tiny_flux2_vae(seed: int = 7):
+    """A real ``comfy.sd.VAE`` on ComfyUI's FLUX.2 branch (``bn.running_mean`` in the state dict:
+    32 z-channels patchified 2x2 into 128 latent channels, /16)."""
+    import comfy.ldm.models.autoencoder
+    import comfy.sd
+
+    dd = {"double_z": True, "z_channels": 32, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+          "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0,
+          "batch_norm_latent": True}
+    m = comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=dd, embed_dim=32)
+    vae = comfy.sd.VAE(sd=_state_dict(m, seed))
+    if vae.latent_channels != 128 or vae.spacial_compression_decode() != 16:
+        raise RuntimeError("ComfyUI did not detect the tiny FLUX.2 VAE")
+    return vae
+
+
+# --------------------------------------------------------------------------- LoRA files
+
+LORA_FAMILIES = ("QwenImage", "WAN21", "WAN22", "Flux2")
+
+
+def lora_targets(family: str) -> dict[str, tuple[int, int]]:
+    """``{LoRA module key: (out_features, in_features)}`` of the tiny ``family``, in the key format
+    ComfyUI 0.3.75 maps for it (comfy/lora.py ``model_lora_keys_unet``):
+
+    - Qwen-Image: diffusers/DiffSynth names with the ``transformer.`` prefix (the QwenImage branch);
+    - Wan 2.x: ``diffusion_model.<module>`` (the generic branch; musubi-tuner / diffusion-pipe files);
+    - FLUX.2: ``diffusion_model.<module>`` (generic branch), fused ``img_attn.qkv`` included.
+    """
+    cfg = tiny_dits.CONFIGS[family]
+    out: dict[str, tuple[int, int]] = {}
+    if family == "QwenImage":
+        inner = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+        for i in range(cfg["num_layers"]):
+            for proj in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"):
+                out[f"transformer.transformer_blocks.{i}.attn.{proj}"] = (inner, inner)
+            out[f"transformer.transformer_blocks.{i}.attn.to_out.0"] = (inner, inner)
+            out[f"transformer.transformer_blocks.{i}.attn.to_add_out"] = (inner, inner)
+    elif family in ("WAN21", "WAN22"):
+        d = cfg["dim"]
+        for i in range(cfg["num_layers"]):
+            for attn in ("self_attn", "cross_attn"):
+                for proj in ("q", "k", "v", "o"):
+                    out[f"diffusion_model.blocks.{i}.{attn}.{proj}"] = (d, d)
+            out[f"diffusion_model.blocks.{i}.ffn.0"] = (cfg["ffn_dim"], d)
+            out[f"diffusion_model.blocks.{i}.ffn.2"] = (d, cfg["ffn_dim"])
+    elif family == "Flux2":
+        h = cfg["hidden_size"]
+        for i in range(cfg["depth"]):
+            out[f"diffusion_model.double_blocks.{i}.img_attn.qkv"] = (3 * h, h)
+            out[f"diffusion_model.double_blocks.{i}.img_attn.proj"] = (h, h)
+    else:
+        raise ValueError(f"family must be one of {LORA_FAMILIES}, got {family!r}")
+    return out
+
+
+def tiny_dit_lora_state_dict(family: str, seed: int = 0, rank: int = 4, scale: float = 0.3) -> dict:
+    """A PEFT-style LoRA (``<module>.lora_A.weight`` / ``lora_B.weight`` + ``<module>.alpha``) for
+    the tiny ``family``; B is non-zero so the LoRA changes the model."""
+    g = _generator(seed)
+    sd: dict[str, torch.Tensor] = {}
+    for key, (n_out, n_in) in lora_targets(family).items():
+        sd[f"{key}.lora_A.weight"] = torch.randn((rank, n_in), generator=g) / math.sqrt(n_in)
+        sd[f"{key}.lora_B.weight"] = torch.randn((n_out, rank), generator=g) * scale
+        sd[f"{key}.alpha"] = torch.tensor(float(rank))
+    return sd
+
+
+def save_tiny_dit_lora(path, family: str, seed: int = 0, rank: int = 4) -> str:
+    """Write :func:`tiny_dit_lora_state_dict` as safetensors to ``path``; returns the path."""
+    import os
+
+    from safetensors.torch import save_file
+
+    os.makedirs(os.path.dirname(os.path.abspath(str(path))), exist_ok=True)
+    sd = {k: v.contiguous() for k, v in tiny_dit_lora_state_dict(family, seed, rank).items()}
+    save_file(sd, str(path), metadata={"format": "pt", "pano360_test": f"tiny-{family}-lora"})
+    return str(path)
