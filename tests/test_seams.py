@@ -92,6 +92,69 @@ def test_exact_solver_residual_below_1e5(backend, dtype):
     assert torch.allclose(u[:, ring], (x0 + d)[:, ring], atol=1e-6)
 
 
+def test_fast_interior_picks_fast_lengths_only_where_the_direct_one_is_slow():
+    from pano_core.seams.solvers import _largest_prime, fast_interior
+
+    # power-of-two faces: S = 2048 -> interior 2046, FFT length 4094 = 2*23*89 -> 2047 (4096)
+    assert fast_interior(2046) == 2047
+    assert fast_interior(1534) == 1535 and fast_interior(2998) == 2999
+    # lengths pocketfft handles well stay; small interiors stay
+    assert fast_interior(4094) == 4094 and fast_interior(1022) == 1022 and fast_interior(510) == 510
+    for m in range(1000, 1300):
+        m2 = fast_interior(m)
+        assert m2 >= m and (m2 == m or _largest_prime(2 * (m2 + 1)) <= 5)
+
+
+@pytest.mark.parametrize("hw", [(22, 22), (22, 30), (12, 40), (17, 30), (30, 17)])
+@pytest.mark.parametrize("with_r", [False, True])
+def test_exact_solve_on_a_bigger_fast_grid_equals_the_direct_solve(monkeypatch, hw, with_r):
+    """The embedding + capacitance solve (issue 14, point 18) gives the direct DST-I solution:
+    rows only, columns only, or both embedded; with and without an interior right-hand side."""
+    import pano_core.seams.solvers as solvers
+
+    monkeypatch.setattr(solvers, "EMBED_MIN", 4)
+    monkeypatch.setattr(solvers, "EMBED_PRIME", 3)  # embed every length whose 2(m+1) has a factor > 3
+    solvers._capacitance.cache_clear()
+    h, w = hw
+    m2, n2 = solvers.fast_interior(h - 2), solvers.fast_interior(w - 2)
+    assert (m2, n2) != (h - 2, w - 2)  # (17, 30): columns only; (30, 17): rows only; squares: split C
+    g = torch.Generator().manual_seed(h * 100 + w)
+    d = torch.randn(3, h, w, generator=g, dtype=torch.float64)
+    r = torch.randn(3, h - 2, w - 2, generator=g, dtype=torch.float64) if with_r else None
+    outs = []
+    for fast in (True, False):
+        out = d.clone()
+        out[:, 1:-1, 1:-1] = 0
+        solvers.solve_ring_scipy(solvers._ring_rhs(d), out, None, r, fast_length=fast)
+        outs.append(out)
+    assert torch.allclose(outs[0], outs[1], atol=1e-12)
+    rhs = torch.zeros(3, h - 2, w - 2, dtype=torch.float64) if r is None else r
+    assert float(residual(outs[0], rhs)) < 1e-12
+    assert torch.equal(outs[0][:, 0], d[:, 0]) and torch.equal(outs[0][:, :, -1], d[:, :, -1])
+    # and through the public entry point, float32, channels-last faces as the cube blender has them
+    faces = torch.rand(2, 3, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+    dd = torch.randn(2, 3, h, w, generator=g)
+    ref = solve_exact(None, dd.double(), x0=faces.double())
+    assert torch.allclose(solve_exact(None, dd, x0=faces).double(), ref, atol=2e-5)
+
+
+def test_cube_blend_exact_uses_the_fast_length_at_2048_faces(monkeypatch):
+    """The cube blender at a face size whose DST length is awkward goes through the embedding
+    (scaled down: the rule is the same at S = 2048)."""
+    import pano_core.seams.solvers as solvers
+
+    monkeypatch.setattr(solvers, "EMBED_MIN", 16)
+    called = []
+    real = solvers._solve_ring_embedded
+    monkeypatch.setattr(solvers, "_solve_ring_embedded", lambda *a, **k: (called.append(a[-3:-1]), real(*a, **k))[1])
+    faces = damage(torch.rand(6, 3, 48, 48, generator=torch.Generator().manual_seed(3)))  # interior 46: 94 = 2*47
+    fast = blend_cube_faces(faces, method="exact")
+    assert called and called[0] == (47, 47)
+    monkeypatch.setattr(solvers, "EMBED_MIN", 10**9)
+    direct = blend_cube_faces(faces, method="exact")
+    assert torch.allclose(fast, direct, atol=2e-6)
+
+
 # --------------------------------------------------------------------------- adjacency
 
 

@@ -12,7 +12,11 @@ and ``u = bnd`` on the 1-pixel outer ring. Two solvers:
   ``u_int = DST(DST(b) / lambda)`` with ``lambda_jk = 2 cos(pi j/(m+1)) + 2 cos(pi k/(n+1)) - 4``.
   On CPU tensors it uses :mod:`scipy.fft` (float64 inside); on other devices (CUDA) a torch path
   computes the DST-I as an FFT of the odd extension (same numbers, in the input's precision,
-  at least float32).
+  at least float32). The DST-I of length m is an FFT of length 2(m + 1), slow when that has a
+  large prime factor (power-of-two faces: 2(S - 1), 4094 = 2·23·89 at S = 2048); on CPU such
+  sizes are solved on a grid one row and column bigger at a fast length, with the extra line
+  pinned by a capacitance solve (:func:`fast_interior`; same solution to rounding). The
+  Gauss-Seidel iterate below is defined in the face's own sine basis and keeps its length.
 * :func:`solve_gauss_seidel` -- red-black Gauss-Seidel sweeps (JoPano's solver), vectorised in
   torch on the four parity sub-grids so it runs on any device. It starts from an initial guess
   (the source image) and does a fixed number of sweeps.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -141,7 +146,8 @@ def _sine_basis(m: int, n: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return tuple(v.astype(dtype) for v in (_sine_vec(m, 0), _sine_vec(m, m - 1), _sine_vec(n, 0), _sine_vec(n, n - 1)))
 
 
-def solve_ring_scipy(sides, out: torch.Tensor, iterations: int | None = None, r: torch.Tensor | None = None) -> None:
+def solve_ring_scipy(sides, out: torch.Tensor, iterations: int | None = None, r: torch.Tensor | None = None,
+                     fast_length: bool = True) -> None:
     """Add the interior of the solution ``h`` to ``out`` in place (CPU, scipy).
 
     ``out``: (P, H, W) planes, or (N, C, H, W) of any memory format (plane ``q`` is
@@ -152,7 +158,9 @@ def solve_ring_scipy(sides, out: torch.Tensor, iterations: int | None = None, r:
     right-hand side (P, H-2, W-2). Exact solve (``iterations`` None) or the spectral Gauss-Seidel
     iterate. Works in chunks of planes (:data:`CHUNK_BYTES`), so its temporaries stay small
     whatever the image size; the spectrum is the outer-product sum of the four side transforms
-    (one rank-4 matrix product per plane, no full-size broadcasts).
+    (one rank-4 matrix product per plane, no full-size broadcasts). With ``fast_length`` (default)
+    the exact solve of an interior whose DST-I length is slow (power-of-two faces) runs on a
+    slightly bigger grid at a fast length (see :func:`fast_interior`, :func:`_solve_ring_embedded`).
     """
     import scipy.fft as sfft
 
@@ -162,6 +170,11 @@ def solve_ring_scipy(sides, out: torch.Tensor, iterations: int | None = None, r:
     workers = max(1, min(4, torch.get_num_threads()))
     wdtype = np.float64 if out.dtype == torch.float64 else np.float32
     top, bottom, left, right = (v.detach().double().cpu().numpy() for v in sides)
+    if iterations is None and fast_length:
+        m2, n2 = fast_interior(m), fast_interior(n)
+        if (m2, n2) != (m, n):  # an awkward DST length: solve on a slightly bigger grid
+            _solve_ring_embedded(top, bottom, left, right, out, r, m2, n2, workers)
+            return
     # DST2(e_0 (x) v) = s_0 (x) DST1(v): the ring part of the spectrum from four 1-D transforms
     ft, fb, fl, fr = (sfft.dst(v, type=1, norm="ortho", axis=-1, workers=workers).astype(wdtype)
                       for v in (top, bottom, left, right))
@@ -185,6 +198,226 @@ def solve_ring_scipy(sides, out: torch.Tensor, iterations: int | None = None, r:
             _apply_gs(bhat, iterations)
         h = torch.from_numpy(sfft.idstn(bhat, type=1, norm="ortho", axes=(-2, -1), workers=workers,
                                         overwrite_x=True)).to(out.dtype)
+        if out.ndim == 3:
+            out[p0:p1, 1:-1, 1:-1] += h
+        else:
+            c = out.shape[1]
+            for q in range(p0, p1):
+                out[q // c, q % c, 1:-1, 1:-1] += h[q - p0]
+
+
+# ---------------------------------------------------------------------------------------------
+# exact solver at a fast DST length: embedding + capacitance (issue 14, point 18)
+# ---------------------------------------------------------------------------------------------
+#
+# The DST-I of length m is an FFT of length 2(m + 1). For power-of-two faces m = S - 2, so that
+# length is 2(S - 1): 4094 = 2·23·89 at S = 2048, where the transform is several times slower
+# than at m + 1 = 2047 (4096). The exact solve therefore runs on a grid one row (and/or column)
+# larger, m' >= m + 1 interior rows with 2(m' + 1) a 2·3·5-smooth number, and pins the extra line
+# that was the face's bottom ring row (and right ring column) to its ring values with a source
+# sigma on that line (a capacitance-matrix method): on the bigger grid
+#     h = h0 + G sigma,   h0 = A'^-1 (rhs without sigma),   G = A'^-1 restricted to the lines,
+# and sigma = C^-1 (d_L - h0_L) with C = G on the lines x lines. Inside the lines the result is
+# the original face's exact solution (its ring is pinned; what lies beyond does not reach it).
+# Everything except C^-1 is a cheap rank-1 product or a 1-D transform; C (m + n square) is
+# built from DSTs at the fast length and factored (Cholesky, float64) once per face size.
+
+EMBED_MIN = 1000  # smaller interiors are solved directly (the saving would not pay for the set-up)
+EMBED_PRIME = 31  # ... and so are interiors whose 2(m + 1) has no prime factor above this (pocketfft is fast there)
+
+
+def _largest_prime(n: int) -> int:
+    p, big = 2, 1
+    while p * p <= n:
+        while n % p == 0:
+            n //= p
+            big = p
+        p += 1
+    return max(big, n)
+
+
+def fast_interior(m: int, min_size: int | None = None) -> int:
+    """The interior length the exact solver transforms at for an interior of ``m``.
+
+    ``m`` itself when ``m < min_size`` (default :data:`EMBED_MIN`) or the DST-I's FFT length
+    ``2(m + 1)`` has no prime factor above :data:`EMBED_PRIME`; else the smallest ``m' > m`` with a
+    2·3·5-smooth ``2(m' + 1)``: 2046 -> 2047 (S = 2048), 1534 -> 1535, 2998 -> 2999. (Measured with
+    ``scipy.fft.idstn``, one plane: 2046 is 2.3-4.7x slower than 2047, 2998 4.5x slower than 2999,
+    1278 5.6x slower than 1279, while 1022 / 1023 (factors 11, 31) is 1.5x and 4094 / 4095 (7, 13)
+    1.4x, where the capacitance step would eat the gain.)"""
+    if m < (EMBED_MIN if min_size is None else min_size) or _largest_prime(2 * (m + 1)) <= EMBED_PRIME:
+        return m
+    mp = m + 1
+    while _largest_prime(2 * (mp + 1)) > 5:
+        mp += 1
+    return mp
+
+
+def _dst_matrix(n: int) -> np.ndarray:
+    """The orthonormal DST-I matrix of size n (symmetric, its own inverse), float64."""
+    k = np.arange(1, n + 1, dtype=np.float64)
+    return math.sqrt(2.0 / (n + 1)) * np.sin(np.pi * np.outer(k, k) / (n + 1))
+
+
+def _neg_cholesky(c: np.ndarray) -> np.ndarray:
+    """Upper Cholesky factor ``U`` of ``-c`` (``-c = U^T U``), Fortran-ordered for LAPACK; ``c`` is
+    overwritten. torch's factorisation is several times faster than scipy's here, and the transpose
+    of its C-ordered lower factor is exactly that upper factor (no copy)."""
+    np.negative(c, out=c)
+    return torch.linalg.cholesky(torch.from_numpy(c)).numpy().T
+
+
+@dataclass(frozen=True)
+class _Capacitance:
+    """What the embedded solve needs for one (m, n) -> (m2, n2) embedding (float64)."""
+
+    m: int
+    n: int
+    m2: int
+    n2: int
+    row: bool  # the bottom ring row (interior row m of the bigger grid) is pinned
+    col: bool  # the right ring column (interior column n) is pinned
+    sy_row: np.ndarray | None  # S_{m2}[m, :] (m2,): mode values on the row line
+    sx_col: np.ndarray | None  # S_{n2}[:, n] (n2,)
+    factors: tuple[np.ndarray, ...]  # see _neg_cholesky: of C, or of A + B and A - B (square case)
+
+    def solve(self, e: np.ndarray) -> np.ndarray:
+        """``sigma`` with ``C sigma = e`` for (P, L) misfits ``e`` (row line first, then column line)."""
+        import scipy.linalg
+
+        def cs(u, rhs):  # C' x = rhs with -C' = U^T U
+            return -scipy.linalg.cho_solve((u, False), rhs.T, check_finite=False).T
+
+        if len(self.factors) == 1:
+            return cs(self.factors[0], e)
+        # square faces: C = [[A, B], [B, A]] (A, B symmetric) splits into A + B and A - B
+        er, ec = e[:, : self.n], e[:, self.n :]
+        p, q = cs(self.factors[0], er + ec), cs(self.factors[1], er - ec)
+        return np.concatenate([(p + q) / 2, (p - q) / 2], axis=-1)
+
+
+@functools.lru_cache(maxsize=2)
+def _capacitance(m: int, n: int, m2: int, n2: int) -> _Capacitance:
+    """The capacitance matrix ``C`` (the bigger grid's Green's function on the pinned lines x lines),
+    factored. Blocks, with ``S`` the orthonormal DST-I matrices and ``1/lambda`` the inverse spectrum:
+    row-row ``S_x diag(g) S_x`` with ``g_k = sum_j S_y[m, j]^2 / lambda_jk`` (column-column alike) and
+    row-column ``(S_y W S_x)^T`` with ``W_jk = S_y[m, j] S_x[k, n] / lambda_jk``, each one DST at the
+    fast length."""
+    import scipy.fft as sfft
+
+    row, col = m2 > m, n2 > n
+    inv = 1.0 / _eigenvalues(m2, n2, None, lib=np)  # (m2, n2), negative
+    sy_row = _sine_vec(m2, m) if row else None
+    sx_col = _sine_vec(n2, n) if col else None
+
+    def line_block(g, size, size2):  # S diag(g) S restricted to the first `size` points
+        return sfft.dst(g[:, None] * _dst_matrix(size2)[:, :size], type=1, norm="ortho", axis=0)[:size]
+
+    rr = line_block((sy_row ** 2) @ inv, n, n2) if row else None
+    if row and col and (m, m2) == (n, n2):
+        rc = sfft.dstn(sy_row[:, None] * sx_col[None, :] * inv, type=1, norm="ortho")[:m, :n].T
+        factors = (_neg_cholesky(rr + rc), _neg_cholesky(rr - rc))
+    elif row and col:
+        cc = line_block(inv @ (sx_col ** 2), m, m2)
+        rc = sfft.dstn(sy_row[:, None] * sx_col[None, :] * inv, type=1, norm="ortho")[:m, :n].T
+        factors = (_neg_cholesky(np.block([[rr, rc], [rc.T, cc]])),)
+    else:
+        factors = (_neg_cholesky(rr if row else line_block(inv @ (sx_col ** 2), m, m2)),)
+    return _Capacitance(m, n, m2, n2, row, col, sy_row, sx_col, factors)
+
+
+def _solve_ring_embedded(top, bottom, left, right, out: torch.Tensor, r, m2: int, n2: int, workers: int) -> None:
+    """:func:`solve_ring_scipy`'s exact solve on the bigger (m2, n2) grid (see the section note).
+    ``top``..``right``: float64 numpy side vectors (P, n) / (P, m); ``r``: (P, m, n) or None.
+
+    The spectrum is ``(sum_i u_i (x) v_i [+ DST(r)]) / lambda``: the top and left rings (still the
+    bigger grid's ring) and the sources on the pinned lines are rank-1 terms. The values of h0 on
+    the lines come from the terms directly (small matrix products, no full-size spectrum), so the
+    capacitance system is solved once for all planes when there is no ``r``."""
+    import scipy.fft as sfft
+
+    def dst(x, n_to):  # orthonormal DST-I of the last axis, zero-padded to n_to
+        return sfft.dst(np.pad(x, ((0, 0), (0, n_to - x.shape[-1]))), type=1, norm="ortho", axis=-1, workers=workers)
+
+    H, W = out.shape[-2:]
+    npl = top.shape[0]
+    m, n = H - 2, W - 2
+    wdtype = np.float64 if out.dtype == torch.float64 else np.float32
+    cap = _capacitance(m, n, m2, n2)
+    inv64 = _inv_eigenvalues(m2, n2, np.float64, 1.0)
+    # rank-1 terms (u, v): u (m2,) or per plane (P, m2), v (n2,) or (P, n2); the ring moves to the
+    # right-hand side with a minus sign
+    terms = [(_sine_vec(m2, 0), -dst(top, n2)), (-dst(left, m2), _sine_vec(n2, 0))]
+    if not cap.row:  # the bottom ring stays the ring (m2 == m)
+        terms.append((_sine_vec(m2, m2 - 1), -dst(bottom, n2)))
+    if not cap.col:
+        terms.append((-dst(right, m2), _sine_vec(n2, n2 - 1)))
+
+    def line_values(terms, extra=None):
+        """h0 on the pinned lines (P, n) / (P, m) from the rank-1 terms (+ a full spectrum ``extra``)."""
+        vals = []
+        if cap.row:  # S_y[m, :] @ spectrum, then the x transform
+            acc = 0.0
+            for u, v in terms:
+                acc = acc + v * (((cap.sy_row * u) @ inv64) if u.ndim == 1 else ((u * cap.sy_row) @ inv64))
+            if extra is not None:
+                acc = acc + np.matmul(cap.sy_row, extra)
+            vals.append(dst(np.broadcast_to(acc, (npl if extra is None else extra.shape[0], n2)), n2)[:, :n])
+        if cap.col:
+            acc = 0.0
+            for u, v in terms:
+                acc = acc + u * ((inv64 @ (v * cap.sx_col)) if v.ndim == 1 else ((v * cap.sx_col) @ inv64.T))
+            if extra is not None:
+                acc = acc + np.matmul(extra, cap.sx_col)
+            vals.append(dst(np.broadcast_to(acc, (npl if extra is None else extra.shape[0], m2)), m2)[:, :m])
+        return vals
+
+    def sources(vals, p0, p1):
+        """The rank-1 terms of the sources that pin the lines: C sigma = target - h0 on the lines."""
+        targets = ([bottom[p0:p1]] if cap.row else []) + ([right[p0:p1]] if cap.col else [])
+        sigma = cap.solve(np.concatenate([t - v for t, v in zip(targets, vals)], axis=-1))
+        out_terms = []
+        if cap.row:
+            out_terms.append((cap.sy_row, dst(sigma[:, :n], n2)))
+        if cap.col:
+            out_terms.append((dst(sigma[:, n * cap.row:], m2), cap.sx_col))
+        return out_terms
+
+    sig_all = sources(line_values(terms), 0, npl) if r is None else None
+    inv = _inv_eigenvalues(m2, n2, wdtype, 1.0)
+    step = max(1, CHUNK_BYTES // max(1, m2 * n2 * np.dtype(wdtype).itemsize))
+    for p0 in range(0, npl, step):
+        p1 = min(npl, p0 + step)
+        k = p1 - p0
+
+        def part(x, p0=p0, p1=p1):
+            return x[p0:p1] if x.ndim == 2 else x
+
+        chunk_terms = [(part(u), part(v)) for u, v in terms]
+        rhat = None
+        if r is not None:
+            rr = np.pad(r[p0:p1].detach().double().cpu().numpy(), ((0, 0), (0, m2 - m), (0, n2 - n)))
+            rhat = sfft.dstn(rr, type=1, norm="ortho", axes=(-2, -1), workers=workers, overwrite_x=True)
+            rhat *= inv64
+            sig = [(u, v) for u, v in sources(
+                [a + b for a, b in zip(line_values(chunk_terms), line_values([], rhat))], 0, k)]
+            shift = 0
+        else:
+            sig, shift = sig_all, p0
+        all_terms = chunk_terms + [(u if u.ndim == 1 else u[shift:shift + k], v if v.ndim == 1 else v[shift:shift + k])
+                                   for u, v in sig]
+        uu = np.empty((k, m2, len(all_terms)), dtype=wdtype)
+        vv = np.empty((k, len(all_terms), n2), dtype=wdtype)
+        for i, (u, v) in enumerate(all_terms):
+            uu[:, :, i] = u
+            vv[:, i] = v
+        bhat = np.matmul(uu, vv)
+        bhat *= inv
+        if rhat is not None:
+            bhat += rhat.astype(wdtype)
+            del rhat
+        h = torch.from_numpy(sfft.idstn(bhat, type=1, norm="ortho", axes=(-2, -1), workers=workers,
+                                        overwrite_x=True)[:, :m, :n]).to(out.dtype)
         if out.ndim == 3:
             out[p0:p1, 1:-1, 1:-1] += h
         else:
