@@ -1,7 +1,7 @@
 """Spatial conditioning under the latent-level panorama padding (Pano360PanoramaPatch, level
 ``latent``), in-process with ComfyUI's real sampling code and tiny random models built from ComfyUI's
 own classes: classic ControlNets (``control`` residuals: FLUX.1 XLabs and InstantX, Qwen-Image
-InstantX), Qwen-Image's DiffSynth "model patch" ControlNet, and Wan's spatial inputs (VACE context,
+InstantX, a FLUX.1 ControlNet on Chroma), Qwen-Image's DiffSynth "model patch" ControlNet, and Wan's spatial inputs (VACE context,
 Fun Camera rays at pixel size, Phantom's ``time_dim_concat``).
 
 For each: what reaches the model is aligned column by column with the padded latent (the padded
@@ -87,6 +87,11 @@ def _controlnet_case(case, tiny_models, dits, flux, wan_vae):  # noqa: F811 (fix
         cn = dits.build_qwen_image_controlnet(0)
         pos, _ = apply(cond, cond, cn, hint, 1.0, 0.0, 1.0, vae=wan_vae)
         return model, dits.latent_shape("QwenImage"), 4, 16, cond, pos, [cn]
+    if case == "chroma-flux-xlabs":  # Chroma adds residuals with img += add: they must match the padded tokens
+        model, cond = _model(dits, "Chroma"), dits.cond("Chroma", 0)
+        cn = dits.build_chroma_flux_controlnet(0)
+        pos, _ = apply(cond, cond, cn, hint, 1.0, 0.0, 1.0)
+        return model, dits.latent_shape("Chroma"), 4, 16, cond, pos, [cn]
     model, cond, vae = flux
     if case == "flux-instantx":
         cn = tiny_models.build_tiny_flux_controlnet(0, latent_input=True)
@@ -104,7 +109,7 @@ def _residuals(rec):
     return [(k, i, r) for k, v in rec["control"].items() for i, r in enumerate(v) if r is not None]
 
 
-@pytest.mark.parametrize("case", ["flux-xlabs-chain", "flux-instantx", "qwen-instantx"])
+@pytest.mark.parametrize("case", ["flux-xlabs-chain", "flux-instantx", "qwen-instantx", "chroma-flux-xlabs"])
 def test_controlnet_residuals_are_wrap_padded_on_the_token_grid(pack, dits, tiny_models, flux, wan_vae, case):  # noqa: F811
     model, shape, rows, w, cond, pos, cns = _controlnet_case(case, tiny_models, dits, flux, wan_vae)
     hints = [(c, c.cond_hint_original, c.previous_controlnet) for c in cns]

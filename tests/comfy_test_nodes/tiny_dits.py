@@ -165,3 +165,23 @@ def build_qwen_image_diffsynth_patch(seed: int = 0):
     m.to(dtype=torch.float32)
     return comfy.model_patcher.ModelPatcher(m, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
+
+
+def build_chroma_flux_controlnet(seed: int = 0):
+    """A real ComfyUI Flux ControlNet (XLabs style: pixel hint, ``ControlNetFlux``) with the tiny Chroma's
+    widths, as a FLUX.1 ControlNet is applied to Chroma (same hidden size and token layout)."""
+    import comfy.controlnet
+    import comfy.ldm.flux.controlnet
+    import comfy.model_management
+    import comfy.ops
+
+    c = CONFIGS["Chroma"]
+    m = comfy.ldm.flux.controlnet.ControlNetFlux(
+        latent_input=False, in_channels=16, out_channels=16, vec_in_dim=CTX, context_in_dim=CTX,
+        hidden_size=c["hidden_size"], mlp_ratio=c["mlp_ratio"], num_heads=c["num_heads"], depth=c["depth"],
+        depth_single_blocks=c["depth_single_blocks"], axes_dim=c["axes_dim"], theta=c["theta"], patch_size=2,
+        qkv_bias=True, guidance_embed=False, operations=comfy.ops.disable_weight_init, device="cpu",
+        dtype=torch.float32)
+    init_module_(m, seed)
+    m.to(dtype=torch.float32)
+    return comfy.controlnet.ControlNet(m, load_device=comfy.model_management.get_torch_device(), extra_conds=["y"])
