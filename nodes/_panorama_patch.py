@@ -11,6 +11,13 @@ step) whatever the sampler does, and the sampler never sees them. An ``OUTER_SAM
 the sampled latent's size for the run, so model calls on an area-conditioning crop of the latent
 (whose edges are not the panorama's) are left unpadded.
 
+Spatial conditioning stays aligned column by column with the padded latent: ControlNet residuals
+(``control``, computed by ComfyUI from the unpadded latent before the model call) are wrap-padded on
+the model's token grid, so every padded token receives its source token's residual; Qwen-Image
+DiffSynth ControlNet block patches get the hint tokens of the unpadded latent wrap-padded the same
+way; the family's spatial inputs (Wan VACE context, camera rays, ``time_dim_concat``) are wrap-padded
+like the latent.
+
 Knowledge per family (patch width, latent ranks, spatial inputs) is the table :data:`FAMILIES`,
 keyed by ComfyUI's ``model_base`` class name; the padding math is
 :class:`pano_core.diffusion.tokens.TokenGrid`. Not spatial, left alone: reference latents
@@ -20,11 +27,14 @@ keyed by ComfyUI's ``model_base`` class name; the padding math is
 
 from __future__ import annotations
 
+import copy
+import weakref
 from dataclasses import dataclass
 
 import comfy.patcher_extension
 import torch
 
+from ..pano_core.diffusion.circular import pad_latent
 from ..pano_core.diffusion.tokens import TokenGrid, check_padding
 from ..pano_core.errors import PanoInputError
 from ..pano_core.validate import check_int
@@ -40,7 +50,9 @@ class Family:
     name: str  # shown to users
     patch: int  # latent columns per token (the model's patch width)
     ranks: tuple[int, ...]  # accepted latent ranks: 4 (B, C, H, W) and/or 5 (B, C, T, H, W)
-    spatial: tuple[str, ...] = ()  # apply_model kwargs aligned with x's (H, W): padded like x
+    # apply_model kwargs aligned with x's (H, W), or with an integer multiple k of it (e.g. Wan camera
+    # rays at pixel size): wrap-padded like x (by k times the latent columns)
+    spatial: tuple[str, ...] = ()
     token_level: bool = False  # DiT360 wrapped ids available (FLUX: Pano360DiT360Patch; else _panorama_tokens)
 
 
@@ -52,8 +64,12 @@ FAMILIES: dict[str, Family] = {
     "HunyuanImage21": Family("HunyuanImage 2.1", 1, (4,), token_level=True),
     "Lumina2": Family("Lumina 2 (incl. Z-Image)", 2, (4,)),
     "HiDream": Family("HiDream (incl. E1)", 2, (4,)),
-    "WAN21": Family("Wan 2.1", 2, (5,), token_level=True),
-    "WAN22": Family("Wan 2.2", 2, (5,), spatial=("denoise_mask",), token_level=True),
+    "WAN21": Family("Wan 2.1", 2, (5,), spatial=("time_dim_concat",), token_level=True),
+    # VACE: the control video + its mask (B, n, 96, T, H, W), patch-embedded onto x's token grid
+    "WAN21_Vace": Family("Wan 2.1 VACE", 2, (5,), spatial=("vace_context", "time_dim_concat")),
+    # Fun Camera (2.1 and 2.2): Plucker rays at pixel size (B, 24, T, 8H, 8W), embedded onto x's tokens
+    "WAN21_Camera": Family("Wan 2.1/2.2 Fun Camera", 2, (5,), spatial=("camera_conditions", "time_dim_concat")),
+    "WAN22": Family("Wan 2.2", 2, (5,), spatial=("denoise_mask", "time_dim_concat"), token_level=True),
 }
 """ComfyUI ``model_base`` class name (exact type, not subclasses) -> :class:`Family`."""
 
@@ -78,12 +94,72 @@ def _spatial_like(v, x: torch.Tensor) -> bool:
     return isinstance(v, torch.Tensor) and v.ndim >= 2 and tuple(v.shape[-2:]) == tuple(x.shape[-2:])
 
 
+def _spatial_scale(v, x: torch.Tensor) -> int | None:
+    """``k`` when ``v``'s last two dims are ``k`` times x's (H, W) (``k >= 1``), else None."""
+    if not isinstance(v, torch.Tensor) or v.ndim < 2:
+        return None
+    (vh, vw), (h, w) = v.shape[-2:], x.shape[-2:]
+    if vh < h or vh % h or vw != (vh // h) * w:
+        return None
+    return vh // h
+
+
+def _token_grid(x: torch.Tensor, family: Family, p: int) -> TokenGrid:
+    """The model's image-token grid of ``x`` (row-major ``frame, row, col``; the height padded up to
+    whole patches as the models do), ``p`` token columns per side."""
+    frames = int(x.shape[2]) if x.ndim == 5 else 1
+    rows = -(-int(x.shape[-2]) // family.patch)
+    return TokenGrid(h=frames * rows, w=int(x.shape[-1]) // family.patch, p=p, patch=family.patch)
+
+
+def _pad_control(control: dict, tg: TokenGrid) -> dict:
+    """ControlNet residuals computed by ComfyUI from the unpadded latent -> the same residuals on the
+    padded token grid: each residual ``(B, tokens, C)`` is reshaped to its token rows, wrap-padded by
+    whole token columns (the last ``p`` columns prepended, the first ``p`` appended) and flattened, so
+    that the model adds to every padded token the residual of the token it was copied from. A new
+    dict of new lists; residuals shared between blocks stay shared; the ControlNet is not touched."""
+    memo: dict = {}
+    out = {}
+    for key, v in control.items():
+        if not isinstance(v, (list, tuple)):
+            out[key] = v
+            continue
+        lst = []
+        for i, r in enumerate(v):
+            if r is None:
+                lst.append(None)
+            elif id(r) in memo:
+                lst.append(memo[id(r)])
+            elif isinstance(r, torch.Tensor) and r.ndim == 3 and r.shape[1] == tg.tokens:
+                memo[id(r)] = tg.pad(r)
+                lst.append(memo[id(r)])
+            else:
+                raise PanoInputError(
+                    f"control: ControlNet residual {key}[{i}] of shape {tuple(getattr(r, 'shape', ()))} is not one "
+                    f"per image token of the latent ({tg.rows} x {tg.w} = {tg.tokens} tokens), so it cannot be aligned "
+                    f"with the panorama padding; use padding 0 with this ControlNet"
+                )
+        out[key] = lst
+    return out
+
+
+def _diffsynth_patch_class():
+    """ComfyUI's Qwen-Image DiffSynth ControlNet block patch class (``QwenImageDiffsynthControlnet``
+    node), or None where this ComfyUI has none."""
+    try:
+        from comfy_extras.nodes_model_patch import DiffSynthCnetPatch
+    except Exception:  # noqa: BLE001 (an older/newer ComfyUI without it)
+        return None
+    return DiffSynthCnetPatch
+
+
 class ApplyModelWrapper:
     """``WrappersMP.APPLY_MODEL``: wrap-pad ``x`` (+ spatial inputs) by whole patches, crop after."""
 
     def __init__(self, family: Family, padding: int):
         self.family = family
         self.padding = int(padding)
+        self._hint_cache: dict = {}  # DiffSynth ControlNet hint tokens, padded (never on the user's patch)
 
     def grid(self, x: torch.Tensor) -> TokenGrid:
         fam = self.family
@@ -110,11 +186,11 @@ class ApplyModelWrapper:
             # padding 0, or an area-conditioning crop of the latent: its edges are not the panorama's
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         grid = self.grid(x)
+        tg = None
         if control is not None:
-            raise PanoInputError(
-                "control: ControlNet residuals cannot be aligned with the latent-level panorama padding; use "
-                "padding 0, or Pano360DiT360Patch (token level) on FLUX.1"
-            )
+            tg = _token_grid(x, self.family, self.padding)
+            control = _pad_control(control, tg)
+        transformer_options = self._pad_block_patches(transformer_options, x, tg)
         shapes = kwargs.get("latent_shapes")
         if shapes is not None and len(shapes) > 1:
             raise PanoInputError("latent: the panorama patch expects a single latent, got several packed latents")
@@ -126,14 +202,66 @@ class ApplyModelWrapper:
                             tuple(c_concat.shape), tuple(x.shape))
         kw = dict(kwargs)
         for k in self.family.spatial:
-            if _spatial_like(kw.get(k), x):
-                kw[k] = grid.pad_latent(kw[k])
+            if kw.get(k) is None:
+                continue
+            scale = _spatial_scale(kw[k], x)
+            if scale is None:
+                log.warning("Pano360 panorama patch: %s %s does not match the latent %s; not padded", k,
+                            tuple(getattr(kw[k], "shape", ())), tuple(x.shape))
+            else:
+                kw[k] = pad_latent(kw[k], scale * grid.latent_cols)
         if shapes is not None:
             xs = list(shapes[0])
             xs[-1] = xs[-1] + 2 * grid.latent_cols
             kw["latent_shapes"] = [torch.Size(xs)]
         out = executor(grid.pad_latent(x), t, c_concat, c_crossattn, control, transformer_options, **kw)
         return grid.crop_latent(out)
+
+    def _pad_block_patches(self, transformer_options: dict, x: torch.Tensor, tg: TokenGrid | None) -> dict:
+        """Block patches that add a spatial hint by token index (Qwen-Image DiffSynth ControlNets, the
+        ``QwenImageDiffsynthControlnet`` node) get, for this call, a copy whose hint tokens are those of
+        the unpadded latent wrap-padded like the tokens of ``x``. ComfyUI's own patch would stretch its
+        image over the padded width. New dicts and lists; the model's patch objects are not touched."""
+        patches = transformer_options.get("patches") or {}
+        cls = _diffsynth_patch_class()
+        lists = {k: v for k, v in patches.items() if isinstance(v, (list, tuple))}
+        if cls is None or not any(isinstance(p, cls) for lst in lists.values() for p in lst):
+            return transformer_options
+        tg = tg or _token_grid(x, self.family, self.padding)
+        topts = dict(transformer_options)
+        topts["patches"] = {**patches, **{k: [self._padded_diffsynth(p, x, tg) if isinstance(p, cls) else p for p in lst]
+                                          for k, lst in lists.items()}}
+        return topts
+
+    def _padded_diffsynth(self, patch, x: torch.Tensor, tg: TokenGrid):
+        import comfy.model_management
+        import comfy.utils
+
+        sc = int(patch.vae.spacial_compression_encode())
+        size = (int(x.shape[-2]) * sc, int(x.shape[-1]) * sc)  # the unpadded latent's size in pixels
+        key = (id(patch), size, x.device)
+        hit = self._hint_cache.get(key)
+        if hit is None or hit[0]() is not patch:
+            if patch.encoded_image is not None and tuple(patch.encoded_image_size) == size:
+                tokens = patch.encoded_image
+            else:  # what the patch itself computes for an unpadded latent of this size
+                img = comfy.utils.common_upscale(patch.image.movedim(-1, 1), size[1], size[0], "area", "center")
+                loaded = comfy.model_management.loaded_models(only_currently_used=True)
+                tokens = patch.model_patch.model.process_input_latent_image(patch.encode_latent_cond(img.movedim(1, -1)))
+                comfy.model_management.load_models_gpu(loaded)
+            if tokens.ndim != 3 or tokens.shape[1] != tg.tokens:
+                raise PanoInputError(
+                    f"model: the QwenImageDiffsynthControlnet hint has {tuple(tokens.shape)} tokens, expected one per "
+                    f"image token of the latent ({tg.tokens}); it cannot be aligned with the panorama padding"
+                )
+            if len(self._hint_cache) >= 4:
+                self._hint_cache.clear()
+            hit = (weakref.ref(patch), tg.pad(tokens.to(x.device)))  # weak: ModelPatcher clones copy patches
+            self._hint_cache[key] = hit
+        c = copy.copy(patch)
+        c.encoded_image = hit[1]
+        c.encoded_image_size = (size[0], size[1] + 2 * tg.p * self.family.patch * sc)  # = padded x, so it is used
+        return c
 
 
 class OuterSampleWrapper:

@@ -64,11 +64,24 @@ CONFIGS: dict[str, dict] = {
         "mlp_ratio": 4.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1, "theta": 256, "qkv_bias": True,
         "byt5": False, "guidance_embed": False, "use_cond_type_embedding": False, "vision_in_dim": None,
     },
+    # Wan 2.1 VACE (ComfyUI detects model_type "vace" from vace_patch_embedding): 96 = 2 x 16 latent + 64 mask ch
+    "WAN21_Vace": {
+        "image_model": "wan2.1", "model_type": "vace", "dim": H, "out_dim": 16, "num_heads": 2, "ffn_dim": 64,
+        "num_layers": 1, "patch_size": (1, 2, 2), "freq_dim": 32, "window_size": (-1, -1), "qk_norm": True,
+        "cross_attn_norm": True, "eps": 1e-6, "in_dim": 16, "text_dim": CTX, "vace_in_dim": 96, "vace_layers": 1,
+    },
+    # Wan 2.2 Fun Camera (model_type "camera_2.2", in_dim 36 = 16 latent + 20 concat ch): model_base WAN21_Camera
+    "WAN21_Camera": {
+        "image_model": "wan2.1", "model_type": "camera_2.2", "dim": H, "out_dim": 16, "num_heads": 2, "ffn_dim": 64,
+        "num_layers": 1, "patch_size": (1, 2, 2), "freq_dim": 32, "window_size": (-1, -1), "qk_norm": True,
+        "cross_attn_norm": True, "eps": 1e-6, "in_dim": 36, "text_dim": CTX,
+    },
 }
 """family (ComfyUI model_base class name) -> tiny unet_config."""
 
 LATENT_CHANNELS = {"WAN22": 48, "HiDream": 16, "Flux2": 128, "Chroma": 16, "QwenImage": 16, "Lumina2": 16, "WAN21": 16, "HunyuanImage21": 64}
-VIDEO = {"WAN21", "WAN22", "QwenImage"}
+LATENT_CHANNELS.update({"WAN21_Vace": 16, "WAN21_Camera": 16})
+VIDEO = {"WAN21", "WAN22", "QwenImage", "WAN21_Vace", "WAN21_Camera"}
 
 
 def build(family: str, seed: int = 0):
@@ -112,3 +125,63 @@ def latent_shape(family: str, batch: int = 1, h: int = 8, w: int = 32) -> tuple[
     c = LATENT_CHANNELS[family]
     frames = 1 if family == "QwenImage" else 2  # Qwen-Image: one-frame 5-D latent
     return (batch, c, frames, h, w) if family in VIDEO else (batch, c, h, w)
+
+
+# --------------------------------------------------------------------------- ControlNets for these families
+
+
+def build_qwen_image_controlnet(seed: int = 0):
+    """A real ComfyUI Qwen-Image InstantX ControlNet (``comfy.controlnet.ControlNet`` around
+    ``QwenImageControlNetModel``, as ``load_controlnet_qwen_instantx`` builds it) with tiny random
+    weights matching the tiny Qwen-Image; its hint is VAE-encoded (needs a VAE when applied)."""
+    import comfy.controlnet
+    import comfy.latent_formats
+    import comfy.ldm.qwen_image.controlnet
+    import comfy.model_management
+    import comfy.ops
+
+    m = comfy.ldm.qwen_image.controlnet.QwenImageControlNetModel(
+        extra_condition_channels=0, operations=comfy.ops.disable_weight_init, device="cpu", dtype=torch.float32,
+        **CONFIGS["QwenImage"])
+    init_module_(m, seed)
+    m.to(dtype=torch.float32)
+    return comfy.controlnet.ControlNet(m, compression_ratio=1, latent_format=comfy.latent_formats.Wan21(),
+                                       load_device=comfy.model_management.get_torch_device(), extra_conds=[])
+
+
+def build_qwen_image_diffsynth_patch(seed: int = 0):
+    """A real ComfyUI MODEL_PATCH (what ``ModelPatchLoader`` returns for a DiffSynth Qwen-Image
+    blockwise ControlNet) with tiny random weights matching the tiny Qwen-Image."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.ops
+    from comfy_extras.nodes_model_patch import QwenImageBlockWiseControlNet
+
+    q = CONFIGS["QwenImage"]
+    m = QwenImageBlockWiseControlNet(num_layers=q["num_layers"], in_dim=q["in_channels"],
+                                     dim=q["num_attention_heads"] * q["attention_head_dim"], device="cpu",
+                                     dtype=torch.float32, operations=comfy.ops.manual_cast)
+    init_module_(m, seed)
+    m.to(dtype=torch.float32)
+    return comfy.model_patcher.ModelPatcher(m, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def build_chroma_flux_controlnet(seed: int = 0):
+    """A real ComfyUI Flux ControlNet (XLabs style: pixel hint, ``ControlNetFlux``) with the tiny Chroma's
+    widths, as a FLUX.1 ControlNet is applied to Chroma (same hidden size and token layout)."""
+    import comfy.controlnet
+    import comfy.ldm.flux.controlnet
+    import comfy.model_management
+    import comfy.ops
+
+    c = CONFIGS["Chroma"]
+    m = comfy.ldm.flux.controlnet.ControlNetFlux(
+        latent_input=False, in_channels=16, out_channels=16, vec_in_dim=CTX, context_in_dim=CTX,
+        hidden_size=c["hidden_size"], mlp_ratio=c["mlp_ratio"], num_heads=c["num_heads"], depth=c["depth"],
+        depth_single_blocks=c["depth_single_blocks"], axes_dim=c["axes_dim"], theta=c["theta"], patch_size=2,
+        qkv_bias=True, guidance_embed=False, operations=comfy.ops.disable_weight_init, device="cpu",
+        dtype=torch.float32)
+    init_module_(m, seed)
+    m.to(dtype=torch.float32)
+    return comfy.controlnet.ControlNet(m, load_device=comfy.model_management.get_torch_device(), extra_conds=["y"])
