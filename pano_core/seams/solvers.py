@@ -253,12 +253,6 @@ def fast_interior(m: int, min_size: int | None = None) -> int:
     return mp
 
 
-def _dst_matrix(n: int) -> np.ndarray:
-    """The orthonormal DST-I matrix of size n (symmetric, its own inverse), float64."""
-    k = np.arange(1, n + 1, dtype=np.float64)
-    return math.sqrt(2.0 / (n + 1)) * np.sin(np.pi * np.outer(k, k) / (n + 1))
-
-
 def _neg_cholesky(c: np.ndarray) -> np.ndarray:
     """Upper Cholesky factor ``U`` of ``-c`` (``-c = U^T U``), Fortran-ordered for LAPACK; ``c`` is
     overwritten. torch's factorisation is several times faster than scipy's here, and the transpose
@@ -310,8 +304,16 @@ def _capacitance(m: int, n: int, m2: int, n2: int) -> _Capacitance:
     sy_row = _sine_vec(m2, m) if row else None
     sx_col = _sine_vec(n2, n) if col else None
 
-    def line_block(g, size, size2):  # S diag(g) S restricted to the first `size` points
-        return sfft.dst(g[:, None] * _dst_matrix(size2)[:, :size], type=1, norm="ortho", axis=0)[:size]
+    def line_block(g, size, size2):
+        """``S diag(g) S`` on the first ``size`` points, ``S`` the orthonormal DST-I of size ``size2``:
+        with ``2 sin x sin y = cos(x - y) - cos(x + y)`` it is ``T(a - b) - T(a + b + 2)`` (0-based a, b),
+        ``T(d) = sum_k g_k cos(pi d k / (size2 + 1)) / (size2 + 1)``: one FFT instead of a matrix."""
+        ext = np.zeros(2 * (size2 + 1))
+        ext[1 : size2 + 1] = g
+        t = np.fft.rfft(ext).real / (size2 + 1)  # T(0 .. size2 + 1); T(d) = T(2(size2 + 1) - d)
+        t = np.concatenate([t, t[-2:0:-1]])  # T(0 .. 2 size2 + 1)
+        i = np.arange(size)
+        return t[np.abs(i[:, None] - i[None, :])] - t[i[:, None] + i[None, :] + 2]
 
     rr = line_block((sy_row ** 2) @ inv, n, n2) if row else None
     if row and col and (m, m2) == (n, n2):
