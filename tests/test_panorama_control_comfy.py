@@ -141,6 +141,27 @@ def test_controlnet_residuals_are_wrap_padded_on_the_token_grid(pack, dits, tiny
         assert c.cond_hint_original is h and c.previous_controlnet is prev and c.cond_hint is None
 
 
+@pytest.mark.parametrize("case", ["qwen-instantx", "chroma-flux-xlabs"])
+def test_controlnet_at_the_token_level(pack, dits, tiny_models, flux, wan_vae, case):  # noqa: F811
+    """The token level (wrapped rotary ids) keeps the latent level's ControlNet handling: the same
+    wrap-padded residuals reach the model, and the wrapped ids still change the result."""
+    model, shape, rows, w, cond, pos, cns = _controlnet_case(case, tiny_models, dits, flux, wan_vae)
+    m_lat, seen_lat = _seen(_latent(pack, model, PAD))
+    lat = _run(m_lat, shape, pos)
+    m_tok, seen_tok = _seen(pack.Pano360PanoramaPatch().patch(model, PAD, "token")[0])
+    tok = _run(m_tok, shape, pos)
+    assert torch.isfinite(tok).all() and not torch.allclose(tok, lat, atol=1e-6), "wrapped ids had no effect"
+    assert len(seen_tok.calls) == len(seen_lat.calls) == 2
+    for n, rec in enumerate(seen_tok.calls):
+        res = _residuals(rec)
+        assert res, "the ControlNet residuals did not reach the model"
+        for k, i, r in res:
+            _assert_wrapped(r.reshape(r.shape[0], rows, w + 2 * PAD, r.shape[-1]), PAD, dim=2)
+        if n == 0:  # same x at the first call: the same residuals as at the latent level
+            for (_, _, a), (_, _, b) in zip(res, _residuals(seen_lat.calls[0])):
+                assert torch.equal(a, b)
+
+
 def test_pad_control_unit(P, errors):  # noqa: F811
     tg = P.TokenGrid(h=2, w=4, p=1)
     shared = torch.arange(8.0).reshape(1, 8, 1)
