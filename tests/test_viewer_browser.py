@@ -411,7 +411,7 @@ def test_viewer_front_drag_up_and_view_back_to_graph(comfy, page_factory, face_c
     assert pg.our_errors() == []
 
 
-def test_big_panorama_opens_fast_and_downscales_with_notice(comfy, page_factory, face_colours):
+def test_big_panorama_uploads_in_strips_and_downscales_with_notice(comfy, page_factory, face_colours):
     name = _input_image(
         comfy,
         "labeled_cube_8192x4096.png",
@@ -439,8 +439,13 @@ def test_big_panorama_opens_fast_and_downscales_with_notice(comfy, page_factory,
     print(
         f"8192x4096: fetch+decode+upload {load['ms']:.0f} ms, longest frame gap {max_gap:.0f} ms, texture {load['texWidth']}"
     )
-    assert load["ms"] < 8000, load
-    assert max_gap < 1000, max_gap  # one 8192x4096 upload in one go blocks ~1.3 s on SwiftShader
+    # the page is never blocked for the whole upload (one 8192x4096 upload in one go blocks ~1.3 s on
+    # SwiftShader): it goes up in strips of at most 2 M pixels, one per animation frame (timings
+    # above are printed, not asserted: speed targets live in benchmarks/)
+    strips = load["strips"]
+    tex_w, tex_h = load["texWidth"], load["texHeight"]
+    assert strips["width"] == tex_w and strips["rows"] * tex_w <= 2_000_000, strips
+    assert strips["count"] == -(-tex_h // strips["rows"]) >= 8 and strips["frames"] == strips["count"], strips
     assert dominant_face(pg.centre_pixels(), face_colours) == "F"
     max_tex = pg.viewer_eval("v => v.renderer.maxTextureSize")
     if max_tex < 8192:

@@ -141,8 +141,10 @@ export class PanoRenderer {
     const gl = this.gl;
     const w = bitmap.width, h = bitmap.height;
     const rows = Math.max(16, Math.floor(maxStripPixels / w));
+    this.lastStrips = { count: 0, rows: Math.min(rows, h), width: w, frames: 0 }; // what the last upload did
     if (rows >= h) {
       this.setImage(bitmap);
+      this.lastStrips.count = 1;
       return true;
     }
     const tex = gl.createTexture();
@@ -153,6 +155,7 @@ export class PanoRenderer {
       const sh = Math.min(rows, h - y);
       const strip = await createImageBitmap(bitmap, 0, y, w, sh, opts);
       await new Promise((r) => requestAnimationFrame(() => r()));
+      this.lastStrips.frames += 1;
       if (isCancelled() || gl.isContextLost()) {
         strip.close();
         gl.deleteTexture(tex);
@@ -163,6 +166,7 @@ export class PanoRenderer {
       gl.pixelStorei(gl.UNPACK_PREMULTIPLY_ALPHA_WEBGL, false);
       gl.pixelStorei(gl.UNPACK_COLORSPACE_CONVERSION_WEBGL, gl.NONE);
       gl.texSubImage2D(gl.TEXTURE_2D, 0, 0, y, w, sh, gl.RGBA, gl.UNSIGNED_BYTE, strip);
+      this.lastStrips.count += 1;
       strip.close();
     }
     gl.bindTexture(gl.TEXTURE_2D, tex);

@@ -82,7 +82,7 @@ export class PanoViewerWidget {
     this.notes = [];
     this.state = "empty";
     this.loadSeq = 0;
-    this.lastLoad = null; // {url, ms, width, height, texWidth, texHeight, downscaled}
+    this.lastLoad = null; // {url, ms, width, height, texWidth, texHeight, downscaled, phases, strips}
     this.lastLoadAt = 0; // performance.now() when the last load finished (ok or not)
 
     const root = (this.element = el("div", "pano360-viewer"));
@@ -295,7 +295,8 @@ export class PanoViewerWidget {
       this.setNotice(notes);
       this.renderNow();
       const phases = { fetch: tFetched - t0, decode: tDecoded - tFetched, upload: tUploaded - tDecoded, draw: performance.now() - tUploaded };
-      this.lastLoad = { url, ms: performance.now() - t0, width: w0, height: h0, texWidth: tw, texHeight: th, downscaled, phases };
+      const strips = { ...this.renderer.lastStrips };
+      this.lastLoad = { url, ms: performance.now() - t0, width: w0, height: h0, texWidth: tw, texHeight: th, downscaled, phases, strips };
       this.lastLoadAt = performance.now();
       this._setState("ready");
     } catch (e) {
