@@ -26,16 +26,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_seams_hot import faces_for  # noqa: E402 (the same test cubemap)
 
 from pano_core.seams import poisson, solvers  # noqa: E402
-
-
-def faces_for(s: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    base = torch.rand(6, 3, 8, 8, generator=g)
-    faces = torch.nn.functional.interpolate(base, size=(s, s), mode="bilinear", align_corners=False)
-    gain = torch.tensor([1.0, 0.8, 1.15, 0.9, 1.1, 0.85]).view(6, 1, 1, 1)
-    return (faces * gain).contiguous()
 
 
 def main(argv=None) -> int:

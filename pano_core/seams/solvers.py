@@ -146,6 +146,19 @@ def _sine_basis(m: int, n: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return tuple(v.astype(dtype) for v in (_sine_vec(m, 0), _sine_vec(m, m - 1), _sine_vec(n, 0), _sine_vec(n, n - 1)))
 
 
+def _add_interior(out: torch.Tensor, p0: int, h: torch.Tensor) -> None:
+    """``out``'s planes ``p0 .. p0 + len(h)``: interior += ``h`` (``out`` (P, H, W) or (N, C, H, W), any
+    memory format; plane ``q`` of the latter is ``out[q // C, q % C]``)."""
+    h = h.to(out.dtype)
+    if out.ndim == 3:
+        out[p0 : p0 + h.shape[0], 1:-1, 1:-1] += h
+        return
+    c = out.shape[1]
+    for i in range(h.shape[0]):
+        q = p0 + i
+        out[q // c, q % c, 1:-1, 1:-1] += h[i]
+
+
 def solve_ring_scipy(sides, out: torch.Tensor, iterations: int | None = None, r: torch.Tensor | None = None,
                      fast_length: bool = True) -> None:
     """Add the interior of the solution ``h`` to ``out`` in place (CPU, scipy).
@@ -196,14 +209,8 @@ def solve_ring_scipy(sides, out: torch.Tensor, iterations: int | None = None, r:
         bhat *= inv
         if iterations is not None:
             _apply_gs(bhat, iterations)
-        h = torch.from_numpy(sfft.idstn(bhat, type=1, norm="ortho", axes=(-2, -1), workers=workers,
-                                        overwrite_x=True)).to(out.dtype)
-        if out.ndim == 3:
-            out[p0:p1, 1:-1, 1:-1] += h
-        else:
-            c = out.shape[1]
-            for q in range(p0, p1):
-                out[q // c, q % c, 1:-1, 1:-1] += h[q - p0]
+        _add_interior(out, p0, torch.from_numpy(sfft.idstn(bhat, type=1, norm="ortho", axes=(-2, -1),
+                                                           workers=workers, overwrite_x=True)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,14 +425,8 @@ def _solve_ring_embedded(top, bottom, left, right, out: torch.Tensor, r, m2: int
         if rhat is not None:
             bhat += rhat.astype(wdtype)
             del rhat
-        h = torch.from_numpy(sfft.idstn(bhat, type=1, norm="ortho", axes=(-2, -1), workers=workers,
-                                        overwrite_x=True)[:, :m, :n]).to(out.dtype)
-        if out.ndim == 3:
-            out[p0:p1, 1:-1, 1:-1] += h
-        else:
-            c = out.shape[1]
-            for q in range(p0, p1):
-                out[q // c, q % c, 1:-1, 1:-1] += h[q - p0]
+        _add_interior(out, p0, torch.from_numpy(sfft.idstn(bhat, type=1, norm="ortho", axes=(-2, -1),
+                                                           workers=workers, overwrite_x=True)[:, :m, :n]))
 
 
 def _solve_scipy(r, d, x0, iterations):
