@@ -99,23 +99,93 @@ def test_padding_zero_equals_unpatched_and_padding_changes_result(pack, dits, fa
     assert torch.equal(_sample(dits, model, fam), ref)
 
 
-@pytest.mark.parametrize("fam", FAMILIES)
-@pytest.mark.parametrize("sampler", ["euler", "euler_ancestral"])
+# One representative of every ComfyUI sampler family: first-order ODE, second-order / several model
+# calls per step, ancestral, SDE, multistep, LCM, RES, CFG++. All these DiTs are flow (CONST) models.
+SAMPLERS = ("euler", "heun", "dpmpp_2m", "euler_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde",
+            "dpmpp_3m_sde", "er_sde", "sa_solver", "deis", "uni_pc", "lcm", "res_multistep", "euler_cfg_pp")
+MULTI_EVAL = {"heun", "dpmpp_2s_ancestral", "dpmpp_sde"}  # two model calls per step (not the last)
+SAMPLER_FAMILIES = ("Lumina2", "WAN22")  # every sampler on one 4-D and one 5-D (video) family
+_SAMPLER_CASES = ([(f, s) for f in FAMILIES for s in ("euler", "euler_ancestral")]
+                  + [(f, s) for f in SAMPLER_FAMILIES for s in SAMPLERS if s not in ("euler", "euler_ancestral")])
+
+
+class _Outer:
+    """An APPLY_MODEL wrapper added before the panorama patch (so outside it): what the sampler hands in."""
+
+    def __init__(self):
+        self.shapes = []
+
+    def __call__(self, executor, x, *args, **kw):
+        self.shapes.append(tuple(x.shape))
+        return executor(x, *args, **kw)
+
+
+@pytest.mark.parametrize(("fam", "sampler"), _SAMPLER_CASES)
 def test_padded_columns_equal_source_at_every_call(pack, P, dits, fam, sampler):
+    """Every model call of every sampler family (also the extra calls of second-order / SDE steps)
+    sees the padded latent, its padded columns equal to their source; the sampler (outside) only
+    ever sees the unpadded latent. The samplers accept these flow models (finite results)."""
+    import comfy.model_sampling
+    import comfy.patcher_extension
+
     model = _model(dits, fam)
-    pad = 2
-    patched = pack.Pano360PanoramaPatch().patch(model, pad, "latent")[0]
+    assert isinstance(model.get_model_object("model_sampling"), comfy.model_sampling.CONST)  # flow
+    outer = _Outer()
+    base = model.clone()
+    base.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test_outer", outer)
+    pad, steps = 2, 3
+    patched = pack.Pano360PanoramaPatch().patch(base, pad, "latent")[0]
     m, spy = _spied(patched)
     shape = dits.latent_shape(fam, 2)
-    out = _sample(dits, m, fam, batch=2, steps=3, cfg=2.0, sampler=sampler, neg=dits.cond(fam, 1))
-    assert out.shape == shape
+    out = _sample(dits, m, fam, batch=2, steps=steps, cfg=2.0, sampler=sampler, neg=dits.cond(fam, 1))
+    assert out.shape == shape and torch.isfinite(out).all()
     cols = pad * P.FAMILIES[fam].patch
-    assert len(spy.xs) == 3  # cond + uncond batched in one call per step
-    for x in spy.xs:
-        assert x.shape[-1] == shape[-1] + 2 * cols and x.shape[:-1][-1] == shape[-2]
-        assert x.shape[0] == 4  # batch 2 x (cond, uncond)
+    assert len(spy.xs) == len(outer.shapes) >= steps  # every call padded
+    if sampler in MULTI_EVAL:
+        assert len(spy.xs) > steps
+    for x, outer_shape in zip(spy.xs, outer.shapes):
+        assert outer_shape == (4, *shape[1:])  # batch 2 x (cond, uncond), unpadded
+        assert x.shape == (*outer_shape[:-1], shape[-1] + 2 * cols)
         assert torch.equal(x[..., :cols], x[..., -2 * cols:-cols])  # left pad = last interior columns
         assert torch.equal(x[..., -cols:], x[..., cols:2 * cols])  # right pad = first interior columns
+
+
+@pytest.mark.parametrize("sampler", [s for s in SAMPLERS if s not in ("euler", "euler_ancestral")])
+def test_token_level_padded_columns_equal_source_every_sampler(pack, P, dits, sampler):
+    """The token level (wrapped ids) on Chroma under every sampler family (euler and euler_ancestral on
+    every token family: tests/test_panorama_tokens_comfy.py): at every model call the padded columns of
+    the input equal their source, every block gets the family's embedding of wrapped ids, and so the
+    model's output at a padded token equals its source's."""
+    import comfy.patcher_extension
+    import test_panorama_tokens_comfy as tok  # imported here: it imports this module
+
+    fam, pad = "Chroma", 2
+    cols = pad * P.FAMILIES[fam].patch
+    model = _model(dits, fam)
+    dm = model.model.diffusion_model
+    nblocks = sum(len(getattr(dm, a)) for a, _ in tok.BLOCKS[fam])
+    user, blocks = tok._with_block_spy(model, fam)
+    m, spy = _spied(tok._patch(pack, user, pad, "token"))
+    ys: list = []
+
+    def out_spy(executor, x, *a, **kw):
+        y = executor(x, *a, **kw)
+        ys.append(y.detach().clone())
+        return y
+
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test_out_spy", out_spy)
+    out = _sample(dits, m, fam, batch=2, steps=3, cfg=2.0, sampler=sampler, neg=dits.cond(fam, 1))
+    assert out.shape == dits.latent_shape(fam, 2) and torch.isfinite(out).all()
+    assert len(spy.xs) == len(ys) >= 3 and len(blocks.calls) == nblocks * len(ys)
+    for x in spy.xs:
+        assert x.shape[0] == 4 and x.shape[-1] == tok.W + 2 * cols
+        assert torch.equal(x[..., :cols], x[..., -2 * cols:-cols]) and torch.equal(x[..., -cols:], x[..., cols:2 * cols])
+    expected = tok._expected_pe(fam, dm, pad, blocks.calls[0]["txt"])
+    for c in blocks.calls:
+        assert torch.allclose(c["pe"], expected.expand_as(c["pe"]), atol=1e-6)
+    for y in ys:
+        assert torch.allclose(y[..., :cols], y[..., -2 * cols:-cols], atol=1e-4)
+        assert torch.allclose(y[..., -cols:], y[..., cols:2 * cols], atol=1e-4)
 
 
 def test_flux1_levels(pack, tiny_models):
@@ -337,3 +407,127 @@ def test_server_patched_and_unpatched_lumina2_in_one_graph(comfy):
     assert a.shape == b.shape == (64, 256, 3)
     assert np.isfinite(a).all() and a.std() > 0
     assert np.abs(a.astype(int) - b.astype(int)).mean() > 0  # the patch changes the result
+
+
+# ------------------------------------------------------------------------------------ real server, every family
+
+SERVER_FAMILIES = ("Flux", *FAMILIES, "WAN21_Vace", "WAN21_Camera")  # = nodes/_panorama_patch.FAMILIES
+NOISE_MASK_FAMILIES = ("Lumina2", "WAN22")  # as test_noise_mask
+MASK_COLS = (8, 20)  # latent columns the noise mask regenerates (of 32)
+
+
+def test_server_families_cover_the_family_table(P):
+    assert set(SERVER_FAMILIES) == set(P.FAMILIES)
+
+
+def _server_graph(fam: str, token: bool, mask: bool, seed: int = 3) -> tuple[dict, dict]:
+    """One API prompt: the tiny ``fam`` model unpatched (U), patched with padding 0 (P0) and 1 (P1) at
+    the latent level and, where offered, padding 1 at the token level (T1), each sampled by its own
+    KSampler (batch 2, CFG 2, zeroed negative) from one random latent (saved as ``src``); with ``mask``
+    the same again through SetLatentNoiseMask (``*M``). Returns (prompt, {variant: SaveLatent node id})."""
+    if fam == "Flux":
+        api = {"m": {"class_type": "Pano360TestTinyFlux", "inputs": {"seed": 0, "variant": "dev", "depth": 1,
+                                                                   "depth_single_blocks": 1}},
+               "clip": {"class_type": "Pano360TestTinyCLIP", "inputs": {"seed": 0}},
+               "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a 360 panorama", "clip": ["clip", 0]}}}
+        pos = ["pos", 0]
+    else:
+        api = {"m": {"class_type": "Pano360TestTinyDiT", "inputs": {"seed": 0, "family": fam}}}
+        pos = ["m", 1]
+    api["neg"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": pos}}
+    api["lat"] = {"class_type": "Pano360TestTinyDiTLatent",
+                  "inputs": {"family": fam, "batch_size": 2, "seed": 7, "fill": "random"}}
+    models = {"U": ["m", 0]}
+    for name, pad, level in (("P0", 0, "latent"), ("P1", 1, "latent")) + ((("T1", 1, "token"),) if token else ()):
+        api[f"patch_{name}"] = {"class_type": "Pano360PanoramaPatch",
+                                "inputs": {"model": ["m", 0], "padding": pad, "level": level}}
+        models[name] = [f"patch_{name}", 0]
+    latents = {"": ["lat", 0]}
+    if mask:
+        lo, hi = MASK_COLS
+        api["mask0"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 32, "height": 8}}
+        api["mask1"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": hi - lo, "height": 8}}
+        api["mask"] = {"class_type": "MaskComposite", "inputs": {"destination": ["mask0", 0], "source": ["mask1", 0],
+                                                                 "x": lo, "y": 0, "operation": "add"}}
+        api["mlat"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["lat", 0], "mask": ["mask", 0]}}
+        latents["M"] = ["mlat", 0]
+    saves = {"src": "save_src"}
+    api["save_src"] = {"class_type": "SaveLatent", "inputs": {"samples": ["lat", 0],
+                                                              "filename_prefix": f"pano15/{fam}_src"}}
+    for suffix, lat in latents.items():
+        for name, model in models.items():
+            if suffix and name == "T1":
+                continue
+            v = name + suffix
+            api[f"ks_{v}"] = {"class_type": "KSampler", "inputs": {
+                "model": model, "seed": seed, "steps": 2, "cfg": 2.0, "sampler_name": "euler_ancestral",
+                "scheduler": "simple", "denoise": 1.0, "positive": pos, "negative": ["neg", 0], "latent_image": lat}}
+            api[f"save_{v}"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"ks_{v}", 0],
+                                                                      "filename_prefix": f"pano15/{fam}_{v}"}}
+            saves[v] = f"save_{v}"
+    return api, saves
+
+
+def _server_latents(comfy, outputs: dict, saves: dict) -> dict:
+    """The latents the SaveLatent nodes wrote, fetched through the server's /view."""
+    import safetensors.torch
+
+    got = {}
+    for v, nid in saves.items():
+        (f,) = outputs[nid]["latents"]
+        got[v] = safetensors.torch.load(comfy.view(f["filename"], f.get("subfolder", ""), f.get("type", "output")))[
+            "latent_tensor"]
+    return got
+
+
+@pytest.mark.comfy
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fam", SERVER_FAMILIES)
+def test_server_every_family_patched_and_unpatched_in_one_graph(comfy, P, dits, fam):
+    """Through the HTTP API, one graph per family (batch 2, CFG 2): padding 0 gives exactly the unpatched
+    model's latent, padding 1 changes it, the token level (where offered) differs from the latent level;
+    with a noise mask the kept columns stay the source latent and only the masked ones are generated."""
+    token, mask = P.FAMILIES[fam].token_level, fam in NOISE_MASK_FAMILIES
+    api, saves = _server_graph(fam, token, mask)
+    got = _server_latents(comfy, comfy.run(api, timeout=240), saves)
+    shape = (2, 16, 8, 32) if fam == "Flux" else dits.latent_shape(fam, 2)
+    src = got.pop("src")
+    assert src.shape == shape
+    for v, x in got.items():
+        assert x.shape == shape and torch.isfinite(x).all(), v
+    u, p1 = got["U"], got["P1"]
+    assert not torch.allclose(u[0], u[1], atol=1e-3)  # batch 2: two different samples
+    assert torch.equal(got["P0"], u)  # padding 0 == unpatched (same graph, same seed)
+    for b in range(2):
+        assert not torch.allclose(p1[b], u[b], atol=1e-4), b  # padding changes every sample
+    if token:
+        assert not torch.allclose(got["T1"], p1, atol=1e-4)  # wrapped ids differ from linear positions
+    if mask:
+        lo, hi = MASK_COLS
+        assert torch.equal(got["P0M"], got["UM"])
+        for v in ("UM", "P1M"):
+            x = got[v]
+            assert torch.allclose(x[..., :lo], src[..., :lo], atol=1e-5), v  # kept: the source latent
+            assert torch.allclose(x[..., hi:], src[..., hi:], atol=1e-5), v
+            assert not torch.allclose(x[..., lo:hi], src[..., lo:hi], atol=1e-3), v  # masked: generated
+        assert not torch.allclose(got["P1M"][..., lo:hi], got["UM"][..., lo:hi], atol=1e-4)
+
+
+@pytest.mark.comfy
+@pytest.mark.timeout(300)
+def test_server_bad_panorama_patch_request_then_keeps_serving(comfy):
+    """A bad request through the API (token level on Lumina 2, which offers none; a negative padding)
+    gives a clear error naming the input; the server then runs the next prompt."""
+    api, saves = _server_graph("Lumina2", False, False, seed=11)
+    bad = {**api, "patch_P1": {**api["patch_P1"], "inputs": {**api["patch_P1"]["inputs"], "level": "token"}}}
+    with pytest.raises(comfy_harness.ComfyExecutionError) as ei:
+        comfy.run(bad, timeout=120)
+    assert ei.value.node_type == "Pano360PanoramaPatch"
+    assert "level: token-level wrapped ids are offered for" in ei.value.exception_message
+    assert "Lumina 2 (incl. Z-Image) supports level 'latent'" in ei.value.exception_message
+    neg = {**api, "patch_P1": {**api["patch_P1"], "inputs": {**api["patch_P1"]["inputs"], "padding": -1}}}
+    with pytest.raises(comfy_harness.ComfyValidationError) as ev:
+        comfy.queue(neg)
+    assert "patch_P1" in ev.value.node_errors and "padding" in str(ev.value)
+    got = _server_latents(comfy, comfy.run(api, timeout=120), saves)  # still serving
+    assert torch.equal(got["P0"], got["U"]) and not torch.allclose(got["P1"], got["U"], atol=1e-4)

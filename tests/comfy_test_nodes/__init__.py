@@ -8,6 +8,7 @@ models that stand in for real weights when workflows run in tests:
 - ``Pano360TestTinyVAE``    -> VAE   (TAESD architecture, 16 latent channels; replaces VAELoader)
 - ``Pano360TestTinyCheckpoint`` -> MODEL, CLIP, VAE (replaces CheckpointLoaderSimple)
 - ``Pano360TestTinyDiT``    -> MODEL, CONDITIONING (tiny FLUX.2/Chroma/Qwen-Image/Lumina 2/Wan/HunyuanImage)
+- ``Pano360TestTinyDiTLatent`` -> LATENT (random or empty, the shape the tiny DiTs / tiny FLUX.1 take)
 - ``Pano360TestTinyDiTCLIP`` -> CLIP (features of the tiny DiTs' width; replaces CLIPLoader for Qwen-Image/FLUX.2)
 - ``Pano360TestTinyFamilyVAE`` -> VAE (the Wan 2.1 / Qwen-Image, Wan 2.2 or FLUX.2 VAE, tiny; replaces VAELoader)
 - ``Pano360TestRaise``      raises an exception with a given message (harness error tests)
@@ -187,7 +188,31 @@ class Pano360TestTinyFamilyVAE:
         return (_FAMILY_VAES[family](seed),)
 
 
+class Pano360TestTinyDiTLatent:
+    """A LATENT of the shape a tiny DiT (``tiny_dits.latent_shape``; FLUX.1: 16 channels, 4-D) takes:
+    batch x channels (x frames) x 8 x 32, standard-normal from ``seed`` or zeros ("empty")."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"family": (["Flux", *tiny_dits.CONFIGS], {"default": "Lumina2"}),
+                             "batch_size": ("INT", {"default": 1, "min": 1, "max": 8}), "seed": _SEED,
+                             "fill": (["random", "empty"], {"default": "random"})}}
+
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "build"
+    CATEGORY = _CATEGORY
+
+    def build(self, family, batch_size=1, seed=0, fill="random"):
+        import torch
+
+        shape = (batch_size, 16, 8, 32) if family == "Flux" else tiny_dits.latent_shape(family, batch_size)
+        if fill == "empty":
+            return ({"samples": torch.zeros(shape)},)
+        return ({"samples": torch.randn(shape, generator=torch.Generator().manual_seed(seed))},)
+
+
 NODE_CLASS_MAPPINGS = {
+    "Pano360TestTinyDiTLatent": Pano360TestTinyDiTLatent,
     "Pano360TestTinyDiTCLIP": Pano360TestTinyDiTCLIP,
     "Pano360TestTinyFamilyVAE": Pano360TestTinyFamilyVAE,
     "Pano360TestTinyDiT": Pano360TestTinyDiT,
