@@ -12,7 +12,11 @@ those families.
   built; everything else (detection, ratios, latent format, decode/encode paths) is ComfyUI's.
 - :func:`build_tiny_flux2_vae` -> the FLUX.2 VAE (AutoencoderKL, 32 z-channels, batch-norm latent
   with 2x2 patchify = 128 channels, /16). Full width (ComfyUI hard-codes ``ch`` 128; 84 M
-  parameters, about 2 s to build on 2 cores).
+  parameters, about 2 s to build on 2 cores); ``narrow=True`` builds it at ``ch`` 32 with one
+  res block per level (:data:`FLUX2_TINY`), everything else ComfyUI's.
+- :func:`build_tiny_hunyuan_image_vae` -> the HunyuanImage 2.1 VAE (64 latent channels, /32,
+  ``comfy.ldm.hunyuan_video.vae``), narrowed while built (:data:`HUNYUAN_IMAGE_TINY`; ComfyUI
+  hard-codes ``block_out_channels`` [128, ..., 1024]).
 - :func:`tiny_dit_lora_state_dict` / :func:`save_tiny_dit_lora`: LoRA files for the tiny
   ``QwenImage``, ``WAN21``/``WAN22`` and ``Flux2`` (shapes from :data:`tiny_dits.CONFIGS`, so no
   ComfyUI import is needed to write one).
@@ -116,19 +120,116 @@ def build_tiny_wan22_vae(seed: int = 5):
     return vae
 
 
-def build_tiny_flux2_vae(seed: int = 7):
+def _check_loaded(vae, sd: dict, name: str) -> None:
+    """Every key of ``sd`` loaded into ``vae.first_stage_model`` with its values (``comfy.sd.VAE``
+    loads non-strictly and only logs missing keys)."""
+    got = vae.first_stage_model.state_dict()
+    missing = sorted(set(sd) - set(got))
+    if missing or set(got) - set(sd):
+        raise RuntimeError(f"{name}: state dict and ComfyUI's model differ: missing {missing[:5]}, "
+                           f"extra {sorted(set(got) - set(sd))[:5]}")
+    bad = [k for k, v in sd.items() if not torch.equal(got[k].float().cpu(), v)]
+    if bad:
+        raise RuntimeError(f"{name}: {len(bad)} tensors not loaded as saved, e.g. {bad[:3]}")
+
+
+FLUX2_TINY = {"ch": 32, "num_res_blocks": 1}
+
+
+@contextlib.contextmanager
+def _narrow_flux2_vae():
+    """While active, the ``AutoencoderKL(ddconfig=...)`` that ``comfy.sd.VAE`` builds gets the width of
+    :data:`FLUX2_TINY` (``ch`` 32: GroupNorm's 32 groups allow no less)."""
+    import comfy.sd
+
+    real = comfy.sd.AutoencoderKL
+
+    class _Tiny(real):
+        def __init__(self, ddconfig, **kwargs):
+            super().__init__(ddconfig={**ddconfig, **FLUX2_TINY}, **kwargs)
+
+    comfy.sd.AutoencoderKL = _Tiny
+    try:
+        yield real
+    finally:
+        comfy.sd.AutoencoderKL = real
+
+
+def build_tiny_flux2_vae(seed: int = 7, narrow: bool = False):
     """A real ``comfy.sd.VAE`` on ComfyUI's FLUX.2 branch (``bn.running_mean`` in the state dict:
-    32 z-channels patchified 2x2 into 128 latent channels, /16)."""
+    32 z-channels patchified 2x2 into 128 latent channels, /16). ``narrow``: ``ch`` 32 and one res
+    block per level (about 4 M instead of 84 M parameters; see :func:`_narrow_flux2_vae`)."""
     import comfy.ldm.models.autoencoder
     import comfy.sd
 
     dd = {"double_z": True, "z_channels": 32, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
           "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0,
           "batch_norm_latent": True}
-    m = comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=dd, embed_dim=32)
-    vae = comfy.sd.VAE(sd=_state_dict(m, seed))
+    with _narrow_flux2_vae() if narrow else contextlib.nullcontext():
+        if narrow:
+            dd = {**dd, **FLUX2_TINY}
+        m = comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=dd, embed_dim=32)
+        sd = _state_dict(m, seed)
+        vae = comfy.sd.VAE(sd=sd)
     if vae.latent_channels != 128 or vae.spacial_compression_decode() != 16:
         raise RuntimeError("ComfyUI did not detect the tiny FLUX.2 VAE")
+    if narrow:
+        _check_loaded(vae, sd, "tiny FLUX.2 VAE")
+    return vae
+
+
+HUNYUAN_IMAGE_TINY = {"block_out_channels": [32, 32, 64, 64, 128, 128], "num_res_blocks": 1}
+"""The narrowed width of the HunyuanImage 2.1 VAE: six levels as ComfyUI's (five 2x steps = 32x), each a
+multiple of GroupNorm's 32 groups; the last is 128 = 2 x 64 latent channels, as the encoder's
+channel-mean skip and the decoder's channel-repeat skip require."""
+
+
+@contextlib.contextmanager
+def _narrow_hunyuan_image_vae():
+    """While active, ``comfy.ldm.hunyuan_video.vae.Encoder`` / ``Decoder`` (which ``comfy.sd.VAE``
+    instantiates by name) build the width of :data:`HUNYUAN_IMAGE_TINY`."""
+    import comfy.ldm.hunyuan_video.vae as hv
+
+    real = hv.Encoder, hv.Decoder
+
+    class _TinyEncoder(real[0]):
+        def __init__(self, **kwargs):
+            super().__init__(**{**kwargs, **HUNYUAN_IMAGE_TINY})
+
+    class _TinyDecoder(real[1]):
+        def __init__(self, **kwargs):
+            super().__init__(**{**kwargs, **HUNYUAN_IMAGE_TINY})
+
+    hv.Encoder, hv.Decoder = _TinyEncoder, _TinyDecoder
+    try:
+        yield real
+    finally:
+        hv.Encoder, hv.Decoder = real
+
+
+def build_tiny_hunyuan_image_vae(seed: int = 9):
+    """A real ``comfy.sd.VAE`` on ComfyUI's HunyuanImage 2.1 branch (``decoder.conv_in.weight`` with 64
+    input channels: ``AutoencodingEngine`` with ``comfy.ldm.hunyuan_video.vae`` Encoder/Decoder, 64
+    latent channels, 32x spatial), narrowed while built (:data:`HUNYUAN_IMAGE_TINY`, ~5 M parameters)."""
+    import comfy.ldm.models.autoencoder
+    import comfy.sd
+
+    dd = {"in_channels": 3, "out_channels": 3, "z_channels": 64, "ffactor_spatial": 32,
+          "downsample_match_channel": True, "upsample_match_channel": True, **HUNYUAN_IMAGE_TINY}
+    with _narrow_hunyuan_image_vae() as (enc_cls, dec_cls):
+        m = comfy.ldm.models.autoencoder.AutoencodingEngine(
+            regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
+            encoder_config={"target": "comfy.ldm.hunyuan_video.vae.Encoder", "params": dd},
+            decoder_config={"target": "comfy.ldm.hunyuan_video.vae.Decoder", "params": dd})
+        sd = _state_dict(m, seed)
+        vae = comfy.sd.VAE(sd=sd)
+    fsm = vae.first_stage_model
+    if not (isinstance(fsm, comfy.ldm.models.autoencoder.AutoencodingEngine) and isinstance(fsm.encoder, enc_cls)
+            and isinstance(fsm.decoder, dec_cls)) or vae.latent_channels != 64:
+        raise RuntimeError("ComfyUI did not detect the tiny HunyuanImage 2.1 VAE")
+    if vae.spacial_compression_decode() != 32 or vae.spacial_compression_encode() != 32:
+        raise RuntimeError(f"HunyuanImage 2.1 VAE: expected 32x spatial compression, got {vae.spacial_compression_decode()}")
+    _check_loaded(vae, sd, "tiny HunyuanImage 2.1 VAE")
     return vae
 
 
