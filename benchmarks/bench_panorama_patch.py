@@ -25,9 +25,11 @@ latents). glibc's malloc adapts its mmap / trim thresholds to the history of all
 depending on that history such buffers are either reused or handed back to the kernel and faulted
 in again (thousands of page faults per step): whichever contender happens to be in that state pays
 1.3-1.9x, with or without the patch (this was the Wan 2.1 / 2.2 "miss", see benchmarks/RESULTS.md).
-``fixed`` (default) pins the thresholds with ``mallopt`` (mmap threshold 32 MiB, trim threshold
-1 GiB, top pad 64 MiB) before torch is imported, so every contender reuses its buffers;
-``default`` keeps glibc's adaptive behaviour to reproduce the effect. Only glibc is affected; elsewhere ``fixed`` does nothing (and says so).
+``fixed`` (default) sets ``mallopt`` before torch is imported: no mmap for any size (glibc caps
+the mmap threshold at 32 MiB, and mmapped buffers are faulted in at every call: the score matrices
+of a 24x48-token Wan latent are above it), trim threshold 1 GiB, top pad 64 MiB, so every contender
+reuses its buffers from the heap; ``default`` keeps glibc's adaptive behaviour to reproduce the
+effect. Only glibc is affected; elsewhere ``fixed`` does nothing (and says so).
 
 Run from the repository root:  python benchmarks/bench_panorama_patch.py [--steps N] [--repeats R]
 """
@@ -61,11 +63,11 @@ def _fix_malloc() -> str:
         mallopt = None
     if mallopt is None:
         return "malloc: no glibc mallopt here, allocator left as is"
-    m_trim, m_top_pad, m_mmap = -1, -2, -3  # glibc's M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD
-    ok = [mallopt(m_mmap, 32 << 20), mallopt(m_trim, 1 << 30), mallopt(m_top_pad, 64 << 20)]
+    m_trim, m_top_pad, m_mmap_max = -1, -2, -4  # glibc's M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX
+    ok = [mallopt(m_mmap_max, 0), mallopt(m_trim, 1 << 30), mallopt(m_top_pad, 64 << 20)]
     if not all(ok):
         return f"malloc: mallopt refused ({ok}), allocator partly adaptive"
-    return "malloc: glibc thresholds fixed (mmap 32 MiB, trim 1 GiB, top pad 64 MiB)"
+    return "malloc: glibc fixed (no mmap, trim threshold 1 GiB, top pad 64 MiB)"
 
 
 def _minflt() -> int:
