@@ -26,8 +26,8 @@ depending on that history such buffers are either reused or handed back to the k
 in again (thousands of page faults per step): whichever contender happens to be in that state pays
 1.3-1.9x, with or without the patch (this was the Wan 2.1 / 2.2 "miss", see benchmarks/RESULTS.md).
 ``fixed`` (default) sets ``mallopt`` before torch is imported: no mmap for any size (glibc caps
-the mmap threshold at 32 MiB, and mmapped buffers are faulted in at every call: the score matrices
-of a 24x48-token Wan latent are above it), trim threshold 1 GiB, top pad 64 MiB, so every contender
+the mmap threshold at 32 MiB, and mmapped buffers are faulted in at every call: with the threshold
+at 32 MiB the 24x48-token Wan runs still faulted 11 000+ times per step), trim threshold 1 GiB, top pad 64 MiB, so every contender
 reuses its buffers from the heap; ``default`` keeps glibc's adaptive behaviour to reproduce the
 effect. Only glibc is affected; elsewhere ``fixed`` does nothing (and says so).
 
