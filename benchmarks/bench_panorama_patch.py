@@ -27,8 +27,8 @@ in again (thousands of page faults per step): whichever contender happens to be 
 1.3-1.9x, with or without the patch (this was the Wan 2.1 / 2.2 "miss", see benchmarks/RESULTS.md).
 ``fixed`` (default) sets ``mallopt`` before torch is imported: no mmap for any size (glibc caps
 the mmap threshold at 32 MiB, and mmapped buffers are faulted in at every call: with the threshold
-at 32 MiB the 24x48-token Wan runs still faulted 11 000+ times per step), trim threshold 1 GiB, top pad 64 MiB, so every contender
-reuses its buffers from the heap; ``default`` keeps glibc's adaptive behaviour to reproduce the
+at 32 MiB the 24x48-token Wan runs still faulted 11 000+ times per step), trim threshold 1 GiB,
+top pad 64 MiB, so every contender reuses its buffers from the heap; ``default`` keeps glibc's adaptive behaviour to reproduce the
 effect. Only glibc is affected; elsewhere ``fixed`` does nothing (and says so).
 
 Run from the repository root:  python benchmarks/bench_panorama_patch.py [--steps N] [--repeats R]
