@@ -260,3 +260,82 @@ def test_area_crop_calls_keep_their_own_pe(pack, dits):
 def test_token_level_errors_list_the_offering_families(pack, dits, errors):
     with pytest.raises(errors.PanoInputError, match="offered for FLUX.1.*Chroma, Qwen-Image.*Wan 2.2; Lumina 2"):
         pack.Pano360PanoramaPatch().patch(_model(dits, "Lumina2"), 1, "token")
+
+
+def _inprocess_ksampler(dits, model, fam, latent, seed, steps, sampler):
+    """What KSampler does with an empty latent (cfg 1, the same conditioning both sides), in this process."""
+    import comfy.sample
+
+    latent = comfy.sample.fix_empty_latent_channels(model, latent)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    pos = dits.cond(fam, 0)
+    return comfy.sample.sample(model, noise, steps, 1.0, sampler, "simple", pos, pos, latent, seed=seed,
+                               disable_pbar=True)
+
+
+@pytest.mark.comfy
+@pytest.mark.timeout(300)
+def test_server_token_and_latent_level_wan_in_one_graph(comfy, pack, dits):
+    """The real server, tiny Wan 2.1 (a 2-frame video latent): the token level, the latent level, the token
+    level at padding 0 and the unpatched model in one graph. Padding 0 equals the unpatched model; token
+    and latent differ from it and from each other; each equals the same sampling run in this process
+    (so the server ran the token level, not a fallback). A bad request first (level=token on Lumina 2:
+    a clear error naming the level and the families that offer it; an unknown level: rejected by
+    validation), and the server keeps serving."""
+    import comfy_harness as ch
+    import safetensors.torch
+
+    bad = {
+        "1": {"class_type": "Pano360TestTinyDiT", "inputs": {"seed": 0, "family": "Lumina2"}},
+        "2": {"class_type": "Pano360PanoramaPatch", "inputs": {"model": ["1", 0], "padding": 1, "level": "token"}},
+        "3": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 256, "height": 64, "batch_size": 1}},
+        "4": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "seed": 0, "steps": 1, "cfg": 1.0,
+                                                   "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0,
+                                                   "positive": ["1", 1], "negative": ["1", 1],
+                                                   "latent_image": ["3", 0]}},
+        "5": {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": "pano_tok_bad"}},
+    }
+    with pytest.raises(ch.ComfyExecutionError) as ei:
+        comfy.run(bad, timeout=120)
+    assert ei.value.node_type == "Pano360PanoramaPatch"
+    assert "level: token-level wrapped ids are offered for" in ei.value.exception_message
+    assert "Lumina 2 (incl. Z-Image) supports level 'latent'" in ei.value.exception_message
+    with pytest.raises(ch.ComfyValidationError):
+        comfy.run({**bad, "2": {**bad["2"], "inputs": {**bad["2"]["inputs"], "level": "tokens"}}}, timeout=60)
+
+    fam, seed, steps, sampler = "WAN21", 3, 2, "euler_ancestral"
+    ks = {"seed": seed, "steps": steps, "cfg": 1.0, "sampler_name": sampler, "scheduler": "simple", "denoise": 1.0,
+          "positive": ["1", 1], "negative": ["1", 1], "latent_image": ["2", 0]}
+    api = {
+        "1": {"class_type": "Pano360TestTinyDiT", "inputs": {"seed": 0, "family": fam}},
+        # (1, 16, 2, 8, 32): two latent frames of 8 x 32 (16 tokens wide), as tiny_dits.latent_shape
+        "2": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 256, "height": 64, "length": 5,
+                                                                 "batch_size": 1}},
+    }
+    runs = {"token": ("token", 2), "latent": ("latent", 2), "token0": ("token", 0), "plain": None}
+    for i, (name, how) in enumerate(runs.items()):
+        model = ["1", 0]
+        if how is not None:
+            api[f"p{i}"] = {"class_type": "Pano360PanoramaPatch",
+                            "inputs": {"model": ["1", 0], "padding": how[1], "level": how[0]}}
+            model = [f"p{i}", 0]
+        api[f"k{i}"] = {"class_type": "KSampler", "inputs": {**ks, "model": model}}
+        api[f"s{i}"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"k{i}", 0],
+                                                              "filename_prefix": f"pano_tok_{name}"}}
+    out = comfy.run(api, timeout=240)
+    got = {}
+    for i, name in enumerate(runs):
+        (loc,) = out[f"s{i}"]["latents"]
+        raw = comfy.view(loc["filename"], loc.get("subfolder", ""), loc.get("type", "output"))
+        got[name] = safetensors.torch.load(raw)["latent_tensor"]
+    assert all(v.shape == (1, 16, 2, 8, 32) and torch.isfinite(v).all() for v in got.values())
+    assert torch.equal(got["token0"], got["plain"])
+    assert (got["token"] - got["plain"]).abs().max() > 1e-3
+    assert (got["latent"] - got["plain"]).abs().max() > 1e-3
+    assert (got["token"] - got["latent"]).abs().max() > 1e-3
+    model = _model(dits, fam)
+    empty = torch.zeros(1, 16, 2, 8, 32)
+    for name in ("token", "latent", "plain"):
+        m = model if runs[name] is None else _patch(pack, model, runs[name][1], runs[name][0])
+        ref = _inprocess_ksampler(dits, m, fam, empty, seed, steps, sampler)
+        assert torch.allclose(got[name], ref, atol=1e-4, rtol=1e-4), (name, (got[name] - ref).abs().max())
