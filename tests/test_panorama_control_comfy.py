@@ -155,7 +155,7 @@ def test_controlnet_at_the_token_level(pack, dits, tiny_models, flux, wan_vae, c
     for n, rec in enumerate(seen_tok.calls):
         res = _residuals(rec)
         assert res, "the ControlNet residuals did not reach the model"
-        for k, i, r in res:
+        for _k, _i, r in res:
             _assert_wrapped(r.reshape(r.shape[0], rows, w + 2 * PAD, r.shape[-1]), PAD, dim=2)
         if n == 0:  # same x at the first call: the same residuals as at the latent level
             for (_, _, a), (_, _, b) in zip(res, _residuals(seen_lat.calls[0])):
