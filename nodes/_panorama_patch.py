@@ -60,8 +60,13 @@ FAMILIES: dict[str, Family] = {
     "Flux": Family("FLUX.1 (dev/schnell/Fill/Kontext/Krea)", 2, (4,), token_level=True),
     "Flux2": Family("FLUX.2", 1, (4,), token_level=True),
     "Chroma": Family("Chroma", 2, (4,), token_level=True),
+    # pixel space: the "latent" is the RGB image (B, 3, H, W), one token per 16 x 16 px patch (padded by whole
+    # patches, so the per-patch NeRF head sees whole patches)
+    "ChromaRadiance": Family("Chroma Radiance", 16, (4,), token_level=True),
     "QwenImage": Family("Qwen-Image (incl. Edit)", 2, (5,), token_level=True),
     "HunyuanImage21": Family("HunyuanImage 2.1", 1, (4,), token_level=True),
+    # the refiner: a one-frame 5-D latent (B, 64, 1, H, W); the image it refines is c_concat (padded like x)
+    "HunyuanImage21Refiner": Family("HunyuanImage 2.1 refiner", 1, (5,), token_level=True),
     "Lumina2": Family("Lumina 2 (incl. Z-Image)", 2, (4,)),
     "HiDream": Family("HiDream (incl. E1)", 2, (4,)),
     "WAN21": Family("Wan 2.1", 2, (5,), spatial=("time_dim_concat",), token_level=True),

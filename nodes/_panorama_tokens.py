@@ -1,5 +1,5 @@
-"""Token-level wrapped position ids (DiT360's form) for Chroma, Qwen-Image, HunyuanImage 2.1 and Wan 2.x,
-through ``patches_replace["dit"]`` only.
+"""Token-level wrapped position ids (DiT360's form) for Chroma (and Chroma Radiance), Qwen-Image, HunyuanImage
+2.1 (and its refiner) and Wan 2.x, through ``patches_replace["dit"]`` only.
 
 These families build their rotary embedding inside ``forward`` and hand it to every block
 replacement as ``args["pe"]``; nothing else of theirs can be hooked without touching shared
@@ -67,8 +67,10 @@ class PeAdapter:
 _FLUX_DIT = (("double_blocks", "double_block"), ("single_blocks", "single_block"))
 ADAPTERS: dict[str, PeAdapter] = {
     "Chroma": PeAdapter(_FLUX_DIT, 2, _after_txt),
+    "ChromaRadiance": PeAdapter(_FLUX_DIT, 2, _after_txt),  # Chroma's forward_orig on 16-px pixel patches
     "QwenImage": PeAdapter((("transformer_blocks", "double_block"),), 2, _after_txt),
     "HunyuanImage21": PeAdapter(_FLUX_DIT, 2, _image_last),
+    "HunyuanImage21Refiner": PeAdapter(_FLUX_DIT, 2, _image_last),  # 3-axis ids (t, h, w), one frame
     "WAN21": PeAdapter((("blocks", "double_block"),), 1, None),
     "WAN22": PeAdapter((("blocks", "double_block"),), 1, None),
 }

@@ -1,9 +1,10 @@
-"""Seamless 360° panoramas on every supported DiT (FLUX.1, FLUX.2, Chroma, Qwen-Image, HunyuanImage 2.1,
-Lumina 2, HiDream, Wan 2.x): one MODEL patch node.
+"""Seamless 360° panoramas on every supported DiT (FLUX.1, FLUX.2, Chroma and Chroma Radiance, Qwen-Image,
+HunyuanImage 2.1 and its refiner, Lumina 2, HiDream, Wan 2.x): one MODEL patch node.
 
 Thin adapter: the latent-level wrapper and the family table are in :mod:`nodes._panorama_patch`,
 the token-level (DiT360 wrapped ids) patch in :mod:`nodes._dit360_patch` (FLUX.1, FLUX.2: ``post_input``)
-and :mod:`nodes._panorama_tokens` (Chroma, Qwen-Image, HunyuanImage 2.1, Wan 2.x: the rotary
+and :mod:`nodes._panorama_tokens` (Chroma, Chroma Radiance, Qwen-Image, HunyuanImage 2.1 and its refiner,
+Wan 2.x: the rotary
 embedding handed to ``patches_replace["dit"]``), the padding math in :mod:`pano_core.diffusion.tokens`.
 """
 
@@ -34,9 +35,9 @@ class Pano360PanoramaPatch:
                     "latent: the latent is wrap-padded at every model call and cropped after (linear positions: "
                     "the edge tokens get positional neighbours across the seam; every family). token: DiT360's "
                     "wrapped position ids, the padded columns carry the ids of their source columns (FLUX.1, "
-                    "FLUX.2: same as Pano360DiT360Patch with resync 'per step'; Chroma, Qwen-Image, HunyuanImage "
-                    "2.1, Wan 2.x: the latent level plus wrapped rotary embeddings in every block; for LoRAs "
-                    "trained with wrapped ids). auto: token on FLUX.1/FLUX.2 (DiT360's LoRA), latent elsewhere."}),
+                    "FLUX.2: same as Pano360DiT360Patch with resync 'per step'; Chroma (incl. Radiance), Qwen-Image, "
+                    "HunyuanImage 2.1 (incl. refiner), Wan 2.x: the latent level plus wrapped rotary embeddings in every "
+                    "block; for LoRAs trained with wrapped ids). auto: token on FLUX.1/FLUX.2 (DiT360's LoRA), latent elsewhere."}),
             }
         }
 

@@ -411,7 +411,8 @@ def test_server_patched_and_unpatched_lumina2_in_one_graph(comfy):
 
 # ------------------------------------------------------------------------------------ real server, every family
 
-SERVER_FAMILIES = ("Flux", *FAMILIES, "WAN21_Vace", "WAN21_Camera")  # = nodes/_panorama_patch.FAMILIES
+SERVER_FAMILIES = ("Flux", *FAMILIES, "WAN21_Vace", "WAN21_Camera",
+                   "ChromaRadiance", "HunyuanImage21Refiner")  # = nodes/_panorama_patch.FAMILIES
 NOISE_MASK_FAMILIES = ("Lumina2", "WAN22")  # as test_noise_mask
 MASK_COLS = (8, 20)  # latent columns the noise mask regenerates (of 32)
 
@@ -437,12 +438,17 @@ def _server_graph(fam: str, token: bool, mask: bool, seed: int = 3) -> tuple[dic
     api["neg"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": pos}}
     api["lat"] = {"class_type": "Pano360TestTinyDiTLatent",
                   "inputs": {"family": fam, "batch_size": 2, "seed": 7, "fill": "random"}}
+    lat, neg = ["lat", 0], ["neg", 0]
+    if fam == "HunyuanImage21Refiner":  # ComfyUI's refiner graph: the source latent is the image to refine
+        api["refine"] = {"class_type": "HunyuanRefinerLatent", "inputs": {
+            "positive": pos, "negative": neg, "latent": lat, "noise_augmentation": 0.1}}
+        pos, neg, lat = ["refine", 0], ["refine", 1], ["refine", 2]
     models = {"U": ["m", 0]}
     for name, pad, level in (("P0", 0, "latent"), ("P1", 1, "latent")) + ((("T1", 1, "token"),) if token else ()):
         api[f"patch_{name}"] = {"class_type": "Pano360PanoramaPatch",
                                 "inputs": {"model": ["m", 0], "padding": pad, "level": level}}
         models[name] = [f"patch_{name}", 0]
-    latents = {"": ["lat", 0]}
+    latents = {"": lat}
     if mask:
         lo, hi = MASK_COLS
         api["mask0"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 32, "height": 8}}
@@ -461,7 +467,7 @@ def _server_graph(fam: str, token: bool, mask: bool, seed: int = 3) -> tuple[dic
             v = name + suffix
             api[f"ks_{v}"] = {"class_type": "KSampler", "inputs": {
                 "model": model, "seed": seed, "steps": 2, "cfg": 2.0, "sampler_name": "euler_ancestral",
-                "scheduler": "simple", "denoise": 1.0, "positive": pos, "negative": ["neg", 0], "latent_image": lat}}
+                "scheduler": "simple", "denoise": 1.0, "positive": pos, "negative": neg, "latent_image": lat}}
             api[f"save_{v}"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"ks_{v}", 0],
                                                                       "filename_prefix": f"pano15/{fam}_{v}"}}
             saves[v] = f"save_{v}"
@@ -490,7 +496,7 @@ def test_server_every_family_patched_and_unpatched_in_one_graph(comfy, P, dits, 
     token, mask = P.FAMILIES[fam].token_level, fam in NOISE_MASK_FAMILIES
     api, saves = _server_graph(fam, token, mask)
     got = _server_latents(comfy, comfy.run(api, timeout=240), saves)
-    shape = (2, 16, 8, 32) if fam == "Flux" else dits.latent_shape(fam, 2)
+    shape = (2, 16, 8, 32) if fam == "Flux" else dits.comfy_latent_shape(fam, 2)
     src = got.pop("src")
     assert src.shape == shape
     for v, x in got.items():

@@ -189,8 +189,9 @@ class Pano360TestTinyFamilyVAE:
 
 
 class Pano360TestTinyDiTLatent:
-    """A LATENT of the shape a tiny DiT (``tiny_dits.latent_shape``; FLUX.1: 16 channels, 4-D) takes:
-    batch x channels (x frames) x 8 x 32, standard-normal from ``seed`` or zeros ("empty")."""
+    """A LATENT of the shape a tiny DiT's KSampler takes (``tiny_dits.comfy_latent_shape``; FLUX.1: 16 channels,
+    4-D): batch x channels (x frames) x 8 x 32 (Chroma Radiance: 32 x 128 px), standard-normal from ``seed`` or
+    zeros ("empty")."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -205,7 +206,7 @@ class Pano360TestTinyDiTLatent:
     def build(self, family, batch_size=1, seed=0, fill="random"):
         import torch
 
-        shape = (batch_size, 16, 8, 32) if family == "Flux" else tiny_dits.latent_shape(family, batch_size)
+        shape = (batch_size, 16, 8, 32) if family == "Flux" else tiny_dits.comfy_latent_shape(family, batch_size)
         if fill == "empty":
             return ({"samples": torch.zeros(shape)},)
         return ({"samples": torch.randn(shape, generator=torch.Generator().manual_seed(seed))},)

@@ -76,12 +76,32 @@ CONFIGS: dict[str, dict] = {
         "num_layers": 1, "patch_size": (1, 2, 2), "freq_dim": 32, "window_size": (-1, -1), "qk_norm": True,
         "cross_attn_norm": True, "eps": 1e-6, "in_dim": 36, "text_dim": CTX,
     },
+    # Chroma Radiance (pixel space): Chroma's DiT on 16 x 16 px RGB patches + a per-patch NeRF head (conv final
+    # layer: a 3 x 3 conv over the reassembled image, as ComfyUI detects from nerf_final_layer_conv keys)
+    "ChromaRadiance": {
+        "image_model": "chroma_radiance", "in_channels": 3, "out_channels": 3, "context_in_dim": CTX,
+        "hidden_size": H, "mlp_ratio": 4.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1, "axes_dim": [4, 6, 6],
+        "theta": 10000, "patch_size": 16, "qkv_bias": True, "in_dim": 64, "out_dim": H, "hidden_dim": 32, "n_layers": 1,
+        "nerf_hidden_size": 16, "nerf_mlp_ratio": 2, "nerf_depth": 1, "nerf_max_freqs": 4, "nerf_tile_size": 8,
+        "nerf_final_head_type": "conv", "nerf_embedder_dtype": torch.float32,
+    },
+    # HunyuanImage 2.1 refiner (patch [1, 1, 1], 3-axis RoPE): 64-channel one-frame latent + 64 c_concat channels
+    "HunyuanImage21Refiner": {
+        "image_model": "hunyuan_video", "in_channels": 128, "out_channels": 64, "patch_size": [1, 1, 1],
+        "vec_in_dim": None, "axes_dim": [4, 6, 6], "meanflow": True, "context_in_dim": CTX, "hidden_size": H,
+        "mlp_ratio": 4.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1, "theta": 256, "qkv_bias": True,
+        "byt5": False, "guidance_embed": True, "use_cond_type_embedding": False, "vision_in_dim": None,
+    },
 }
 """family (ComfyUI model_base class name) -> tiny unet_config."""
 
 LATENT_CHANNELS = {"WAN22": 48, "HiDream": 16, "Flux2": 128, "Chroma": 16, "QwenImage": 16, "Lumina2": 16, "WAN21": 16, "HunyuanImage21": 64}
 LATENT_CHANNELS.update({"WAN21_Vace": 16, "WAN21_Camera": 16})
-VIDEO = {"WAN21", "WAN22", "QwenImage", "WAN21_Vace", "WAN21_Camera"}
+LATENT_CHANNELS.update({"ChromaRadiance": 3, "HunyuanImage21Refiner": 64})
+VIDEO = {"WAN21", "WAN22", "QwenImage", "WAN21_Vace", "WAN21_Camera", "HunyuanImage21Refiner"}
+ONE_FRAME = {"QwenImage", "HunyuanImage21Refiner"}  # image models with a 5-D latent
+PIXEL_SCALE = {"ChromaRadiance": 4}  # pixel-space: default size x 4 (32 x 128 px: 2 x 8 tokens of 16 x 16 px)
+REFINER_VAE_CHANNELS = 32  # the refiner's LATENT (VAE space); its latent format folds frame pairs into 64 channels
 
 
 def build(family: str, seed: int = 0):
@@ -111,20 +131,36 @@ def cond(family: str, seed: int = 0, tokens: int = 5) -> list:
     extra: dict = {}
     if family == "Lumina2":
         extra["attention_mask"] = torch.ones(1, tokens, dtype=torch.long)
-    if family in ("Flux2", "Chroma"):
+    if family in ("Flux2", "Chroma", "ChromaRadiance"):
         extra["pooled_output"] = None
     if family == "Flux2":
         extra["guidance"] = 3.0
     if family == "HiDream":
         extra["pooled_output"] = torch.randn(1, CTX, generator=g)
         extra["conditioning_llama3"] = torch.randn(1, 2, tokens, CTX, generator=g)
+    if family == "HunyuanImage21Refiner":  # the image it refines (what HunyuanRefinerLatent sets), VAE space
+        extra["concat_latent_image"] = torch.randn(1, REFINER_VAE_CHANNELS, 1, 8, 32, generator=g)
+        extra["noise_augmentation"] = 0.1
     return [[ctx, extra]]
 
 
-def latent_shape(family: str, batch: int = 1, h: int = 8, w: int = 32) -> tuple[int, ...]:
+def latent_shape(family: str, batch: int = 1, h: int | None = None, w: int | None = None) -> tuple[int, ...]:
+    """The shape the model samples in (noise, ``x`` of every model call); ``h``, ``w`` default to 8 x 32, times
+    :data:`PIXEL_SCALE` for pixel-space models."""
     c = LATENT_CHANNELS[family]
-    frames = 1 if family == "QwenImage" else 2  # Qwen-Image: one-frame 5-D latent
+    s = PIXEL_SCALE.get(family, 1)
+    h, w = 8 * s if h is None else h, 32 * s if w is None else w
+    frames = 1 if family in ONE_FRAME else 2  # Qwen-Image, HunyuanImage 2.1 refiner: one-frame 5-D latent
     return (batch, c, frames, h, w) if family in VIDEO else (batch, c, h, w)
+
+
+def comfy_latent_shape(family: str, batch: int = 1) -> tuple[int, ...]:
+    """The shape of the LATENT a KSampler takes and returns for ``family``: :func:`latent_shape`, except for the
+    HunyuanImage 2.1 refiner (VAE space: 32 channels; an empty one is widened to 64 by ComfyUI)."""
+    shape = latent_shape(family, batch)
+    if family == "HunyuanImage21Refiner":
+        return (shape[0], REFINER_VAE_CHANNELS, *shape[2:])
+    return shape
 
 
 # --------------------------------------------------------------------------- ControlNets for these families
