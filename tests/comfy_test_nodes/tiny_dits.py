@@ -76,12 +76,33 @@ CONFIGS: dict[str, dict] = {
         "num_layers": 1, "patch_size": (1, 2, 2), "freq_dim": 32, "window_size": (-1, -1), "qk_norm": True,
         "cross_attn_norm": True, "eps": 1e-6, "in_dim": 36, "text_dim": CTX,
     },
+    # the other Wan variants (model_base WAN21_HuMo, WAN22_S2V, WAN22_Animate; ComfyUI's fixed-size audio /
+    # motion / face encoders keep their real widths). HuMo 17B style: in_dim 36 = 16 latent + 20 concat channels
+    "WAN21_HuMo": {
+        "image_model": "wan2.1", "model_type": "humo", "dim": H, "out_dim": 16, "num_heads": 2, "ffn_dim": 64,
+        "num_layers": 1, "patch_size": (1, 2, 2), "freq_dim": 32, "window_size": (-1, -1), "qk_norm": True,
+        "cross_attn_norm": True, "eps": 1e-6, "in_dim": 36, "text_dim": CTX,
+    },
+    "WAN22_S2V": {
+        "image_model": "wan2.1", "model_type": "s2v", "dim": H, "out_dim": 16, "num_heads": 2, "ffn_dim": 64,
+        "num_layers": 1, "patch_size": (1, 2, 2), "freq_dim": 32, "window_size": (-1, -1), "qk_norm": True,
+        "cross_attn_norm": True, "eps": 1e-6, "in_dim": 16, "text_dim": CTX,
+    },
+    # Animate: i2v, in_dim 36 = 16 latent + 4 mask + 16 reference channels; 5 blocks = one face fuser block
+    "WAN22_Animate": {
+        "image_model": "wan2.1", "model_type": "animate", "dim": H, "out_dim": 16, "num_heads": 2, "ffn_dim": 64,
+        "num_layers": 5, "patch_size": (1, 2, 2), "freq_dim": 32, "window_size": (-1, -1), "qk_norm": True,
+        "cross_attn_norm": True, "eps": 1e-6, "in_dim": 36, "text_dim": CTX,
+    },
 }
 """family (ComfyUI model_base class name) -> tiny unet_config."""
 
 LATENT_CHANNELS = {"WAN22": 48, "HiDream": 16, "Flux2": 128, "Chroma": 16, "QwenImage": 16, "Lumina2": 16, "WAN21": 16, "HunyuanImage21": 64}
 LATENT_CHANNELS.update({"WAN21_Vace": 16, "WAN21_Camera": 16})
 VIDEO = {"WAN21", "WAN22", "QwenImage", "WAN21_Vace", "WAN21_Camera"}
+WAN_VARIANTS = ("WAN21_HuMo", "WAN22_S2V", "WAN22_Animate")
+LATENT_CHANNELS.update(dict.fromkeys(WAN_VARIANTS, 16))
+VIDEO.update(WAN_VARIANTS)
 
 
 def build(family: str, seed: int = 0):
