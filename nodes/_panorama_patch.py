@@ -21,8 +21,11 @@ like the latent.
 Knowledge per family (patch width, latent ranks, spatial inputs) is the table :data:`FAMILIES`,
 keyed by ComfyUI's ``model_base`` class name; the padding math is
 :class:`pano_core.diffusion.tokens.TokenGrid`. Not spatial, left alone: reference latents
-(Kontext / Qwen-Image-Edit / Wan ``reference_latent``: extra tokens of their own), HiDream-E1's
-``image_cond`` (concatenated along the width by the model: only the generated part is padded).
+(Kontext / Qwen-Image-Edit / Wan 2.1 ``ref_conv`` ``reference_latent``: extra tokens of their own), HiDream-E1's
+``image_cond`` (concatenated along the width by the model: only the generated part is padded). Wan HuMo's and
+S2V's reference frames are frames of the video's size whose token count the model relies on (per-frame audio
+groups, per-frame timestep chunks): padded like x, as are S2V's motion frames, which the model packs at 1x, 2x
+and 4x coarser grids (hence :attr:`Family.coarse`: a padding of whole 4x tokens).
 """
 
 from __future__ import annotations
@@ -73,7 +76,6 @@ FAMILIES: dict[str, Family] = {
     "WAN21_Vace": Family("Wan 2.1 VACE", 2, (5,), spatial=("vace_context", "time_dim_concat")),
     # Fun Camera (2.1 and 2.2): Plucker rays at pixel size (B, 24, T, 8H, 8W), embedded onto x's tokens
     "WAN21_Camera": Family("Wan 2.1/2.2 Fun Camera", 2, (5,), spatial=("camera_conditions", "time_dim_concat")),
-    "WAN22": Family("Wan 2.2", 2, (5,), spatial=("denoise_mask", "time_dim_concat"), token_level=True),
     # HuMo: its reference frames (reference_latent, the video's size) are appended as frames after the video and
     # its audio cross-attention splits the tokens into equal per-frame groups: padded like x (audio_embed: not
     # spatial)
@@ -88,6 +90,7 @@ FAMILIES: dict[str, Family] = {
                         spatial=("control_video", "reference_latent", "reference_motion", "time_dim_concat"),
                         coarse=(("reference_motion", 4, "the model packs these motion frames into tokens of 1, 2 "
                                  "and 4 token columns"),)),
+    "WAN22": Family("Wan 2.2", 2, (5,), spatial=("denoise_mask", "time_dim_concat"), token_level=True),
 }
 """ComfyUI ``model_base`` class name (exact type, not subclasses) -> :class:`Family`."""
 
