@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMFY = Path(os.environ.get("COMFYUI_PATH") or ROOT / ".comfy" / "ComfyUI")
 TARGET = 1.05
 FAMILIES = ("Flux", "Flux2", "Chroma", "ChromaRadiance", "QwenImage", "HunyuanImage21", "HunyuanImage21Refiner", "Lumina2",
-            "HiDream", "WAN21", "WAN21_Vace", "WAN21_Camera", "WAN22")
+            "HiDream", "WAN21", "WAN21_Vace", "WAN21_Camera", "WAN22", "WAN21_HuMo", "WAN22_S2V", "WAN22_Animate")
 
 
 def _fix_malloc() -> str:

@@ -21,8 +21,11 @@ like the latent.
 Knowledge per family (patch width, latent ranks, spatial inputs) is the table :data:`FAMILIES`,
 keyed by ComfyUI's ``model_base`` class name; the padding math is
 :class:`pano_core.diffusion.tokens.TokenGrid`. Not spatial, left alone: reference latents
-(Kontext / Qwen-Image-Edit / Wan ``reference_latent``: extra tokens of their own), HiDream-E1's
-``image_cond`` (concatenated along the width by the model: only the generated part is padded).
+(Kontext / Qwen-Image-Edit / Wan 2.1 ``ref_conv`` ``reference_latent``: extra tokens of their own), HiDream-E1's
+``image_cond`` (concatenated along the width by the model: only the generated part is padded). Wan HuMo's and
+S2V's reference frames are frames of the video's size whose token count the model relies on (per-frame audio
+groups, per-frame timestep chunks): padded like x, as are S2V's motion frames, which the model packs at 1x, 2x
+and 4x coarser grids (hence :attr:`Family.coarse`: a padding of whole 4x tokens).
 """
 
 from __future__ import annotations
@@ -54,6 +57,10 @@ class Family:
     # rays at pixel size): wrap-padded like x (by k times the latent columns)
     spatial: tuple[str, ...] = ()
     token_level: bool = False  # DiT360 wrapped ids available (FLUX: Pano360DiT360Patch; else _panorama_tokens)
+    # (kwarg, n, why): a spatial input the model also embeds on n-times coarser token grids; when it is
+    # given, the padding must be a whole number n of token columns so that every grid is wrap-padded
+    # by whole tokens (e.g. Wan S2V's reference_motion, packed at 1x, 2x and 4x)
+    coarse: tuple[tuple[str, int, str], ...] = ()
 
 
 FAMILIES: dict[str, Family] = {
@@ -74,6 +81,20 @@ FAMILIES: dict[str, Family] = {
     "WAN21_Vace": Family("Wan 2.1 VACE", 2, (5,), spatial=("vace_context", "time_dim_concat")),
     # Fun Camera (2.1 and 2.2): Plucker rays at pixel size (B, 24, T, 8H, 8W), embedded onto x's tokens
     "WAN21_Camera": Family("Wan 2.1/2.2 Fun Camera", 2, (5,), spatial=("camera_conditions", "time_dim_concat")),
+    # HuMo: its reference frames (reference_latent, the video's size) are appended as frames after the video and
+    # its audio cross-attention splits the tokens into equal per-frame groups: padded like x (audio_embed: not
+    # spatial)
+    "WAN21_HuMo": Family("Wan 2.1 HuMo", 2, (5,), spatial=("reference_latent", "time_dim_concat"), token_level=True),
+    # Animate: pose_latents are patch-embedded and added onto x's tokens (frames 1..); face_pixel_values are 512 x
+    # 512 face crops (not spatial)
+    "WAN22_Animate": Family("Wan 2.2 Animate", 2, (5,), spatial=("pose_latents", "time_dim_concat"), token_level=True),
+    # S2V: control_video is added onto x's tokens; the reference image (reference_latent) is one more frame of the
+    # video's size whose tokens must match a video frame's count (the per-frame timestep embedding is spread over
+    # equal token chunks); reference_motion (earlier frames of the same video) is packed at 1x, 2x and 4x
+    "WAN22_S2V": Family("Wan 2.2 S2V", 2, (5,),
+                        spatial=("control_video", "reference_latent", "reference_motion", "time_dim_concat"),
+                        coarse=(("reference_motion", 4, "the model packs these motion frames into tokens of 1, 2 "
+                                 "and 4 token columns"),)),
     "WAN22": Family("Wan 2.2", 2, (5,), spatial=("denoise_mask", "time_dim_concat"), token_level=True),
 }
 """ComfyUI ``model_base`` class name (exact type, not subclasses) -> :class:`Family`."""
@@ -206,6 +227,12 @@ class ApplyModelWrapper:
                 log.warning("Pano360 panorama patch: c_concat %s does not match the latent %s; not padded",
                             tuple(c_concat.shape), tuple(x.shape))
         kw = dict(kwargs)
+        for k, n, why in self.family.coarse:
+            if kw.get(k) is not None and self.padding % n:
+                raise PanoInputError(
+                    f"padding: with {self.family.name}'s {k} the padding must be a multiple of {n} token columns "
+                    f"({why}, each wrap-padded by whole tokens); got {self.padding}"
+                )
         for k in self.family.spatial:
             if kw.get(k) is None:
                 continue

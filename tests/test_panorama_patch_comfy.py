@@ -413,6 +413,7 @@ def test_server_patched_and_unpatched_lumina2_in_one_graph(comfy):
 
 SERVER_FAMILIES = ("Flux", *FAMILIES, "WAN21_Vace", "WAN21_Camera",
                    "ChromaRadiance", "HunyuanImage21Refiner")  # = nodes/_panorama_patch.FAMILIES
+SERVER_FAMILIES += ("WAN21_HuMo", "WAN22_S2V", "WAN22_Animate")  # tests/test_panorama_wan_variants_comfy.py
 NOISE_MASK_FAMILIES = ("Lumina2", "WAN22")  # as test_noise_mask
 MASK_COLS = (8, 20)  # latent columns the noise mask regenerates (of 32)
 

@@ -92,6 +92,24 @@ CONFIGS: dict[str, dict] = {
         "mlp_ratio": 4.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1, "theta": 256, "qkv_bias": True,
         "byt5": False, "guidance_embed": True, "use_cond_type_embedding": False, "vision_in_dim": None,
     },
+    # the other Wan variants (model_base WAN21_HuMo, WAN22_S2V, WAN22_Animate; ComfyUI's fixed-size audio /
+    # motion / face encoders keep their real widths). HuMo 17B style: in_dim 36 = 16 latent + 20 concat channels
+    "WAN21_HuMo": {
+        "image_model": "wan2.1", "model_type": "humo", "dim": H, "out_dim": 16, "num_heads": 2, "ffn_dim": 64,
+        "num_layers": 1, "patch_size": (1, 2, 2), "freq_dim": 32, "window_size": (-1, -1), "qk_norm": True,
+        "cross_attn_norm": True, "eps": 1e-6, "in_dim": 36, "text_dim": CTX,
+    },
+    "WAN22_S2V": {
+        "image_model": "wan2.1", "model_type": "s2v", "dim": H, "out_dim": 16, "num_heads": 2, "ffn_dim": 64,
+        "num_layers": 1, "patch_size": (1, 2, 2), "freq_dim": 32, "window_size": (-1, -1), "qk_norm": True,
+        "cross_attn_norm": True, "eps": 1e-6, "in_dim": 16, "text_dim": CTX,
+    },
+    # Animate: i2v, in_dim 36 = 16 latent + 4 mask + 16 reference channels; 5 blocks = one face fuser block
+    "WAN22_Animate": {
+        "image_model": "wan2.1", "model_type": "animate", "dim": H, "out_dim": 16, "num_heads": 2, "ffn_dim": 64,
+        "num_layers": 5, "patch_size": (1, 2, 2), "freq_dim": 32, "window_size": (-1, -1), "qk_norm": True,
+        "cross_attn_norm": True, "eps": 1e-6, "in_dim": 36, "text_dim": CTX,
+    },
 }
 """family (ComfyUI model_base class name) -> tiny unet_config."""
 
@@ -102,6 +120,9 @@ VIDEO = {"WAN21", "WAN22", "QwenImage", "WAN21_Vace", "WAN21_Camera", "HunyuanIm
 ONE_FRAME = {"QwenImage", "HunyuanImage21Refiner"}  # image models with a 5-D latent
 PIXEL_SCALE = {"ChromaRadiance": 4}  # pixel-space: default size x 4 (32 x 128 px: 2 x 8 tokens of 16 x 16 px)
 REFINER_VAE_CHANNELS = 32  # the refiner's LATENT (VAE space); its latent format folds frame pairs into 64 channels
+WAN_VARIANTS = ("WAN21_HuMo", "WAN22_S2V", "WAN22_Animate")
+LATENT_CHANNELS.update(dict.fromkeys(WAN_VARIANTS, 16))
+VIDEO.update(WAN_VARIANTS)
 
 
 def build(family: str, seed: int = 0):
