@@ -85,6 +85,22 @@ def _spied(model):
     return m, spy
 
 
+def _output_spied(model) -> list:
+    """Add (in place) an ``APPLY_MODEL`` wrapper, innermost, that records every model output; returns
+    the list it fills."""
+    import comfy.patcher_extension
+
+    ys: list = []
+
+    def out_spy(executor, x, *a, **kw):
+        y = executor(x, *a, **kw)
+        ys.append(y.detach().clone())
+        return y
+
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test_out_spy", out_spy)
+    return ys
+
+
 @pytest.mark.parametrize("fam", FAMILIES)
 def test_padding_zero_equals_unpatched_and_padding_changes_result(pack, dits, fam):
     model = _model(dits, fam)
@@ -156,7 +172,6 @@ def test_token_level_padded_columns_equal_source_every_sampler(pack, P, dits, sa
     every token family: tests/test_panorama_tokens_comfy.py): at every model call the padded columns of
     the input equal their source, every block gets the family's embedding of wrapped ids, and so the
     model's output at a padded token equals its source's."""
-    import comfy.patcher_extension
     import test_panorama_tokens_comfy as tok  # imported here: it imports this module
 
     fam, pad = "Chroma", 2
@@ -166,14 +181,7 @@ def test_token_level_padded_columns_equal_source_every_sampler(pack, P, dits, sa
     nblocks = sum(len(getattr(dm, a)) for a, _ in tok.BLOCKS[fam])
     user, blocks = tok._with_block_spy(model, fam)
     m, spy = _spied(tok._patch(pack, user, pad, "token"))
-    ys: list = []
-
-    def out_spy(executor, x, *a, **kw):
-        y = executor(x, *a, **kw)
-        ys.append(y.detach().clone())
-        return y
-
-    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test_out_spy", out_spy)
+    ys = _output_spied(m)
     out = _sample(dits, m, fam, batch=2, steps=3, cfg=2.0, sampler=sampler, neg=dits.cond(fam, 1))
     assert out.shape == dits.latent_shape(fam, 2) and torch.isfinite(out).all()
     assert len(spy.xs) == len(ys) >= 3 and len(blocks.calls) == nblocks * len(ys)

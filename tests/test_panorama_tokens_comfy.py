@@ -171,21 +171,13 @@ def test_padded_columns_equal_source_at_every_call(pack, dits, fam, sampler):
     """Model input: the padded columns equal their source at every call (batch 2 + CFG). Model output:
     with wrapped ids a padded token is its source token for attention (same input, same position), so
     the model's output there equals its source's; with linear ids (latent level) it does not."""
-    import comfy.patcher_extension
 
     model = _model(dits, fam)
     pad, cols = 2, 2 * _patch_size(fam)
     outs = {}
     for level in ("token", "latent"):
         m, spy = _spied(_patch(pack, model, pad, level))
-        ys: list = []
-
-        def out_spy(executor, x, *a, ys=ys, **kw):
-            y = executor(x, *a, **kw)
-            ys.append(y.detach().clone())
-            return y
-
-        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test_out_spy", out_spy)
+        ys = base._output_spied(m)
         out = _sample(dits, m, fam, batch=2, steps=3, cfg=2.0, sampler=sampler, neg=dits.cond(fam, 1))
         assert out.shape == dits.latent_shape(fam, 2) and torch.isfinite(out).all()
         assert len(spy.xs) == len(ys) == 3

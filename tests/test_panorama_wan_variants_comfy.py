@@ -24,7 +24,17 @@ import pytest
 import test_panorama_tokens_comfy as tok
 import torch
 from test_panorama_control_comfy import _assert_wrapped, _crop, _latent, _run, _Seen
-from test_panorama_patch_comfy import P, _free_models, _model, _Outer, _spied, dits, errors, pack  # noqa: F401 (fixtures)
+from test_panorama_patch_comfy import (  # noqa: F401 (fixtures)
+    P,
+    _free_models,
+    _model,
+    _Outer,
+    _output_spied,
+    _spied,
+    dits,
+    errors,
+    pack,
+)
 
 VARIANTS = ("WAN21_HuMo", "WAN22_Animate", "WAN22_S2V")
 PAD = 4  # token columns per side: a multiple of 4 (S2V's reference_motion)
@@ -265,7 +275,6 @@ def test_token_level(pack, P, dits, fam):  # noqa: F811
     """Padding 0 equals the unpatched model; every block gets the model's embedding of wrapped ids (HuMo: its
     reference frame, appended as frame T, too); padded tokens are then their sources for attention, so the
     model's output at the padded columns equals its source's (not so at the latent level)."""
-    import comfy.patcher_extension
 
     extra, _, _ = _case(fam)
     model = _model(dits, fam)
@@ -281,14 +290,7 @@ def test_token_level(pack, P, dits, fam):  # noqa: F811
     for level in ("token", "latent"):
         user, blocks = _block_spied(model)
         m, spy = _spied(pack.Pano360PanoramaPatch().patch(user, PAD, level)[0])
-        ys: list = []
-
-        def out_spy(executor, x, *a, ys=ys, **kw):
-            y = executor(x, *a, **kw)
-            ys.append(y.detach().clone())
-            return y
-
-        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test_out_spy", out_spy)
+        ys = _output_spied(m)
         out = _run(m, shape, pos)
         assert torch.isfinite(out).all() and len(ys) == 2
         assert len(blocks.calls) == 2 * len(dm.blocks)
