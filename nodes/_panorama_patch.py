@@ -80,7 +80,8 @@ FAMILIES: dict[str, Family] = {
     # VACE: the control video + its mask (B, n, 96, T, H, W), patch-embedded onto x's token grid
     "WAN21_Vace": Family("Wan 2.1 VACE", 2, (5,), spatial=("vace_context", "time_dim_concat")),
     # Fun Camera (2.1 and 2.2): Plucker rays at pixel size (B, 24, T, 8H, 8W), embedded onto x's tokens
-    "WAN21_Camera": Family("Wan 2.1/2.2 Fun Camera", 2, (5,), spatial=("camera_conditions", "time_dim_concat")),
+    "WAN21_Camera": Family("Wan 2.1/2.2 Fun Camera", 2, (5,), spatial=("camera_conditions", "time_dim_concat"),
+                           token_level=True),
     # HuMo: its reference frames (reference_latent, the video's size) are appended as frames after the video and
     # its audio cross-attention splits the tokens into equal per-frame groups: padded like x (audio_embed: not
     # spatial)

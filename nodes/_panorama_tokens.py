@@ -73,6 +73,8 @@ ADAPTERS: dict[str, PeAdapter] = {
     "HunyuanImage21Refiner": PeAdapter(_FLUX_DIT, 2, _image_last),  # 3-axis ids (t, h, w), one frame
     "WAN21": PeAdapter((("blocks", "double_block"),), 1, None),
     "WAN22": PeAdapter((("blocks", "double_block"),), 1, None),
+    # Fun Camera: WanModel's blocks and rotary embedding; the camera rays are embedded and added onto x's tokens
+    "WAN21_Camera": PeAdapter((("blocks", "double_block"),), 1, None),
     # HuMo: the embedding of x's frames then of its reference frames (padded like x: frames of the padded grid)
     "WAN21_HuMo": PeAdapter((("blocks", "double_block"),), 1, None),
     "WAN22_Animate": PeAdapter((("blocks", "double_block"),), 1, None),  # the face fuser blocks use no positions

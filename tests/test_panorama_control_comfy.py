@@ -13,13 +13,14 @@ from __future__ import annotations
 import pytest
 import torch
 from test_circular_video_vae import extras, wan_vae  # noqa: F401 (fixtures: a tiny real Wan 2.1 VAE, Qwen-Image's VAE)
-from test_panorama_patch_comfy import P, _free_models, _model, dits, errors, pack  # noqa: F401 (fixtures)
+from test_panorama_patch_comfy import P, _free_models, _model, _output_spied, dits, errors, pack  # noqa: F401 (fixtures)
 
 PAD = 2  # token columns per side
 
 
 class _Seen:
-    """An APPLY_MODEL wrapper added after the panorama patch (so inside it): records what the model gets."""
+    """An APPLY_MODEL wrapper added after the panorama patch (so inside it): records what the model gets
+    (``x``, ``control``, and the kwargs named in ``keys``; ``"c_concat"`` there: that argument too)."""
 
     def __init__(self, keys=()):
         self.keys = keys
@@ -30,6 +31,8 @@ class _Seen:
         if control is not None:
             rec["control"] = {k: [None if r is None else r.detach().clone() for r in v] for k, v in control.items()}
         rec.update({k: kw[k].detach().clone() for k in self.keys if isinstance(kw.get(k), torch.Tensor)})
+        if "c_concat" in self.keys and c_concat is not None:
+            rec["c_concat"] = c_concat.detach().clone()
         self.calls.append(rec)
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kw)
 
@@ -273,4 +276,79 @@ def test_wan_spatial_inputs_are_wrap_padded(pack, P, dits, fam):  # noqa: F811
         assert v.shape[-1] == scale * rec["x"].shape[-1] and v.shape[-2] == scale * shape[-2]
         _assert_wrapped(v, scale * cols)
         assert torch.equal(_crop(v, scale * cols), rec_ref[key])
+    assert all(pos[0][1][k] is v for k, v in extra.items())  # the user's cond keeps its own tensors
+
+
+def test_wan_fun_camera_at_the_token_level(pack, P, dits):  # noqa: F811
+    """Fun Camera (``CameraWanModel``: WanModel's blocks, its rotary embedding handed to them through
+    ``patches_replace["dit"]``) at the token level, with the camera rays and a start image's ``c_concat``
+    (``concat_latent_image``, as WanCameraImageToVideo sets it): every block gets the wrapped embedding (the one
+    tests/test_panorama_tokens_comfy.py checks for Wan 2.1), the rays are still padded by 8x the latent columns
+    and ``c_concat`` like x, the padded columns of x equal their source at every call, padding 0 equals the
+    unpatched model. The model's output at the padded columns equals its source's without the rays (ids and
+    ``c_concat`` wrap alike) but not with them: the camera adapter's 3x3 residual convs zero-pad the padded ray
+    embedding's outer edge, so a padded token's ray embedding differs from its source's."""
+    import node_helpers
+    from test_panorama_tokens_comfy import W, _expected_pe, _token_cols, _with_block_spy
+
+    fam, wan = "WAN21_Camera", "WAN21"  # the camera model's blocks and embedding layout are Wan 2.1's
+    extra, key, scale = _wan_case(fam)
+    start = torch.randn(1, 16, 2, 8, 32, generator=torch.Generator().manual_seed(8))
+    extra = {**extra, "concat_latent_image": start}
+    model = _model(dits, fam)
+    dm = model.model.diffusion_model
+    shape = dits.latent_shape(fam)
+    pos = node_helpers.conditioning_set_values(dits.cond(fam, 0), extra)
+    keys = (key, "c_concat")
+
+    def token(m, p):
+        return pack.Pano360PanoramaPatch().patch(m, p, "token")[0]
+
+    ref_m, ref_seen = _seen(model, keys)
+    ref = _run(ref_m, shape, pos)
+    # in_dim 36 = 16 latent + 4 mask + 16 start-image channels
+    assert ref_seen.calls[0]["c_concat"].shape == (1, 20, *shape[2:]) and ref_seen.calls[0]["c_concat"].std() > 0
+    assert torch.equal(_run(token(model, 0), shape, pos), ref)  # padding 0 == unpatched
+    lat = _run(_latent(pack, model, PAD), shape, pos)
+
+    user, spy = _with_block_spy(model, wan)  # a user's block replacement: it runs, with the wrapped embedding
+    m, seen = _seen(token(user, PAD), keys)
+    ys = _output_spied(m)
+    out = _run(m, shape, pos)
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    assert not torch.allclose(out, lat, atol=1e-6) and not torch.allclose(out, ref, atol=1e-6)
+    assert not torch.allclose(out, _run(token(model, PAD), shape, dits.cond(fam, 0)), atol=1e-6), "no camera effect"
+
+    assert len(spy.calls) == 2 * len(dm.blocks)  # two steps, every block
+    expected = _expected_pe(wan, dm, PAD, None)  # Wan's own embedder on the wrapped ids of 2 frames
+    w = W // P.FAMILIES[fam].patch
+    for c in spy.calls:
+        assert c["pe"].shape[1:] == expected.shape[1:]
+        assert torch.allclose(c["pe"], expected.expand_as(c["pe"]), atol=1e-6)
+        g = _token_cols(wan, c["pe"], None, PAD)
+        assert torch.equal(g[:PAD], g[w:w + PAD]) and torch.equal(g[w + PAD:], g[PAD:2 * PAD])
+
+    cols = PAD * P.FAMILIES[fam].patch
+
+    def out_dev(ys):
+        return max(max((y[..., :cols] - y[..., -2 * cols:-cols]).abs().max().item(),
+                       (y[..., -cols:] - y[..., cols:2 * cols]).abs().max().item()) for y in ys)
+
+    assert len(seen.calls) == len(ys) == 2
+    for rec, rec_ref in zip(seen.calls, ref_seen.calls):
+        x, v, cc = rec["x"], rec[key], rec["c_concat"]
+        assert x.shape[-1] == shape[-1] + 2 * cols
+        _assert_wrapped(x, cols)
+        assert v.shape[-1] == scale * x.shape[-1] and v.shape[-2] == scale * shape[-2]
+        _assert_wrapped(v, scale * cols)
+        assert torch.equal(_crop(v, scale * cols), rec_ref[key])
+        assert cc.shape[-1] == x.shape[-1]
+        _assert_wrapped(cc, cols)
+        assert torch.equal(_crop(cc, cols), rec_ref["c_concat"])
+    m = token(model, PAD)
+    ys_no_rays = _output_spied(m)
+    _run(m, shape, node_helpers.conditioning_set_values(dits.cond(fam, 0), {"concat_latent_image": start}))
+    dev = {"rays": out_dev(ys), "no rays": out_dev(ys_no_rays)}
+    print("Fun Camera token level, output at the padded columns - their source's:", dev)
+    assert dev["no rays"] < 1e-4 and dev["rays"] > 1e-3, dev
     assert all(pos[0][1][k] is v for k, v in extra.items())  # the user's cond keeps its own tensors

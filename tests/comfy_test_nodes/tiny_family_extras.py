@@ -17,6 +17,9 @@ those families.
 - :func:`build_tiny_hunyuan_image_vae` -> the HunyuanImage 2.1 VAE (64 latent channels, /32,
   ``comfy.ldm.hunyuan_video.vae``), narrowed while built (:data:`HUNYUAN_IMAGE_TINY`; ComfyUI
   hard-codes ``block_out_channels`` [128, ..., 1024]).
+- :func:`build_tiny_hunyuan_refiner_vae` -> the HunyuanImage 2.1 refiner's VAE (32 latent channels,
+  16x spatial, 4x temporal, 5-D latents: ``comfy.ldm.hunyuan_video.vae_refiner``), narrowed the same
+  way (:data:`HUNYUAN_REFINER_TINY`).
 - :func:`tiny_dit_lora_state_dict` / :func:`save_tiny_dit_lora`: LoRA files for the tiny
   ``QwenImage``, ``WAN21``/``WAN22`` and ``Flux2`` (shapes from :data:`tiny_dits.CONFIGS`, so no
   ComfyUI import is needed to write one).
@@ -230,6 +233,65 @@ def build_tiny_hunyuan_image_vae(seed: int = 9):
     if vae.spacial_compression_decode() != 32 or vae.spacial_compression_encode() != 32:
         raise RuntimeError(f"HunyuanImage 2.1 VAE: expected 32x spatial compression, got {vae.spacial_compression_decode()}")
     _check_loaded(vae, sd, "tiny HunyuanImage 2.1 VAE")
+    return vae
+
+
+HUNYUAN_REFINER_TINY = {"block_out_channels": [32, 32, 64, 64, 64], "num_res_blocks": 1}
+"""The narrowed width of the HunyuanImage 2.1 refiner's VAE: five levels as ComfyUI's (four 2x steps = 16x,
+the last two encoder steps also 2x in time), multiples of GroupNorm's 32 groups; the deepest is 64 = 2 x 32
+latent channels (the encoder's channel-mean skip; the decoder repeats the latent 2x)."""
+
+
+@contextlib.contextmanager
+def _narrow_hunyuan_refiner_vae():
+    """While active, ``comfy.ldm.hunyuan_video.vae_refiner.Encoder`` / ``Decoder`` (which ``comfy.sd.VAE``
+    instantiates by name) build the width of :data:`HUNYUAN_REFINER_TINY`."""
+    import comfy.ldm.hunyuan_video.vae_refiner as hr
+
+    real = hr.Encoder, hr.Decoder
+
+    class _TinyEncoder(real[0]):
+        def __init__(self, **kwargs):
+            super().__init__(**{**kwargs, **HUNYUAN_REFINER_TINY})
+
+    class _TinyDecoder(real[1]):
+        def __init__(self, **kwargs):
+            super().__init__(**{**kwargs, **HUNYUAN_REFINER_TINY})
+
+    hr.Encoder, hr.Decoder = _TinyEncoder, _TinyDecoder
+    try:
+        yield real
+    finally:
+        hr.Encoder, hr.Decoder = real
+
+
+def build_tiny_hunyuan_refiner_vae(seed: int = 11):
+    """A real ``comfy.sd.VAE`` on ComfyUI's HunyuanImage 2.1 refiner branch (``decoder.conv_in.weight``
+    with 32 input channels and 5 dims: ``AutoencodingEngine`` with ``comfy.ldm.hunyuan_video.vae_refiner``
+    Encoder/Decoder built with ``refiner_vae=False``, 32 latent channels, 16x spatial, 4x temporal,
+    ``latent_dim`` 3: an image is one frame of a 5-D latent), narrowed while built
+    (:data:`HUNYUAN_REFINER_TINY`)."""
+    import comfy.ldm.models.autoencoder
+    import comfy.sd
+
+    dd = {"in_channels": 3, "out_channels": 3, "z_channels": 32, "ffactor_spatial": 16, "ffactor_temporal": 4,
+          "downsample_match_channel": True, "upsample_match_channel": True, "refiner_vae": False,
+          **HUNYUAN_REFINER_TINY}
+    with _narrow_hunyuan_refiner_vae() as (enc_cls, dec_cls):
+        m = comfy.ldm.models.autoencoder.AutoencodingEngine(
+            regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
+            encoder_config={"target": "comfy.ldm.hunyuan_video.vae_refiner.Encoder", "params": dd},
+            decoder_config={"target": "comfy.ldm.hunyuan_video.vae_refiner.Decoder", "params": dd})
+        sd = _state_dict(m, seed)
+        vae = comfy.sd.VAE(sd=sd)
+    fsm = vae.first_stage_model
+    if not (isinstance(fsm, comfy.ldm.models.autoencoder.AutoencodingEngine) and isinstance(fsm.encoder, enc_cls)
+            and isinstance(fsm.decoder, dec_cls)) or vae.latent_channels != 32 or vae.latent_dim != 3:
+        raise RuntimeError("ComfyUI did not detect the tiny HunyuanImage 2.1 refiner VAE")
+    if vae.spacial_compression_decode() != 16 or vae.spacial_compression_encode() != 16:
+        raise RuntimeError(f"HunyuanImage 2.1 refiner VAE: expected 16x spatial compression, "
+                           f"got {vae.spacial_compression_decode()}")
+    _check_loaded(vae, sd, "tiny HunyuanImage 2.1 refiner VAE")
     return vae
 
 
