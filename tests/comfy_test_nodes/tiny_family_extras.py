@@ -188,52 +188,63 @@ channel-mean skip and the decoder's channel-repeat skip require."""
 
 
 @contextlib.contextmanager
-def _narrow_hunyuan_image_vae():
-    """While active, ``comfy.ldm.hunyuan_video.vae.Encoder`` / ``Decoder`` (which ``comfy.sd.VAE``
-    instantiates by name) build the width of :data:`HUNYUAN_IMAGE_TINY`."""
-    import comfy.ldm.hunyuan_video.vae as hv
-
-    real = hv.Encoder, hv.Decoder
+def _narrow_encoder_decoder(module, overrides: dict):
+    """While active, ``module.Encoder`` / ``module.Decoder`` (which ``comfy.sd.VAE`` instantiates by name)
+    are subclasses built with ``overrides`` (e.g. narrower ``block_out_channels``); yields the real pair."""
+    real = module.Encoder, module.Decoder
 
     class _TinyEncoder(real[0]):
         def __init__(self, **kwargs):
-            super().__init__(**{**kwargs, **HUNYUAN_IMAGE_TINY})
+            super().__init__(**{**kwargs, **overrides})
 
     class _TinyDecoder(real[1]):
         def __init__(self, **kwargs):
-            super().__init__(**{**kwargs, **HUNYUAN_IMAGE_TINY})
+            super().__init__(**{**kwargs, **overrides})
 
-    hv.Encoder, hv.Decoder = _TinyEncoder, _TinyDecoder
+    module.Encoder, module.Decoder = _TinyEncoder, _TinyDecoder
     try:
         yield real
     finally:
-        hv.Encoder, hv.Decoder = real
+        module.Encoder, module.Decoder = real
+
+
+def _hunyuan_engine_vae(module_name: str, dd: dict, tiny: dict, seed: int, label: str, channels: int,
+                        compression: int, latent_dim: int):
+    """A real ``comfy.sd.VAE`` built from the state dict of an ``AutoencodingEngine`` with
+    ``comfy.ldm.hunyuan_video.<module_name>`` Encoder/Decoder narrowed to ``tiny`` while built; checks
+    that ComfyUI's own branch detected it (channels, compression, latent dims, every key loaded)."""
+    import importlib
+
+    import comfy.ldm.models.autoencoder
+    import comfy.sd
+
+    module = importlib.import_module(f"comfy.ldm.hunyuan_video.{module_name}")
+    dd = {"in_channels": 3, "out_channels": 3, "downsample_match_channel": True, "upsample_match_channel": True,
+          **dd, **tiny}
+    target = f"comfy.ldm.hunyuan_video.{module_name}"
+    with _narrow_encoder_decoder(module, tiny) as (enc_cls, dec_cls):
+        m = comfy.ldm.models.autoencoder.AutoencodingEngine(
+            regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
+            encoder_config={"target": f"{target}.Encoder", "params": dd},
+            decoder_config={"target": f"{target}.Decoder", "params": dd})
+        sd = _state_dict(m, seed)
+        vae = comfy.sd.VAE(sd=sd)
+    fsm = vae.first_stage_model
+    if not (isinstance(fsm, comfy.ldm.models.autoencoder.AutoencodingEngine) and isinstance(fsm.encoder, enc_cls)
+            and isinstance(fsm.decoder, dec_cls)) or vae.latent_channels != channels or vae.latent_dim != latent_dim:
+        raise RuntimeError(f"ComfyUI did not detect the tiny {label}")
+    if vae.spacial_compression_decode() != compression or vae.spacial_compression_encode() != compression:
+        raise RuntimeError(f"{label}: expected {compression}x spatial compression, got {vae.spacial_compression_decode()}")
+    _check_loaded(vae, sd, f"tiny {label}")
+    return vae
 
 
 def build_tiny_hunyuan_image_vae(seed: int = 9):
     """A real ``comfy.sd.VAE`` on ComfyUI's HunyuanImage 2.1 branch (``decoder.conv_in.weight`` with 64
     input channels: ``AutoencodingEngine`` with ``comfy.ldm.hunyuan_video.vae`` Encoder/Decoder, 64
     latent channels, 32x spatial), narrowed while built (:data:`HUNYUAN_IMAGE_TINY`, ~5 M parameters)."""
-    import comfy.ldm.models.autoencoder
-    import comfy.sd
-
-    dd = {"in_channels": 3, "out_channels": 3, "z_channels": 64, "ffactor_spatial": 32,
-          "downsample_match_channel": True, "upsample_match_channel": True, **HUNYUAN_IMAGE_TINY}
-    with _narrow_hunyuan_image_vae() as (enc_cls, dec_cls):
-        m = comfy.ldm.models.autoencoder.AutoencodingEngine(
-            regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
-            encoder_config={"target": "comfy.ldm.hunyuan_video.vae.Encoder", "params": dd},
-            decoder_config={"target": "comfy.ldm.hunyuan_video.vae.Decoder", "params": dd})
-        sd = _state_dict(m, seed)
-        vae = comfy.sd.VAE(sd=sd)
-    fsm = vae.first_stage_model
-    if not (isinstance(fsm, comfy.ldm.models.autoencoder.AutoencodingEngine) and isinstance(fsm.encoder, enc_cls)
-            and isinstance(fsm.decoder, dec_cls)) or vae.latent_channels != 64:
-        raise RuntimeError("ComfyUI did not detect the tiny HunyuanImage 2.1 VAE")
-    if vae.spacial_compression_decode() != 32 or vae.spacial_compression_encode() != 32:
-        raise RuntimeError(f"HunyuanImage 2.1 VAE: expected 32x spatial compression, got {vae.spacial_compression_decode()}")
-    _check_loaded(vae, sd, "tiny HunyuanImage 2.1 VAE")
-    return vae
+    return _hunyuan_engine_vae("vae", {"z_channels": 64, "ffactor_spatial": 32}, HUNYUAN_IMAGE_TINY, seed,
+                               "HunyuanImage 2.1 VAE", channels=64, compression=32, latent_dim=2)
 
 
 HUNYUAN_REFINER_TINY = {"block_out_channels": [32, 32, 64, 64, 64], "num_res_blocks": 1}
@@ -242,57 +253,16 @@ the last two encoder steps also 2x in time), multiples of GroupNorm's 32 groups;
 latent channels (the encoder's channel-mean skip; the decoder repeats the latent 2x)."""
 
 
-@contextlib.contextmanager
-def _narrow_hunyuan_refiner_vae():
-    """While active, ``comfy.ldm.hunyuan_video.vae_refiner.Encoder`` / ``Decoder`` (which ``comfy.sd.VAE``
-    instantiates by name) build the width of :data:`HUNYUAN_REFINER_TINY`."""
-    import comfy.ldm.hunyuan_video.vae_refiner as hr
-
-    real = hr.Encoder, hr.Decoder
-
-    class _TinyEncoder(real[0]):
-        def __init__(self, **kwargs):
-            super().__init__(**{**kwargs, **HUNYUAN_REFINER_TINY})
-
-    class _TinyDecoder(real[1]):
-        def __init__(self, **kwargs):
-            super().__init__(**{**kwargs, **HUNYUAN_REFINER_TINY})
-
-    hr.Encoder, hr.Decoder = _TinyEncoder, _TinyDecoder
-    try:
-        yield real
-    finally:
-        hr.Encoder, hr.Decoder = real
-
-
 def build_tiny_hunyuan_refiner_vae(seed: int = 11):
     """A real ``comfy.sd.VAE`` on ComfyUI's HunyuanImage 2.1 refiner branch (``decoder.conv_in.weight``
     with 32 input channels and 5 dims: ``AutoencodingEngine`` with ``comfy.ldm.hunyuan_video.vae_refiner``
     Encoder/Decoder built with ``refiner_vae=False``, 32 latent channels, 16x spatial, 4x temporal,
     ``latent_dim`` 3: an image is one frame of a 5-D latent), narrowed while built
     (:data:`HUNYUAN_REFINER_TINY`)."""
-    import comfy.ldm.models.autoencoder
-    import comfy.sd
-
-    dd = {"in_channels": 3, "out_channels": 3, "z_channels": 32, "ffactor_spatial": 16, "ffactor_temporal": 4,
-          "downsample_match_channel": True, "upsample_match_channel": True, "refiner_vae": False,
-          **HUNYUAN_REFINER_TINY}
-    with _narrow_hunyuan_refiner_vae() as (enc_cls, dec_cls):
-        m = comfy.ldm.models.autoencoder.AutoencodingEngine(
-            regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
-            encoder_config={"target": "comfy.ldm.hunyuan_video.vae_refiner.Encoder", "params": dd},
-            decoder_config={"target": "comfy.ldm.hunyuan_video.vae_refiner.Decoder", "params": dd})
-        sd = _state_dict(m, seed)
-        vae = comfy.sd.VAE(sd=sd)
-    fsm = vae.first_stage_model
-    if not (isinstance(fsm, comfy.ldm.models.autoencoder.AutoencodingEngine) and isinstance(fsm.encoder, enc_cls)
-            and isinstance(fsm.decoder, dec_cls)) or vae.latent_channels != 32 or vae.latent_dim != 3:
-        raise RuntimeError("ComfyUI did not detect the tiny HunyuanImage 2.1 refiner VAE")
-    if vae.spacial_compression_decode() != 16 or vae.spacial_compression_encode() != 16:
-        raise RuntimeError(f"HunyuanImage 2.1 refiner VAE: expected 16x spatial compression, "
-                           f"got {vae.spacial_compression_decode()}")
-    _check_loaded(vae, sd, "tiny HunyuanImage 2.1 refiner VAE")
-    return vae
+    return _hunyuan_engine_vae("vae_refiner", {"z_channels": 32, "ffactor_spatial": 16, "ffactor_temporal": 4,
+                                               "refiner_vae": False},
+                               HUNYUAN_REFINER_TINY, seed, "HunyuanImage 2.1 refiner VAE", channels=32,
+                               compression=16, latent_dim=3)
 
 
 # --------------------------------------------------------------------------- LoRA files
