@@ -141,6 +141,17 @@ def test_data_plan_follows_the_perspective_schedule():
     assert plan.locate(5) == DataPlan(4, 8, 0, 2, 0.5).locate(5)
 
 
+def _flux_inputs(seed: int):
+    """A 2 x 4 token latent and the other forward arguments of the tiny diffusers Flux transformer."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 8, 64, generator=g)
+    kw = dict(timestep=torch.tensor([0.5]), guidance=torch.tensor([1.0]), pooled_projections=torch.randn(1, 32, generator=g),
+              encoder_hidden_states=torch.randn(1, 4, 32, generator=g), txt_ids=torch.zeros(4, 3),
+              img_ids=torch.stack([torch.zeros(8), torch.arange(8.0) // 4, torch.arange(8.0) % 4], dim=1),
+              return_dict=False)
+    return x, kw
+
+
 def test_export_folds_alpha_and_loads_in_dit360_pipeline(tiny_flux, tmp_path):
     """The exported file means the same in DiT360Pipeline (PEFT) as the adapter in memory, with
     alpha != rank folded into lora_B."""
@@ -155,12 +166,7 @@ def test_export_folds_alpha_and_loads_in_dit360_pipeline(tiny_flux, tmp_path):
             if "lora_B" in n:
                 p.copy_(torch.randn_like(p) * 0.1)
     tr.eval()
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 8, 64, generator=g)
-    kw = dict(timestep=torch.tensor([0.5]), guidance=torch.tensor([1.0]), pooled_projections=torch.randn(1, 32, generator=g),
-              encoder_hidden_states=torch.randn(1, 4, 32, generator=g), txt_ids=torch.zeros(4, 3),
-              img_ids=torch.stack([torch.zeros(8), torch.arange(8.0) // 4, torch.arange(8.0) % 4], dim=1),
-              return_dict=False)
+    x, kw = _flux_inputs(0)
     with torch.no_grad():
         ref = tr(hidden_states=x, **kw)[0]
     out = export_lora(tr, tmp_path / "lora", rank=4, alpha=8, targets=["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"])
@@ -185,12 +191,7 @@ def test_fp8_base_keeps_the_output_and_trains_the_lora(tiny_flux):
     tr = DiT360Pipeline.from_pretrained(str(tiny_flux), device="cpu", dtype="fp32").transformer
     torch.manual_seed(0)
     add_lora(tr, rank=4, alpha=4, dropout=0.0, targets=["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"])
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(1, 8, 64, generator=g)
-    kw = dict(timestep=torch.tensor([0.5]), guidance=torch.tensor([1.0]), pooled_projections=torch.randn(1, 32, generator=g),
-              encoder_hidden_states=torch.randn(1, 4, 32, generator=g), txt_ids=torch.zeros(4, 3),
-              img_ids=torch.stack([torch.zeros(8), torch.arange(8.0) // 4, torch.arange(8.0) % 4], dim=1),
-              return_dict=False)
+    x, kw = _flux_inputs(1)
     with torch.no_grad():
         ref = tr(hidden_states=x, **kw)[0]
     n = quantize_linear_fp8_(tr)
